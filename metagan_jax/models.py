@@ -1,0 +1,233 @@
+"""Generator/discriminator pairs as pure ``apply(params, inputs)`` functions.
+
+Every model is a :class:`GanModel`: two flax linen modules, split once into
+pure functions of parameter pytrees, so that ``jax.grad``/``jax.vmap`` in the
+inner and outer loops only ever see pytrees (no module state). No layer keeps
+running statistics: BatchNorm's would make the inner loop impure, so the conv
+pairs offer only stateless normalisation (LayerNorm / GroupNorm / none).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+
+class GanParams(NamedTuple):
+  """Parameters of a GAN pair: ``g`` for the generator, ``d`` for the discriminator."""
+
+  g: PyTree
+  d: PyTree
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GanModel:
+  """A generator/discriminator pair as pure functions.
+
+  Attributes:
+    name: registry name, e.g. ``"dcgan28"``.
+    z_dim: latent size; ``z ~ N(0, I)`` of shape ``[n, z_dim]``.
+    data_shape: shape of one sample, e.g. ``(28, 28, 1)`` (channels-last).
+    generator: the flax module mapping ``z_NxZ -> x_Nx...``.
+    discriminator: the flax module mapping ``x_Nx... -> logits_N``.
+  """
+
+  name: str
+  z_dim: int
+  data_shape: tuple[int, ...]
+  generator: nn.Module
+  discriminator: nn.Module
+
+  def init(self, key: jax.Array) -> GanParams:
+    """Returns freshly initialised parameters of both players."""
+    kg, kd = jax.random.split(key)
+    z = jnp.zeros((1, self.z_dim), jnp.float32)
+    x = jnp.zeros((1, *self.data_shape), jnp.float32)
+    return GanParams(
+        g=self.generator.init(kg, z)["params"],
+        d=self.discriminator.init(kd, x)["params"],
+    )
+
+  def generate(self, g_params: PyTree, z_NxZ: jax.Array) -> jax.Array:
+    """Samples ``x = G(z)``, shape ``[N, *data_shape]``."""
+    return self.generator.apply({"params": g_params}, z_NxZ)
+
+  def discriminate(self, d_params: PyTree, x_Nx: jax.Array) -> jax.Array:
+    """Discriminator logits, shape ``[N]``."""
+    return self.discriminator.apply({"params": d_params}, x_Nx)
+
+  def sample_z(self, key: jax.Array, n: int, dtype=jnp.float32) -> jax.Array:
+    """Draws ``n`` latents ``z ~ N(0, I)``."""
+    return jax.random.normal(key, (n, self.z_dim), dtype)
+
+
+def _norm(kind: str | None, name: str) -> Callable[[jax.Array], jax.Array]:
+  if kind is None or kind == "none":
+    return lambda x: x
+  if kind == "layer":
+    return nn.LayerNorm(name=name)
+  if kind == "group":
+    return nn.GroupNorm(num_groups=8, name=name)
+  raise ValueError(
+      f"Unknown normalisation {kind!r}; use 'none', 'layer' or 'group' "
+      "(BatchNorm is not offered: its running statistics break a pure inner loop).")
+
+
+# --- dcgan28: the standard benchmark config "omniglot28-dcgan" --------------
+
+
+class DCGAN28Generator(nn.Module):
+  """Dense(64->7*7*64)+ReLU -> 7x7x64 -> ConvT(32,4,s2)+ReLU -> ConvT(1,4,s2)+tanh."""
+
+  base: int = 32
+  channels: int = 1
+
+  @nn.compact
+  def __call__(self, z_NxZ):
+    n = z_NxZ.shape[0]
+    h = nn.relu(nn.Dense(7 * 7 * 2 * self.base, name="fc")(z_NxZ))
+    h_Nx7x7xC = h.reshape(n, 7, 7, 2 * self.base)
+    # Explicit padding (2, 2) on the stride-dilated input is exactly PyTorch's
+    # ConvTranspose2d(k=4, s=2, p=1): 7 -> 14 -> 28.
+    pad = ((2, 2), (2, 2))
+    h = nn.relu(nn.ConvTranspose(self.base, (4, 4), (2, 2), padding=pad, name="deconv1")(h_Nx7x7xC))
+    x = nn.ConvTranspose(self.channels, (4, 4), (2, 2), padding=pad, name="deconv2")(h)
+    return jnp.tanh(x)
+
+
+class DCGAN28Discriminator(nn.Module):
+  """Conv(32,4,s2)+LReLU(0.2) -> Conv(64,4,s2)+LReLU(0.2) -> flatten -> Dense(1)."""
+
+  base: int = 32
+
+  @nn.compact
+  def __call__(self, x_NxHxWxC):
+    pad = ((1, 1), (1, 1))  # == PyTorch Conv2d(k=4, s=2, p=1): 28 -> 14 -> 7
+    h = nn.leaky_relu(nn.Conv(self.base, (4, 4), (2, 2), padding=pad, name="conv1")(x_NxHxWxC), 0.2)
+    h = nn.leaky_relu(nn.Conv(2 * self.base, (4, 4), (2, 2), padding=pad, name="conv2")(h), 0.2)
+    h = h.reshape(h.shape[0], -1)
+    return nn.Dense(1, name="fc")(h)[:, 0]
+
+
+def dcgan28(z_dim: int = 64, channels: int = 1) -> GanModel:
+  """The ``omniglot28-dcgan`` pair (28x28xC images, z_dim 64, no normalisation)."""
+  return GanModel("dcgan28", z_dim, (28, 28, channels),
+                  DCGAN28Generator(channels=channels), DCGAN28Discriminator())
+
+
+# --- 32x32 / 64x64 conv pairs for GPU-sized experiments ----------------------
+
+
+class ConvGenerator(nn.Module):
+  """DCGAN-style generator: 4x4 seed, then stride-2 transposed convs to ``size``."""
+
+  size: int
+  channels: int
+  base: int = 64
+  norm: str | None = "layer"
+
+  @nn.compact
+  def __call__(self, z_NxZ):
+    n_up = {32: 3, 64: 4}[self.size]
+    width = self.base * 2 ** (n_up - 1)
+    h = nn.Dense(4 * 4 * width, name="fc")(z_NxZ).reshape(-1, 4, 4, width)
+    h = nn.relu(_norm(self.norm, "norm0")(h))
+    pad = ((2, 2), (2, 2))
+    for i in range(n_up - 1):
+      width //= 2
+      h = nn.ConvTranspose(width, (4, 4), (2, 2), padding=pad, name=f"deconv{i + 1}")(h)
+      h = nn.relu(_norm(self.norm, f"norm{i + 1}")(h))
+    x = nn.ConvTranspose(self.channels, (4, 4), (2, 2), padding=pad, name=f"deconv{n_up}")(h)
+    return jnp.tanh(x)
+
+
+class ConvDiscriminator(nn.Module):
+  """DCGAN-style discriminator: stride-2 convs down to 4x4, then a linear logit."""
+
+  size: int
+  base: int = 64
+  norm: str | None = "layer"
+
+  @nn.compact
+  def __call__(self, x_NxHxWxC):
+    n_down = {32: 3, 64: 4}[self.size]
+    h = x_NxHxWxC
+    width = self.base
+    for i in range(n_down):
+      h = nn.Conv(width, (4, 4), (2, 2), padding=((1, 1), (1, 1)), name=f"conv{i + 1}")(h)
+      if i > 0:  # no normalisation on the input layer, as in DCGAN
+        h = _norm(self.norm, f"norm{i}")(h)
+      h = nn.leaky_relu(h, 0.2)
+      width *= 2
+    return nn.Dense(1, name="fc")(h.reshape(h.shape[0], -1))[:, 0]
+
+
+def dcgan(size: int, channels: int = 3, z_dim: int = 128, base: int = 64,
+          norm: str | None = "layer") -> GanModel:
+  """A 32x32 or 64x64 DCGAN pair with optional stateless normalisation."""
+  if size not in (32, 64):
+    raise ValueError(f"dcgan size must be 32 or 64, got {size!r}; use dcgan28() for 28x28.")
+  _norm(norm, "check")  # validates the name early
+  return GanModel(f"dcgan{size}", z_dim, (size, size, channels),
+                  ConvGenerator(size, channels, base, norm), ConvDiscriminator(size, base, norm))
+
+
+def dcgan32(**kwargs) -> GanModel:
+  """32x32 conv pair (see :func:`dcgan`)."""
+  return dcgan(32, **kwargs)
+
+
+def dcgan64(**kwargs) -> GanModel:
+  """64x64 conv pair (see :func:`dcgan`)."""
+  return dcgan(64, **kwargs)
+
+
+# --- MLP pair for vector data -----------------------------------------------
+
+_ACTIVATIONS = {"relu": nn.relu, "leaky_relu": lambda x: nn.leaky_relu(x, 0.2),
+                "tanh": jnp.tanh, "elu": nn.elu, "gelu": nn.gelu, "softplus": nn.softplus}
+
+
+class MLP(nn.Module):
+  """Plain MLP; ``squeeze`` drops a trailing axis of size 1 (logits)."""
+
+  hidden: Sequence[int]
+  out: int
+  activation: str = "leaky_relu"
+  squeeze: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    act = _ACTIVATIONS[self.activation]
+    h = x.reshape(x.shape[0], -1)
+    for i, w in enumerate(self.hidden):
+      h = act(nn.Dense(w, name=f"fc{i}")(h))
+    h = nn.Dense(self.out, name=f"fc{len(self.hidden)}")(h)
+    return h[:, 0] if self.squeeze else h
+
+
+def mlp(data_dim: int = 2, z_dim: int = 4, hidden: Sequence[int] = (64, 64),
+        activation: str = "leaky_relu") -> GanModel:
+  """An MLP pair for vector data (e.g. the 2-D Gaussian-mixture toy tasks)."""
+  if activation not in _ACTIVATIONS:
+    raise ValueError(f"Unknown activation {activation!r}; choose from {sorted(_ACTIVATIONS)}.")
+  hidden = tuple(int(h) for h in hidden)
+  return GanModel("mlp", z_dim, (data_dim,),
+                  MLP(hidden, data_dim, activation), MLP(hidden, 1, activation, squeeze=True))
+
+
+_REGISTRY: dict[str, Callable[..., GanModel]] = {
+    "dcgan28": dcgan28, "dcgan32": dcgan32, "dcgan64": dcgan64, "mlp": mlp}
+
+
+def get_model(name: str, **kwargs) -> GanModel:
+  """Builds a registered model pair by name (``dcgan28``, ``dcgan32``, ``dcgan64``, ``mlp``)."""
+  if name not in _REGISTRY:
+    raise ValueError(f"Unknown model {name!r}; choose from {sorted(_REGISTRY)}.")
+  return _REGISTRY[name](**kwargs)
