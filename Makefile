@@ -1,0 +1,25 @@
+# Two commands do all set-up on a fresh machine (Python >= 3.10 and make):
+#   make demo   # installs into .venv, runs the main job
+#   make test   # installs into .venv, runs the test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.stamp-test: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[dev,data,bench,experiments]"
+	touch $@
+
+$(VENV)/.stamp-demo: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[data,experiments]"
+	touch $@
+
+.PHONY: test demo
+test: $(VENV)/.stamp-test
+	$(PY) -m pytest -q -n 2 tests
+
+demo: $(VENV)/.stamp-demo
+	$(PY) experiments/toy_gmm.py

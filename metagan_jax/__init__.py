@@ -1,0 +1,25 @@
+"""metagan_jax: meta-learning GANs in JAX (MAML, first-order MAML, Reptile, Meta-SGD).
+
+The core (models, losses, ``adapt``, ``meta_step``) needs only jax, flax and
+optax; the data layer (``metagan_jax.data``) imports TensorFlow Datasets lazily,
+only for TFDS sources.
+"""
+
+from metagan_jax import losses, models, toy
+from metagan_jax.inner import (AdaptConfig, InnerNoise, MetaSGDParams, adapt,
+                               adapt_with_aux, inner_noise, per_parameter_sgd)
+from metagan_jax.losses import GanLoss, get_loss
+from metagan_jax.meta import (ALGORITHMS, MetaConfig, MetaState, init,
+                              maml_objective, meta_gradients, meta_step,
+                              per_task_gradient)
+from metagan_jax.models import GanModel, GanParams, get_model
+from metagan_jax.tasks import Tasks
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALGORITHMS", "AdaptConfig", "GanLoss", "GanModel", "GanParams", "InnerNoise",
+    "MetaConfig", "MetaSGDParams", "MetaState", "Tasks", "adapt", "adapt_with_aux",
+    "get_loss", "get_model", "init", "inner_noise", "losses", "maml_objective",
+    "meta_gradients", "meta_step", "models", "per_parameter_sgd", "per_task_gradient", "toy",
+]

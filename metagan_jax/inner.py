@@ -1,0 +1,240 @@
+"""The inner loop: adapt a GAN pair to one task's support set.
+
+``adapt`` is pure and differentiable with respect to the meta-parameters, so
+the same function serves second-order MAML (differentiate through it),
+first-order MAML (inner gradients are constants), Reptile (use its output) and
+Meta-SGD (per-parameter learning rates as meta-parameters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metagan_jax import losses as losses_lib
+from metagan_jax.models import GanModel, GanParams
+
+PyTree = Any
+
+
+class MetaSGDParams(NamedTuple):
+  """Meta-SGD meta-parameters: an initialisation and a learning rate per parameter."""
+
+  init: GanParams
+  lr: GanParams
+
+
+def per_parameter_sgd(lr_tree: PyTree) -> optax.GradientTransformation:
+  """SGD with one (meta-learnable, possibly traced) learning rate per parameter.
+
+  ``update = -lr * grad`` leaf by leaf; ``lr_tree`` has the parameters' structure.
+  Meta-SGD (Li et al., 2017) is this optimiser with ``lr_tree`` meta-learned.
+  """
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda g, a: -a * g, updates, lr_tree), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptConfig:
+  """How a GAN pair adapts to one task (static under ``jit``).
+
+  Attributes:
+    model: the generator/discriminator pair.
+    inner_steps: number of inner steps; each is ``d_steps`` discriminator
+      updates (real = support, fake = G(z), fresh z each time) followed by
+      ``g_steps`` generator updates against the just-updated discriminator.
+    d_steps: discriminator updates per inner step.
+    g_steps: generator updates per inner step.
+    inner_lr: learning rate of the default inner optimiser, ``optax.sgd``; for
+      Meta-SGD, the initial value of every per-parameter learning rate.
+    inner_opt: any optax transformation used for both players instead of
+      SGD(inner_lr). For Adam, pass ``optax.adam(lr, eps_root=1e-12)`` or
+      similar: ``eps_root > 0`` keeps the square root differentiable at zero,
+      which second-order MAML needs.
+    d_opt / g_opt: per-player overrides of ``inner_opt``.
+    loss: a preset name (``ns``, ``hinge``, ``wasserstein``, ``wgan-gp``,
+      ``ns-r1``) or a :class:`metagan_jax.GanLoss`.
+    n_fake: generated samples per update; defaults to the support size.
+    unroll: unroll the inner loop in Python (inside ``jit``) instead of
+      ``lax.scan``. Compiles slower for long loops, may run faster on CPU.
+    remat: wrap each inner step in ``jax.checkpoint``; memory of
+      second-order MAML then grows by one step's carry per step instead of all
+      its activations.
+    first_order: treat inner gradients as constants (first-order MAML).
+  """
+
+  model: GanModel
+  inner_steps: int = 5
+  d_steps: int = 1
+  g_steps: int = 1
+  inner_lr: float = 0.05
+  inner_opt: optax.GradientTransformation | None = None
+  d_opt: optax.GradientTransformation | None = None
+  g_opt: optax.GradientTransformation | None = None
+  loss: str | losses_lib.GanLoss = "ns"
+  n_fake: int | None = None
+  unroll: bool = False
+  remat: bool = False
+  first_order: bool = False
+
+  def __post_init__(self):
+    if not isinstance(self.model, GanModel):
+      raise TypeError(f"AdaptConfig.model must be a metagan_jax.GanModel (e.g. "
+                      f"metagan_jax.models.dcgan28()), got {type(self.model).__name__}.")
+    for name in ("inner_steps", "d_steps", "g_steps"):
+      v = getattr(self, name)
+      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"AdaptConfig.{name} must be an integer >= 1, got {v!r}.")
+    if self.n_fake is not None and (not isinstance(self.n_fake, int) or self.n_fake < 1):
+      raise ValueError(f"AdaptConfig.n_fake must be None or an integer >= 1, got {self.n_fake!r}.")
+    # Resolve the loss now so a bad name fails at construction, not at trace.
+    object.__setattr__(self, "loss", losses_lib.get_loss(self.loss))
+
+  def optimizers(self) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    """The (discriminator, generator) inner optimisers."""
+    base = self.inner_opt if self.inner_opt is not None else optax.sgd(self.inner_lr)
+    return (self.d_opt or base, self.g_opt or base)
+
+
+class InnerNoise(NamedTuple):
+  """All randomness of one inner loop, drawn up front.
+
+  Attributes:
+    z: ``[inner_steps, d_steps + g_steps, n_fake, z_dim]`` latents; index
+      ``j < d_steps`` of axis 1 feeds discriminator update ``j``, the rest feed
+      the generator updates.
+    gp_keys: ``[inner_steps, d_steps]`` keys for penalty interpolates.
+  """
+
+  z: jax.Array
+  gp_keys: jax.Array
+
+
+def inner_noise(key: jax.Array, config: AdaptConfig, n_fake: int,
+                dtype=jnp.float32) -> InnerNoise:
+  """Draws the latents and penalty keys that :func:`adapt` uses with ``key``."""
+  k_z, k_gp = jax.random.split(key)
+  s, d, g = config.inner_steps, config.d_steps, config.g_steps
+  z = jax.random.normal(k_z, (s, d + g, n_fake, config.model.z_dim), dtype)
+  gp_keys = jax.random.split(k_gp, (s, d))
+  return InnerNoise(z, gp_keys)
+
+
+def check_samples(x: Any, model: GanModel, what: str) -> None:
+  """Raises a clear error unless ``x`` is a float array ``[N, *model.data_shape]``, N >= 1."""
+  shape = getattr(x, "shape", None)
+  dtype = getattr(x, "dtype", None)
+  if shape is None or dtype is None:
+    raise TypeError(f"{what} must be an array, got {type(x).__name__}.")
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"{what} must be floating point (images scaled to [-1, 1]), got dtype "
+                    f"{dtype}; convert with x.astype(jnp.float32) / 127.5 - 1.")
+  want = tuple(model.data_shape)
+  if len(shape) != len(want) + 1 or tuple(shape[1:]) != want or shape[0] < 1:
+    raise ValueError(f"{what} has shape {tuple(shape)}, but model {model.name!r} expects "
+                     f"[N >= 1, {', '.join(map(str, want))}].")
+
+
+def _split_meta_params(meta_params, config: AdaptConfig):
+  """Returns (initial GanParams, d optimiser, g optimiser) for any meta-parameter type."""
+  if isinstance(meta_params, MetaSGDParams):
+    return (meta_params.init, per_parameter_sgd(meta_params.lr.d),
+            per_parameter_sgd(meta_params.lr.g))
+  if isinstance(meta_params, GanParams):
+    d_opt, g_opt = config.optimizers()
+    return meta_params, d_opt, g_opt
+  raise TypeError(f"meta_params must be GanParams or MetaSGDParams, got "
+                  f"{type(meta_params).__name__}; build them with model.init(key).")
+
+
+def adapt_with_aux(meta_params, support: jax.Array, key: jax.Array, config: AdaptConfig):
+  """Like :func:`adapt`, also returning per-step inner losses.
+
+  Returns:
+    ``(adapted GanParams, {"d_loss": [inner_steps], "g_loss": [inner_steps]})``,
+    each loss the mean over that step's player updates, measured before the update.
+  """
+  model, loss = config.model, config.loss
+  check_samples(support, model, "support")
+  params, d_opt, g_opt = _split_meta_params(meta_params, config)
+  n_fake = config.n_fake or support.shape[0]
+  noise = inner_noise(key, config, n_fake, support.dtype)
+  nd = config.d_steps
+  const = jax.lax.stop_gradient if config.first_order else (lambda t: t)
+
+  def d_obj(d, fake, gp_key):
+    return loss.d_objective(lambda x: model.discriminate(d, x), support, fake, gp_key)
+
+  def g_obj(g, d, z):
+    return loss.g_objective(model.discriminate(d, model.generate(g, z)))
+
+  def step(carry, xs):
+    g, d, g_state, d_state = carry
+    z_Sx, gp_keys = xs
+    d_losses, g_losses = [], []
+    for j in range(nd):
+      # fake is built from the current g; grad w.r.t. d alone is the partial
+      # derivative, and the outer derivative still flows into g through fake.
+      fake = model.generate(g, z_Sx[j])
+      l, grads = jax.value_and_grad(d_obj)(d, fake, gp_keys[j])
+      upd, d_state = d_opt.update(const(grads), d_state, d)
+      d = optax.apply_updates(d, upd)
+      d_losses.append(l)
+    for j in range(config.g_steps):
+      l, grads = jax.value_and_grad(g_obj)(g, d, z_Sx[nd + j])
+      upd, g_state = g_opt.update(const(grads), g_state, g)
+      g = optax.apply_updates(g, upd)
+      g_losses.append(l)
+    return (g, d, g_state, d_state), (jnp.mean(jnp.stack(d_losses)), jnp.mean(jnp.stack(g_losses)))
+
+  if config.remat:
+    step = jax.checkpoint(step)
+  carry = (params.g, params.d, g_opt.init(params.g), d_opt.init(params.d))
+  if config.unroll:
+    outs = []
+    for i in range(config.inner_steps):
+      carry, out = step(carry, (noise.z[i], noise.gp_keys[i]))
+      outs.append(out)
+    d_l, g_l = (jnp.stack(o) for o in zip(*outs))
+  else:
+    carry, (d_l, g_l) = jax.lax.scan(step, carry, (noise.z, noise.gp_keys))
+  g, d = carry[0], carry[1]
+  return GanParams(g=g, d=d), {"d_loss": d_l, "g_loss": g_l}
+
+
+def adapt(meta_params, support: jax.Array, key: jax.Array, config: AdaptConfig) -> GanParams:
+  """Adapts a GAN pair to one task by alternating D/G gradient steps.
+
+  Each of ``config.inner_steps`` steps makes ``d_steps`` discriminator updates
+  (real = ``support``, fake = G(z) with fresh z) and then ``g_steps`` generator
+  updates against the just-updated discriminator. Each player's update uses the
+  partial gradient of its own loss w.r.t. its own parameters; the other
+  player's current parameters are constants for that gradient, while
+  derivatives w.r.t. ``meta_params`` still flow through both players.
+
+  Pure, ``jit``/``vmap``-able and differentiable w.r.t. ``meta_params``.
+
+  Args:
+    meta_params: :class:`GanParams` (an initialisation) or
+      :class:`MetaSGDParams` (an initialisation plus per-parameter learning
+      rates, which then replace the configured inner optimiser).
+    support: ``[K, *model.data_shape]`` float samples of the task.
+    key: PRNG key; all latents of the loop are drawn from it (:func:`inner_noise`).
+    config: an :class:`AdaptConfig`.
+
+  Returns:
+    The adapted :class:`GanParams`.
+  """
+  return adapt_with_aux(meta_params, support, key, config)[0]

@@ -1,0 +1,264 @@
+"""Meta-learning algorithms as pure meta-steps over a batch of tasks.
+
+Every algorithm is one pure function ``(state, tasks, key, config) -> (state,
+metrics)``: the per-task computation is written once, vectorised over the task
+axis with ``jax.vmap`` (explicit ``in_axes``), and the outer update is any
+optax transformation. ``meta_step`` dispatches on ``config.algorithm``; wrap it
+with ``jax.jit`` outermost::
+
+    step = jax.jit(functools.partial(metagan_jax.meta_step, config=config))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from metagan_jax.inner import (AdaptConfig, MetaSGDParams, adapt_with_aux,
+                               check_samples)
+from metagan_jax.models import GanParams
+from metagan_jax.tasks import Tasks
+
+PyTree = Any
+ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaConfig:
+  """What a meta-step does (static under ``jit``).
+
+  Attributes:
+    adapt: the inner loop (:class:`AdaptConfig`).
+    algorithm: ``maml`` (second order), ``fomaml``, ``reptile`` or ``metasgd``.
+    outer_lr: learning rate of the default outer optimiser, Adam.
+    outer_opt: any optax transformation instead of ``optax.adam(outer_lr)``.
+      For Reptile, ``optax.sgd(beta)`` gives the classic update
+      ``theta + beta * (mean theta' - theta)``.
+    vectorize: ``"vmap"`` evaluates all tasks at once; ``"map"`` runs them one
+      after another inside the compiled step (``lax.map``), trading speed for
+      memory.
+  """
+
+  adapt: AdaptConfig
+  algorithm: str = "maml"
+  outer_lr: float = 1e-4
+  outer_opt: optax.GradientTransformation | None = None
+  vectorize: str = "vmap"
+
+  def __post_init__(self):
+    if self.algorithm not in ALGORITHMS:
+      raise ValueError(f"Unknown algorithm {self.algorithm!r}; choose from {list(ALGORITHMS)}.")
+    if self.vectorize not in ("vmap", "map"):
+      raise ValueError(f"MetaConfig.vectorize must be 'vmap' or 'map', got {self.vectorize!r}.")
+    if not isinstance(self.adapt, AdaptConfig):
+      raise TypeError(f"MetaConfig.adapt must be an AdaptConfig, got {type(self.adapt).__name__}.")
+
+  @property
+  def optimizer(self) -> optax.GradientTransformation:
+    return self.outer_opt if self.outer_opt is not None else optax.adam(self.outer_lr)
+
+  @property
+  def inner(self) -> AdaptConfig:
+    """The inner-loop config as this algorithm runs it."""
+    return dataclasses.replace(self.adapt, first_order=self.algorithm == "fomaml")
+
+
+@flax.struct.dataclass
+class MetaState:
+  """Everything a meta-training run carries from step to step.
+
+  Attributes:
+    params: the meta-parameters: :class:`GanParams` (MAML, first-order MAML,
+      Reptile) or :class:`MetaSGDParams` (Meta-SGD: init and learning rates).
+    opt_state: the outer optimiser's state.
+    step: number of meta-steps taken.
+  """
+
+  params: PyTree
+  opt_state: PyTree
+  step: jax.Array
+
+
+def init(key: jax.Array, config: MetaConfig) -> MetaState:
+  """Initialises meta-parameters and the outer optimiser state."""
+  params = config.adapt.model.init(key)
+  if config.algorithm == "metasgd":
+    lr = jax.tree.map(lambda p: jnp.full_like(p, config.adapt.inner_lr), params)
+    params = MetaSGDParams(init=params, lr=lr)
+  return MetaState(params, config.optimizer.init(params), jnp.zeros((), jnp.int32))
+
+
+def _init_params(meta_params) -> GanParams:
+  return meta_params.init if isinstance(meta_params, MetaSGDParams) else meta_params
+
+
+def _query_losses(model, loss, adapted: GanParams, query, key):
+  """Query meta-losses (L_D, L_G) of an adapted pair with one draw of query noise."""
+  k_z, k_gp = jax.random.split(key)
+  fake = model.generate(adapted.g, model.sample_z(k_z, query.shape[0], query.dtype))
+  l_d = loss.d_objective(lambda x: model.discriminate(adapted.d, x), query, fake, k_gp)
+  l_g = loss.g_objective(model.discriminate(adapted.d, fake))
+  return jnp.stack([l_d, l_g])
+
+
+def _own_player(grads_2x: PyTree) -> PyTree:
+  """From gradients of [L_D, L_G] stacked on axis 0, keeps each player's own.
+
+  Discriminator leaves take the gradient of the D meta-loss (index 0),
+  generator leaves that of the G meta-loss (index 1).
+  """
+  if isinstance(grads_2x, GanParams):
+    return GanParams(g=jax.tree.map(lambda x: x[1], grads_2x.g),
+                     d=jax.tree.map(lambda x: x[0], grads_2x.d))
+  if isinstance(grads_2x, MetaSGDParams):
+    return MetaSGDParams(*(_own_player(f) for f in grads_2x))
+  raise TypeError(f"Unexpected meta-parameter type {type(grads_2x).__name__}.")
+
+
+def maml_objective(meta_params, support, query, key, config: MetaConfig):
+  """The per-task MAML meta-objective ``[L_D, L_G]`` and the inner-loop aux.
+
+  With ``(k_adapt, k_query) = jax.random.split(key)``: adapt on ``support``
+  with ``k_adapt``; then with one draw of query noise from ``k_query``,
+  ``L_D = d_loss(query, G'(z); D')`` and ``L_G = g_loss(G'(z); D')``.
+  """
+  inner = config.inner
+  k_adapt, k_query = jax.random.split(key)
+  adapted, aux = adapt_with_aux(meta_params, support, k_adapt, inner)
+  return _query_losses(inner.model, inner.loss, adapted, query, k_query), aux
+
+
+def _maml_task(meta_params, support, query, key, config: MetaConfig):
+  """Per-task meta-gradient of MAML / first-order MAML / Meta-SGD."""
+  objective = lambda mp: maml_objective(mp, support, query, key, config)
+  query_losses, vjp_fn, aux = jax.vjp(objective, meta_params, has_aux=True)
+  # Two cotangents, one backward pass batched over them: row i is the
+  # gradient of meta-loss i w.r.t. all meta-parameters.
+  (grads_2x,) = jax.vmap(vjp_fn)(jnp.eye(2, dtype=query_losses.dtype))
+  return _own_player(grads_2x), query_losses, aux
+
+
+def _reptile_task(meta_params, support, query, key, config: MetaConfig):
+  """Per-task Reptile direction ``theta - theta'`` (query losses for monitoring)."""
+  inner = config.inner
+  k_adapt, k_query = jax.random.split(key)
+  adapted, aux = adapt_with_aux(meta_params, support, k_adapt, inner)
+  direction = jax.tree.map(jnp.subtract, meta_params, adapted)
+  query_losses = _query_losses(inner.model, inner.loss, adapted, query, k_query)
+  return direction, query_losses, aux
+
+
+_PER_TASK: dict[str, Callable] = {
+    "maml": _maml_task, "fomaml": _maml_task, "metasgd": _maml_task, "reptile": _reptile_task}
+
+
+def per_task_gradient(meta_params, support, query, key, config: MetaConfig):
+  """One task's meta-gradient (Reptile: direction), query losses and inner losses.
+
+  ``meta_gradients`` is this function vmapped over tasks and averaged.
+  """
+  return _PER_TASK[config.algorithm](meta_params, support, query, key, config)
+
+
+def check_tasks(tasks: Tasks, config: MetaConfig) -> None:
+  """Raises a clear error unless ``tasks`` fits the model: float, [T, K|Q, *data_shape]."""
+  if not isinstance(tasks, Tasks):
+    raise TypeError(f"tasks must be metagan_jax.Tasks(support, query), got {type(tasks).__name__}.")
+  model = config.adapt.model
+  for what, x in (("tasks.support", tasks.support), ("tasks.query", tasks.query)):
+    if getattr(x, "ndim", 0) < 2:
+      raise ValueError(f"{what} must be [T, N, {', '.join(map(str, model.data_shape))}], "
+                       f"got shape {getattr(x, 'shape', None)}.")
+    check_samples(x[0], model, f"{what}[0]")
+  if tasks.support.shape[0] != tasks.query.shape[0]:
+    raise ValueError(f"tasks.support has {tasks.support.shape[0]} tasks but tasks.query has "
+                     f"{tasks.query.shape[0]}; both need the same leading task axis T.")
+  if tasks.support.dtype != tasks.query.dtype:
+    raise TypeError(f"tasks.support ({tasks.support.dtype}) and tasks.query "
+                    f"({tasks.query.dtype}) must share a dtype.")
+
+
+def meta_gradients(meta_params, tasks: Tasks, key: jax.Array, config: MetaConfig):
+  """The task-averaged meta-gradient (or Reptile direction) and per-task losses.
+
+  Args:
+    meta_params: :class:`GanParams` or :class:`MetaSGDParams`.
+    tasks: support ``[T, K, ...]`` and query ``[T, Q, ...]``.
+    key: PRNG key; task ``i`` uses ``jax.random.split(key, T)[i]``, split
+      again into (adapt key, query-noise key).
+    config: a :class:`MetaConfig`.
+
+  Returns:
+    ``(grads, aux)``: grads with the structure of ``meta_params``; aux holds
+    ``query_losses [T, 2]`` (L_D, L_G) and the inner losses ``[T, inner_steps]``.
+  """
+  check_tasks(tasks, config)
+  if config.algorithm == "metasgd" and not isinstance(meta_params, MetaSGDParams):
+    raise TypeError("metasgd needs MetaSGDParams(init, lr); build the state with "
+                    "metagan_jax.init(key, config).")
+  keys = jax.random.split(key, tasks.support.shape[0])
+  fn = functools.partial(per_task_gradient, config=config)
+  if config.vectorize == "vmap":
+    grads_T, q_T, aux_T = jax.vmap(fn, in_axes=(None, 0, 0, 0))(
+        meta_params, tasks.support, tasks.query, keys)
+  else:
+    grads_T, q_T, aux_T = jax.lax.map(lambda a: fn(meta_params, *a),
+                                      (tasks.support, tasks.query, keys))
+  grads = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads_T)
+  return grads, {"query_losses": q_T, **aux_T}
+
+
+def meta_step(state: MetaState, tasks: Tasks, key: jax.Array, config: MetaConfig):
+  """One meta-update on a batch of tasks. Pure; ``jit`` it with ``config`` static.
+
+  Algorithms (``config.algorithm``):
+
+  * ``maml``: second-order MAML. Each task adapts ``(G, D)`` on its support set
+    with :func:`metagan_jax.adapt`; then, on the query set with the adapted
+    pair ``(G', D')`` and one draw of query noise ``z``, the discriminator's
+    meta-loss is ``L_D(query, G'(z); D')`` and the generator's is
+    ``L_G(G'(z); D')``. Each meta-gradient flows only to its own player's
+    meta-parameters (the other player's are held fixed for that gradient) and
+    is averaged over tasks; the optax outer optimiser applies it.
+  * ``fomaml``: the same with inner gradients treated as constants.
+  * ``reptile``: the outer optimiser is fed ``theta - mean_i theta'_i``
+    (``theta'_i`` adapted on task i's support set), so ``optax.sgd(beta)``
+    gives ``theta + beta * (mean_i theta'_i - theta)``.
+  * ``metasgd``: MAML over :class:`MetaSGDParams`: the initialisation and one
+    inner learning rate per parameter are meta-learned together.
+
+  Args:
+    state: a :class:`MetaState` from :func:`metagan_jax.init`.
+    tasks: :class:`metagan_jax.Tasks`, support ``[T, K, ...]``, query ``[T, Q, ...]``.
+    key: PRNG key for all latents of this step.
+    config: a :class:`MetaConfig`.
+
+  Returns:
+    ``(new_state, metrics)``; metrics are scalars: inner losses of both players
+    at the first and last inner step, query losses, and meta-gradient norms.
+  """
+  grads, aux = meta_gradients(state.params, tasks, key, config)
+  updates, opt_state = config.optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  init_grads = _init_params(grads)
+  metrics = {
+      "d_inner_loss_first": jnp.mean(aux["d_loss"][:, 0]),
+      "d_inner_loss_last": jnp.mean(aux["d_loss"][:, -1]),
+      "g_inner_loss_first": jnp.mean(aux["g_loss"][:, 0]),
+      "g_inner_loss_last": jnp.mean(aux["g_loss"][:, -1]),
+      "d_query_loss": jnp.mean(aux["query_losses"][:, 0]),
+      "g_query_loss": jnp.mean(aux["query_losses"][:, 1]),
+      "d_grad_norm": optax.tree.norm(init_grads.d),
+      "g_grad_norm": optax.tree.norm(init_grads.g),
+  }
+  if isinstance(params, MetaSGDParams):
+    leaves = jax.tree.leaves(params.lr)
+    metrics["mean_inner_lr"] = (sum(jnp.sum(x) for x in leaves)
+                                / sum(x.size for x in leaves))
+  return MetaState(params, opt_state, state.step + 1), metrics

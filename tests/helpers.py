@@ -1,0 +1,54 @@
+"""Shared fixtures for the core tests: a tiny float64 MLP GAN problem."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import metagan_jax as mg
+
+
+def tiny_model(activation="tanh"):
+  # Smooth activations keep central differences exact to ~eps^2.
+  return mg.models.mlp(data_dim=2, z_dim=3, hidden=(8,), activation=activation)
+
+
+def to64(tree):
+  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), tree)
+
+
+def tiny_tasks(key, t=1, k=4, q=3, dtype=jnp.float64):
+  tasks, _ = mg.toy.RingMixtures().sample_tasks(key, t, k, q)
+  return jax.tree.map(lambda x: x.astype(dtype), tasks)
+
+
+def random_direction(key, tree):
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(treedef, [jax.random.normal(k, x.shape, x.dtype)
+                                      for k, x in zip(keys, leaves)])
+
+
+def tree_dot(a, b):
+  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def tree_axpy(alpha, x, y):
+  return jax.tree.map(lambda a, b: alpha * a + b, x, y)
+
+
+def tree_max_rel_err(a, b):
+  num = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  den = max(float(jnp.max(jnp.abs(y))) for y in jax.tree.leaves(b))
+  return num / den
+
+
+def central_difference(f, x, v, eps=1e-5):
+  """(f(x + eps v) - f(x - eps v)) / (2 eps), f scalar-valued on pytrees."""
+  return (f(tree_axpy(eps, v, x)) - f(tree_axpy(-eps, v, x))) / (2 * eps)
+
+
+def tree_allclose(a, b, rtol, atol=0.0):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
