@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from metagan_jax import layers
+
 PyTree = Any
 
 
@@ -79,6 +81,30 @@ def _norm(kind: str | None, name: str) -> Callable[[jax.Array], jax.Array]:
       "(BatchNorm is not offered: its running statistics break a pure inner loop).")
 
 
+CONV_IMPLS = ("matmul", "xla")
+
+
+def _conv(impl: str, features: int, name: str) -> nn.Module:
+  """4x4 stride-2 conv, padding 1: as im2col + matmul, or XLA's convolution."""
+  if impl == "matmul":
+    return layers.Conv4x4s2(features, name=name)
+  return nn.Conv(features, (4, 4), (2, 2), padding=((1, 1), (1, 1)), name=name)
+
+
+def _deconv(impl: str, features: int, name: str) -> nn.Module:
+  """4x4 stride-2 transposed conv (x2 upsampling), == PyTorch ConvTranspose2d(k=4, s=2, p=1)."""
+  if impl == "matmul":
+    return layers.ConvTranspose4x4s2(features, name=name)
+  # Explicit padding (2, 2) on the stride-dilated input is exactly PyTorch's
+  # ConvTranspose2d(k=4, s=2, p=1) up to the kernel flip.
+  return nn.ConvTranspose(features, (4, 4), (2, 2), padding=((2, 2), (2, 2)), name=name)
+
+
+def _check_impl(conv_impl: str) -> None:
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f"Unknown conv_impl {conv_impl!r}; choose from {CONV_IMPLS}.")
+
+
 # --- dcgan28: the standard benchmark config "omniglot28-dcgan" --------------
 
 
@@ -87,17 +113,15 @@ class DCGAN28Generator(nn.Module):
 
   base: int = 32
   channels: int = 1
+  conv_impl: str = "matmul"
 
   @nn.compact
   def __call__(self, z_NxZ):
     n = z_NxZ.shape[0]
     h = nn.relu(nn.Dense(7 * 7 * 2 * self.base, name="fc")(z_NxZ))
     h_Nx7x7xC = h.reshape(n, 7, 7, 2 * self.base)
-    # Explicit padding (2, 2) on the stride-dilated input is exactly PyTorch's
-    # ConvTranspose2d(k=4, s=2, p=1): 7 -> 14 -> 28.
-    pad = ((2, 2), (2, 2))
-    h = nn.relu(nn.ConvTranspose(self.base, (4, 4), (2, 2), padding=pad, name="deconv1")(h_Nx7x7xC))
-    x = nn.ConvTranspose(self.channels, (4, 4), (2, 2), padding=pad, name="deconv2")(h)
+    h = nn.relu(_deconv(self.conv_impl, self.base, "deconv1")(h_Nx7x7xC))  # 14x14
+    x = _deconv(self.conv_impl, self.channels, "deconv2")(h)  # 28x28
     return jnp.tanh(x)
 
 
@@ -105,20 +129,31 @@ class DCGAN28Discriminator(nn.Module):
   """Conv(32,4,s2)+LReLU(0.2) -> Conv(64,4,s2)+LReLU(0.2) -> flatten -> Dense(1)."""
 
   base: int = 32
+  conv_impl: str = "matmul"
 
   @nn.compact
   def __call__(self, x_NxHxWxC):
-    pad = ((1, 1), (1, 1))  # == PyTorch Conv2d(k=4, s=2, p=1): 28 -> 14 -> 7
-    h = nn.leaky_relu(nn.Conv(self.base, (4, 4), (2, 2), padding=pad, name="conv1")(x_NxHxWxC), 0.2)
-    h = nn.leaky_relu(nn.Conv(2 * self.base, (4, 4), (2, 2), padding=pad, name="conv2")(h), 0.2)
+    # == PyTorch Conv2d(k=4, s=2, p=1): 28 -> 14 -> 7
+    h = nn.leaky_relu(_conv(self.conv_impl, self.base, "conv1")(x_NxHxWxC), 0.2)
+    h = nn.leaky_relu(_conv(self.conv_impl, 2 * self.base, "conv2")(h), 0.2)
     h = h.reshape(h.shape[0], -1)
     return nn.Dense(1, name="fc")(h)[:, 0]
 
 
-def dcgan28(z_dim: int = 64, channels: int = 1) -> GanModel:
-  """The ``omniglot28-dcgan`` pair (28x28xC images, z_dim 64, no normalisation)."""
+def dcgan28(z_dim: int = 64, channels: int = 1, conv_impl: str = "matmul") -> GanModel:
+  """The ``omniglot28-dcgan`` pair (28x28xC images, z_dim 64, no normalisation).
+
+  Args:
+    z_dim: latent size.
+    channels: image channels.
+    conv_impl: ``"matmul"`` (default; convolutions as im2col + matmul, which
+      stays fast when vmapped over per-task weights) or ``"xla"`` (flax's
+      ``nn.Conv``/``nn.ConvTranspose``). Same parameters, same numbers.
+  """
+  _check_impl(conv_impl)
   return GanModel("dcgan28", z_dim, (28, 28, channels),
-                  DCGAN28Generator(channels=channels), DCGAN28Discriminator())
+                  DCGAN28Generator(channels=channels, conv_impl=conv_impl),
+                  DCGAN28Discriminator(conv_impl=conv_impl))
 
 
 # --- 32x32 / 64x64 conv pairs for GPU-sized experiments ----------------------
