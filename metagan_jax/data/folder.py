@@ -10,6 +10,7 @@ arrays ``[n, H, W]``, ``[n, H, W, C]`` or square-flattened ``[n, H*W]``, uint8
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,9 @@ def load_folder(path: str | os.PathLike, *, channels: int | None = None,
 def load_npz(path: str | os.PathLike) -> ClassDataset:
   """Reads an ``.npz`` of per-class arrays (key = class name); see the module doc."""
   p = _existing(path, "npz file")
+  if p.is_file() and not zipfile.is_zipfile(p):
+    raise DataError(f"cannot read npz file {str(p)!r}: not an .npz (zip) archive; expected an .npz "
+                    f"written by np.savez with one image array per class.")
   try:
     with np.load(p, allow_pickle=False) as z:
       names = sorted(z.files)

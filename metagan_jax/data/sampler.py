@@ -52,7 +52,7 @@ class TaskSampler:
       if not isinstance(v, (int, np.integer)) or v < lo:
         raise DataError(f"{k} must be an integer >= {lo}, got {v!r}.")
     if len(data) == 0:
-      raise DataError(f"the split from {data.source or 'this source'} has no classes (empty split); "
+      raise DataError(f"no classes to sample from {data.source or 'this split'} (empty split); "
                       f"use another split, split='all', or add classes.")
     if len(data) < classes_per_task:
       raise DataError(f"classes_per_task={classes_per_task} but the split has only {len(data)} classes.")
