@@ -1,5 +1,6 @@
 """Data layer without TensorFlow: offline Omniglot, splits, preprocessing, sampler, folder/npz."""
 
+import gc
 import json
 import os
 import subprocess
@@ -81,7 +82,11 @@ def test_import_and_offline_sources_do_not_import_tensorflow(tmp_path, omniglot_
 
 def test_find_omniglot28_env_and_default(monkeypatch, omniglot_dir, tmp_path):
   monkeypatch.delenv(data.omniglot.ENV_VAR, raising=False)
-  assert data.find_omniglot28() == omniglot_dir  # the default beside the repo
+  if omniglot_dir in data.omniglot.default_locations():
+    assert data.find_omniglot28() == omniglot_dir  # the default beside the repo
+  monkeypatch.setattr(data.omniglot, "default_locations", lambda: [tmp_path / "none"])
+  assert data.find_omniglot28(required=False) is None
+  assert data.find_omniglot28(omniglot_dir) == omniglot_dir.resolve()  # the argument
   monkeypatch.setenv(data.omniglot.ENV_VAR, str(omniglot_dir))
   assert data.find_omniglot28() == omniglot_dir.resolve()
   monkeypatch.setenv(data.omniglot.ENV_VAR, str(tmp_path))  # set but wrong: an error, no fallback
@@ -287,6 +292,16 @@ def test_prefetch_reraises_worker_errors_and_stops():
   assert s.step == 2
   it._thread.join(timeout=5)
   assert not it._thread.is_alive()
+
+
+def test_unclosed_prefetcher_stops_when_dropped():
+  it = data.TaskSampler(_toy(), T=2, K=2, Q=2).prefetch(size=1)
+  next(it)
+  thread = it._thread
+  del it
+  gc.collect()
+  thread.join(timeout=5)
+  assert not thread.is_alive()
 
 
 def test_jitter_deterministic_small_and_identity_at_zero(val_split):

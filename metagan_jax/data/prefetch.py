@@ -61,8 +61,6 @@ class Prefetcher:
     if size < 1:
       raise ValueError(f"prefetch size must be >= 1, got {size}.")
     self._sampler = sampler
-    self._sharding = sharding
-    self._device_put = device_put
     self._queue: queue.Queue = queue.Queue(maxsize=size)
     self._stop = threading.Event()
     # The thread gets no reference to self, so an unclosed Prefetcher can still
