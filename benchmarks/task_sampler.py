@@ -35,8 +35,10 @@ def _rate(it, steps: int) -> float:
 
 
 def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--data-dir", default=None, help="offline omniglot28 folder (default: env/../shared)")
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--data-dir", default=None,
+                 help="offline omniglot28 folder (default: $METAGAN_OMNIGLOT28_DIR, ../shared)")
   p.add_argument("--split", default="train")
   p.add_argument("--T", type=int, default=8)
   p.add_argument("--K", type=int, default=5)

@@ -51,7 +51,8 @@ def _toy(counts=(20, 20, 20, 20), size=8, seed=0):
 
 
 def test_import_and_offline_sources_do_not_import_tensorflow(tmp_path, omniglot_dir):
-  np.savez(tmp_path / "mine.npz", a=np.zeros((6, 28, 28), np.uint8), b=np.ones((6, 28, 28), np.uint8))
+  np.savez(tmp_path / "mine.npz", a=np.zeros((6, 28, 28), np.uint8),
+           b=np.ones((6, 28, 28), np.uint8))
   script = textwrap.dedent(f"""
       import sys
       class Block:
@@ -70,7 +71,8 @@ def test_import_and_offline_sources_do_not_import_tensorflow(tmp_path, omniglot_
         assert "pip install" in str(e), e
       else:
         raise AssertionError("mnist without TFDS must fail")
-      assert not [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensorflow_datasets")]
+      tf = ("tensorflow", "tensorflow_datasets")
+      assert not [m for m in sys.modules if m.split(".")[0] in tf]
       print("OK")
   """)
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -122,7 +124,8 @@ def test_omniglot_splits_disjoint_by_class_and_alphabet(omniglot_dir):
 
 
 def test_load_split_writes_split_json_and_rotates_train_only(omniglot_dir, tmp_path):
-  train = data.load_split("omniglot", "train", data_dir=omniglot_dir, run_dir=tmp_path, verbose=False)
+  train = data.load_split("omniglot", "train", data_dir=omniglot_dir, run_dir=tmp_path,
+                          verbose=False)
   assert len(train) == 4 * 836  # rotations: on for meta-train by default
   doc = json.loads((tmp_path / "split.json").read_text())
   assert doc["counts"] == {"train": 836, "val": 128, "test": 659}
@@ -395,7 +398,8 @@ def test_seeded_class_split_is_disjoint_deterministic_and_written(tmp_path):
 
 def test_class_split_keeps_groups_together():
   names = [f"g{g}/c{c}" for g in range(6) for c in range(3)]
-  d = data.ClassDataset(names, [np.zeros((2, 4, 4), np.uint8)] * 18, [n.split("/")[0] for n in names])
+  d = data.ClassDataset(names, [np.zeros((2, 4, 4), np.uint8)] * 18,
+                       [n.split("/")[0] for n in names])
   by = splits.class_split(d, seed=4, fractions=(0.5, 0.25, 0.25))
   groups = {s: {n.split("/")[0] for n in v} for s, v in by.items()}
   assert not (groups["train"] & groups["val"] or groups["train"] & groups["test"]

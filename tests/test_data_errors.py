@@ -1,4 +1,4 @@
-"""Bad input gets one clear DataError (naming the value, saying how to fix it), before any sampling."""
+"""Bad input: one clear DataError (names the value, says the fix), before any sampling."""
 
 import importlib.util
 
@@ -75,7 +75,8 @@ def tfds_absent_no_download(tmp):
 
 
 def k_plus_q_too_large(tmp):
-  d = data.ClassDataset(["images_background/Greek/character01", "images_background/Greek/character03"],
+  d = data.ClassDataset(["images_background/Greek/character01",
+                         "images_background/Greek/character03"],
                         [np.zeros((30, 4, 4, 1), np.float32), np.zeros((20, 4, 4, 1), np.float32)])
   data.TaskSampler(d, T=2, K=15, Q=10)
 
@@ -147,13 +148,15 @@ CASES = [
     (truncated_npz, r"cannot read npz file '.*cut\.npz': not an \.npz"),
     (corrupt_image, r"cannot read image .*bad\.png"),
     (tfds_absent_no_download,
-     r"TFDS data for 'mnist' not found .*download=False.*tfds build mnist --data_dir.*download=True"),
+     r"TFDS data for 'mnist' not found .*download=False"
+     r".*tfds build mnist --data_dir.*download=True"),
     (k_plus_q_too_large,
      r"K \+ Q = 15 \+ 10 = 25 exceeds the 20 images of class 'images_background/Greek/character03'"
      r".*lower K or Q"),
     (empty_split, r"split 'val' of npz file .* is empty.*split='all'"),
     (empty_dataset_to_sampler, r"no classes to sample from my split \(empty split\)"),
-    (inconsistent_image_shapes, r"image .*c2/b\.png has shape \(20, 16, 1\).*c1/a\.png has \(16, 16, 1\)"),
+    (inconsistent_image_shapes,
+     r"image .*c2/b\.png has shape \(20, 16, 1\).*c1/a\.png has \(16, 16, 1\)"),
     (empty_class_folder, r"class folder '.*c2' holds no images"),
     (non_finite_npz, r"class 'x' in .*nan\.npz has 1 non-finite values"),
     (float_out_of_range, r"class 'x' .* must lie in \[0, 1\], got \[2, 2\]"),

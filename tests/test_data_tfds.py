@@ -29,7 +29,7 @@ def offline_dir():
 
 @pytest.fixture(scope="module")
 def fake_omniglot(offline_dir):
-  """TFDS-format examples (105x105x3, alphabet ids as TFDS numbers them) made from the offline copy."""
+  """TFDS-format examples (105x105x3, TFDS alphabet numbering) made from the offline copy."""
   bg = data.load_omniglot28("background", offline_dir)
   ev = data.load_omniglot28("evaluation", offline_dir)
   all50 = sorted(set(bg.groups) | set(ev.groups))  # TFDS: alphabet names sorted over both sets

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from metagan_jax.data import folder, omniglot, splits
+from metagan_jax.data import folder, omniglot, splits, tfds_source
 from metagan_jax.data import preprocess as pp
 from metagan_jax.data.sampler import TaskSampler
 from metagan_jax.data.sources import ClassDataset, DataError, announce
-from metagan_jax.data.tfds_source import KNOWN as TFDS_KNOWN
 
 OMNIGLOT_NAMES = ("omniglot", "omniglot28", "tfds:omniglot")
 USER_NAMES = ("folder", "npz")
@@ -22,12 +21,12 @@ def _kind(dataset: str) -> str:
     return dataset
   if dataset.startswith("tfds:") and len(dataset) > 5:
     return "tfds"
-  if dataset.split("/")[0] in TFDS_KNOWN:
+  if dataset.split("/")[0] in tfds_source.KNOWN:
     return "tfds"
   raise DataError(
       f"unknown dataset {dataset!r}; use 'omniglot' (offline copy, else TFDS), 'omniglot28' "
-      f"(offline only), 'folder' or 'npz' (with data_dir=the path), one of {TFDS_KNOWN}, or "
-      f"'tfds:<name>' for any TFDS image-classification dataset.")
+      f"(offline only), 'folder' or 'npz' (with data_dir=the path), one of "
+      f"{tfds_source.KNOWN}, or 'tfds:<name>' for any TFDS image-classification dataset.")
 
 
 def load_split(dataset: str = "omniglot", split: str = "train", *, data_dir=None,
@@ -70,7 +69,7 @@ def load_split(dataset: str = "omniglot", split: str = "train", *, data_dir=None
     raise DataError(f"channels must be 1 or 3, got {channels!r}.")
   if not isinstance(image_size, int) or image_size < 1:
     raise DataError(f"image_size must be a positive int, got {image_size!r}.")
-  is_omniglot = kind == "omniglot" or dataset == "tfds:omniglot"
+  is_omniglot = kind == "omniglot"
   if kind == "omniglot":
     source = {"omniglot": "auto", "omniglot28": "offline", "tfds:omniglot": "tfds"}[dataset]
     background = omniglot.load_omniglot("background", source=source, data_dir=data_dir,
@@ -94,7 +93,6 @@ def load_split(dataset: str = "omniglot", split: str = "train", *, data_dir=None
     elif kind == "npz":
       full = folder.load_npz(data_dir)
     else:
-      from metagan_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
       name = dataset[5:] if dataset.startswith("tfds:") else dataset
       full = tfds_source.load_tfds(name, data_dir=data_dir, download=download)
     by_split = splits.class_split(full, split_seed, fractions)

@@ -30,8 +30,8 @@ def _existing(path, what: str) -> Path:
 
 
 def _image_files(folder: Path) -> list[Path]:
-  return sorted(f for f in folder.iterdir()
-                if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES)
+  return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")
+                and f.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _read_image(f: Path, channels: int | None, resize_to: int | None) -> np.ndarray:
@@ -81,7 +81,8 @@ def load_folder(path: str | os.PathLike, *, channels: int | None = None,
   for d in class_dirs:
     files = _image_files(d)
     if not files:
-      raise DataError(f"class folder {str(d)!r} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+      raise DataError(
+          f"class folder {str(d)!r} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
     imgs = []
     for f in files:
       x = _read_image(f, channels, resize_to)

@@ -34,7 +34,8 @@ def _is_omniglot28(path: Path) -> bool:
   return all((path / f).is_file() for f in FILES.values())
 
 
-def find_omniglot28(data_dir: str | os.PathLike | None = None, *, required: bool = True) -> Path | None:
+def find_omniglot28(data_dir: str | os.PathLike | None = None, *,
+                    required: bool = True) -> Path | None:
   """Returns the offline Omniglot directory.
 
   Args:

@@ -133,7 +133,8 @@ def preprocess_images(imgs: np.ndarray, *, image_size: int, channels: int, inver
   return np.ascontiguousarray(x)
 
 
-def preprocess_dataset(data: ClassDataset, *, image_size: int, channels: int, invert: bool) -> ClassDataset:
+def preprocess_dataset(data: ClassDataset, *, image_size: int, channels: int,
+                       invert: bool) -> ClassDataset:
   """Applies :func:`preprocess_images` to every class of ``data``."""
   images = [preprocess_images(x, image_size=image_size, channels=channels, invert=invert,
                               what=f"class {n!r} of {data.source}")
@@ -153,7 +154,8 @@ def add_rotations(data: ClassDataset) -> ClassDataset:
       names.append(n if k == 0 else f"{n}/rot{90 * k}")
       images.append(x if k == 0 else np.ascontiguousarray(np.rot90(x, k, axes=(1, 2))))
       groups.append(g)
-  return ClassDataset(names, images, groups, data.source + " (+90/180/270-degree rotations as classes)")
+  return ClassDataset(names, images, groups,
+                      data.source + " (+90/180/270-degree rotations as classes)")
 
 
 def jitter(imgs_NxHxWxC: np.ndarray, rng: np.random.Generator, *, max_shift: float = 2.0,

@@ -47,19 +47,22 @@ class TaskSampler:
       process_index: this host's index; hosts with distinct indices draw distinct tasks.
       start_step: the position to start from (same as ``restore``).
     """
-    for k, v, lo in (("T", T, 1), ("K", K, 1), ("Q", Q, 0), ("classes_per_task", classes_per_task, 1),
-                     ("seed", seed, 0), ("process_index", process_index, 0), ("start_step", start_step, 0)):
+    for k, v, lo in (("T", T, 1), ("K", K, 1), ("Q", Q, 0),
+                     ("classes_per_task", classes_per_task, 1), ("seed", seed, 0),
+                     ("process_index", process_index, 0), ("start_step", start_step, 0)):
       if not isinstance(v, (int, np.integer)) or v < lo:
         raise DataError(f"{k} must be an integer >= {lo}, got {v!r}.")
     if len(data) == 0:
       raise DataError(f"no classes to sample from {data.source or 'this split'} (empty split); "
                       f"use another split, split='all', or add classes.")
     if len(data) < classes_per_task:
-      raise DataError(f"classes_per_task={classes_per_task} but the split has only {len(data)} classes.")
+      raise DataError(f"classes_per_task={classes_per_task} but the split has only "
+                      f"{len(data)} classes.")
     self.T, self.K, self.Q = int(T), int(K), int(Q)
     self.seed, self.process_index = int(seed), int(process_index)
     self.classes_per_task = int(classes_per_task)
-    self.jitter, self.jitter_shift, self.jitter_degrees = bool(jitter), float(jitter_shift), float(jitter_degrees)
+    self.jitter = bool(jitter)
+    self.jitter_shift, self.jitter_degrees = float(jitter_shift), float(jitter_degrees)
     self.names = list(data.names)
     self.step = int(start_step)
 
@@ -104,7 +107,8 @@ class TaskSampler:
       return rng.choice(self.num_classes, size, replace=False)
     return rng.integers(0, self.num_classes, size)
 
-  def indices(self, step: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+  def indices(self, step: int,
+              rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Class and image indices of batch ``step``: two ``int[T, K + Q]`` arrays."""
     rng = self._rng(step) if rng is None else rng
     T, n = self.T, self.K + self.Q
@@ -118,7 +122,8 @@ class TaskSampler:
         keys[np.arange(self._max_n)[None, :] >= self.counts_C[cls_T][:, None]] = 2.0
         idx_TxN = np.argsort(keys, axis=1)[:, :n]
       else:
-        idx_TxN = np.stack([rng.choice(self.counts_C[c], n, replace=False) for c in cls_T.tolist()])
+        idx_TxN = np.stack([rng.choice(self.counts_C[c], n, replace=False)
+                            for c in cls_T.tolist()])
       return cls_TxN, idx_TxN
     m = self.classes_per_task
     cls_Txm = self._pick_classes(rng, T * m).reshape(T, m)

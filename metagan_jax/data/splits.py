@@ -66,12 +66,14 @@ def class_split(data: ClassDataset, seed: int,
   one when there are 3 or more groups; a permutation from ``seed`` decides which.
   """
   if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
-    raise DataError(f"split fractions must be 3 non-negative numbers summing to 1, got {fractions}.")
+    raise DataError(
+        f"split fractions must be 3 non-negative numbers summing to 1, got {fractions}.")
   groups = sorted(set(data.groups))
   n = len(groups)
   n_val, n_test = (int(round(f * n)) for f in fractions[1:])
   if n >= 3:
-    n_val, n_test = max(n_val, 1 if fractions[1] > 0 else 0), max(n_test, 1 if fractions[2] > 0 else 0)
+    n_val = max(n_val, 1 if fractions[1] > 0 else 0)
+    n_test = max(n_test, 1 if fractions[2] > 0 else 0)
   n_test = min(n_test, n)
   n_val = min(n_val, n - n_test)
   perm = np.random.default_rng(seed).permutation(n)

@@ -7,6 +7,8 @@ so ``import metagan_jax.data`` works without them. Install with
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from metagan_jax.data import preprocess as pp
@@ -38,10 +40,13 @@ def get_builder(name: str, *, data_dir=None, download: bool = False):
       to get it), or the download failed.
   """
   tfds = import_tfds()
+  if data_dir is not None:
+    data_dir = os.path.expanduser(os.fspath(data_dir))
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.DatasetNotFoundError as e:
-    raise DataError(f"unknown TFDS dataset {name!r}; see tfds.list_builders() for the names.") from e
+    raise DataError(
+        f"unknown TFDS dataset {name!r}; see tfds.list_builders() for the names.") from e
   if download:
     try:
       builder.download_and_prepare()
@@ -157,4 +162,5 @@ def load_tfds_omniglot(part: str, *, data_dir=None, download: bool = False) -> C
     groups.append(alphabet)
   order = np.argsort(names)  # Same class order as the offline copy (sorted keys).
   return ClassDataset([names[i] for i in order], [images[i] for i in order],
-                      [groups[i] for i in order], f"TFDS omniglot ({tfds_split}) from {builder.data_dir}")
+                      [groups[i] for i in order],
+                      f"TFDS omniglot ({tfds_split}) from {builder.data_dir}")
