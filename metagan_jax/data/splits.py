@@ -1,0 +1,128 @@
+"""Class splits: meta-train / validation / meta-test never share a class.
+
+Omniglot uses its standard split by alphabet: background alphabets for
+meta-train, minus :data:`OMNIGLOT_VAL_ALPHABETS` for validation; the evaluation
+alphabets for meta-test. Other datasets get a seeded split of their classes
+(by group when the source has groups), which :func:`write_split` saves as
+``split.json`` next to a run so it can be audited.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from metagan_jax.data.sources import ClassDataset, DataError
+
+SPLITS = ("train", "val", "test", "all")
+
+# 5 of the 30 background alphabets (128 of the 964 classes), drawn once with
+# np.random.default_rng(0).choice(30, 5, replace=False) over the sorted names,
+# and fixed here so every run validates on the same characters.
+OMNIGLOT_VAL_ALPHABETS = (
+    "Blackfoot_(Canadian_Aboriginal_Syllabics)",
+    "Burmese_(Myanmar)",
+    "Greek",
+    "Inuktitut_(Canadian_Aboriginal_Syllabics)",
+    "Malay_(Jawi_-_Arabic)",
+)
+
+DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
+
+
+def check_split_name(split: str) -> None:
+  if split not in SPLITS:
+    raise DataError(f"unknown split {split!r}; use one of {SPLITS}.")
+
+
+def omniglot_split(background: ClassDataset, evaluation: ClassDataset,
+                   val_alphabets: Sequence[str] = OMNIGLOT_VAL_ALPHABETS) -> dict[str, list[str]]:
+  """Class names of the standard Omniglot split (by alphabet).
+
+  Raises:
+    DataError: a validation alphabet is not a background alphabet.
+  """
+  val = set(val_alphabets)
+  unknown = sorted(val - set(background.groups))
+  if unknown:
+    raise DataError(f"validation alphabets {unknown} are not background alphabets of "
+                    f"{background.source}; choose among {sorted(set(background.groups))}.")
+  return {
+      "train": [n for n, g in zip(background.names, background.groups) if g not in val],
+      "val": [n for n, g in zip(background.names, background.groups) if g in val],
+      "test": list(evaluation.names),
+  }
+
+
+def class_split(data: ClassDataset, seed: int,
+                fractions: Sequence[float] = DEFAULT_FRACTIONS) -> dict[str, list[str]]:
+  """Seeded train/val/test split of the groups (= classes unless the source groups them).
+
+  Each split gets ``round(fraction * num_groups)`` groups, val and test at least
+  one when there are 3 or more groups; a permutation from ``seed`` decides which.
+  """
+  if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
+    raise DataError(
+        f"split fractions must be 3 non-negative numbers summing to 1, got {fractions}.")
+  groups = sorted(set(data.groups))
+  n = len(groups)
+  n_val, n_test = (int(round(f * n)) for f in fractions[1:])
+  if n >= 3:
+    n_val = max(n_val, 1 if fractions[1] > 0 else 0)
+    n_test = max(n_test, 1 if fractions[2] > 0 else 0)
+  n_test = min(n_test, n)
+  n_val = min(n_val, n - n_test)
+  perm = np.random.default_rng(seed).permutation(n)
+  which = {}
+  for rank, gi in enumerate(perm.tolist()):
+    which[groups[gi]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+  return {s: [c for c, g in zip(data.names, data.groups) if which[g] == s]
+          for s in ("train", "val", "test")}
+
+
+def check_disjoint(splits: dict[str, list[str]]) -> None:
+  """Raises :class:`DataError` if two splits share a class."""
+  seen: dict[str, str] = {}
+  for s, names in splits.items():
+    if s == "all":
+      continue
+    for n in names:
+      if n in seen and seen[n] != s:
+        raise DataError(f"class {n!r} is in both split {seen[n]!r} and {s!r}.")
+      seen[n] = s
+
+
+def write_split(path: str | os.PathLike, splits: dict[str, list[str]], **info) -> Path:
+  """Writes the split (and ``info``, e.g. dataset and seed) as JSON.
+
+  Args:
+    path: a run directory (the file is ``<path>/split.json``) or a ``.json`` file.
+    splits: split name -> class names.
+    **info: JSON-serialisable facts that make the split reproducible.
+
+  Returns:
+    The path written.
+  """
+  p = Path(path)
+  if p.suffix != ".json":
+    p.mkdir(parents=True, exist_ok=True)
+    p = p / "split.json"
+  else:
+    p.parent.mkdir(parents=True, exist_ok=True)
+  doc = dict(info, counts={s: len(v) for s, v in splits.items()}, splits=splits)
+  p.write_text(json.dumps(doc, indent=1) + "\n")
+  return p
+
+
+def read_split(path: str | os.PathLike) -> dict[str, list[str]]:
+  """Reads the ``splits`` of a file written by :func:`write_split`."""
+  p = Path(path)
+  p = p / "split.json" if p.is_dir() else p
+  try:
+    return json.loads(p.read_text())["splits"]
+  except (OSError, ValueError, KeyError) as e:
+    raise DataError(f"cannot read split file {str(p)!r}: {e}") from e
