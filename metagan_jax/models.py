@@ -166,6 +166,7 @@ class ConvGenerator(nn.Module):
   channels: int
   base: int = 64
   norm: str | None = "layer"
+  conv_impl: str = "matmul"
 
   @nn.compact
   def __call__(self, z_NxZ):
@@ -173,12 +174,11 @@ class ConvGenerator(nn.Module):
     width = self.base * 2 ** (n_up - 1)
     h = nn.Dense(4 * 4 * width, name="fc")(z_NxZ).reshape(-1, 4, 4, width)
     h = nn.relu(_norm(self.norm, "norm0")(h))
-    pad = ((2, 2), (2, 2))
     for i in range(n_up - 1):
       width //= 2
-      h = nn.ConvTranspose(width, (4, 4), (2, 2), padding=pad, name=f"deconv{i + 1}")(h)
+      h = _deconv(self.conv_impl, width, f"deconv{i + 1}")(h)
       h = nn.relu(_norm(self.norm, f"norm{i + 1}")(h))
-    x = nn.ConvTranspose(self.channels, (4, 4), (2, 2), padding=pad, name=f"deconv{n_up}")(h)
+    x = _deconv(self.conv_impl, self.channels, f"deconv{n_up}")(h)
     return jnp.tanh(x)
 
 
@@ -188,6 +188,7 @@ class ConvDiscriminator(nn.Module):
   size: int
   base: int = 64
   norm: str | None = "layer"
+  conv_impl: str = "matmul"
 
   @nn.compact
   def __call__(self, x_NxHxWxC):
@@ -195,7 +196,7 @@ class ConvDiscriminator(nn.Module):
     h = x_NxHxWxC
     width = self.base
     for i in range(n_down):
-      h = nn.Conv(width, (4, 4), (2, 2), padding=((1, 1), (1, 1)), name=f"conv{i + 1}")(h)
+      h = _conv(self.conv_impl, width, f"conv{i + 1}")(h)
       if i > 0:  # no normalisation on the input layer, as in DCGAN
         h = _norm(self.norm, f"norm{i}")(h)
       h = nn.leaky_relu(h, 0.2)
@@ -204,13 +205,18 @@ class ConvDiscriminator(nn.Module):
 
 
 def dcgan(size: int, channels: int = 3, z_dim: int = 128, base: int = 64,
-          norm: str | None = "layer") -> GanModel:
-  """A 32x32 or 64x64 DCGAN pair with optional stateless normalisation."""
+          norm: str | None = "layer", conv_impl: str = "matmul") -> GanModel:
+  """A 32x32 or 64x64 DCGAN pair with optional stateless normalisation.
+
+  ``norm`` is ``"layer"``, ``"group"`` or ``"none"``; ``conv_impl`` as in :func:`dcgan28`.
+  """
   if size not in (32, 64):
     raise ValueError(f"dcgan size must be 32 or 64, got {size!r}; use dcgan28() for 28x28.")
   _norm(norm, "check")  # validates the name early
+  _check_impl(conv_impl)
   return GanModel(f"dcgan{size}", z_dim, (size, size, channels),
-                  ConvGenerator(size, channels, base, norm), ConvDiscriminator(size, base, norm))
+                  ConvGenerator(size, channels, base, norm, conv_impl),
+                  ConvDiscriminator(size, base, norm, conv_impl))
 
 
 def dcgan32(**kwargs) -> GanModel:
