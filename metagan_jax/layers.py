@@ -63,11 +63,13 @@ class Conv4x4s2(nn.Module):
 
   features: int
   kernel_init: nn.initializers.Initializer = default_kernel_init
+  param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param("kernel", self.kernel_init, (4, 4, x.shape[-1], self.features))
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    kernel = self.param("kernel", self.kernel_init, (4, 4, x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
     return conv4x4s2(x, kernel.astype(x.dtype)) + bias.astype(x.dtype)
 
 
@@ -76,9 +78,11 @@ class ConvTranspose4x4s2(nn.Module):
 
   features: int
   kernel_init: nn.initializers.Initializer = default_kernel_init
+  param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param("kernel", self.kernel_init, (4, 4, x.shape[-1], self.features))
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    kernel = self.param("kernel", self.kernel_init, (4, 4, x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
     return conv_transpose4x4s2(x, kernel.astype(x.dtype)) + bias.astype(x.dtype)

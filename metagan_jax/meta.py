@@ -142,15 +142,20 @@ def maml_objective(meta_params, support, query, key, config: MetaConfig):
 
 def _maml_task(meta_params, support, query, key, config: MetaConfig):
   """Per-task meta-gradient of MAML / first-order MAML / Meta-SGD."""
-  objective = lambda mp: maml_objective(mp, support, query, key, config)
-  query_losses, vjp_fn, aux = jax.vjp(objective, meta_params, has_aux=True)
-  # Two cotangents, one backward pass batched over them: row i is the
-  # gradient of meta-loss i w.r.t. all meta-parameters.
-  eye = jnp.eye(2, dtype=query_losses.dtype)
+  def objective(mp):
+    losses, aux = maml_objective(mp, support, query, key, config)
+    return losses, (losses, aux)
+
   if config.meta_backward == "batched":
-    (grads_2x,) = jax.vmap(vjp_fn)(eye)
+    # Reverse mode over both meta-losses at once: one forward pass, one
+    # backward pass batched over the two cotangents; row i of each leaf is the
+    # gradient of meta-loss i w.r.t. all meta-parameters.
+    grads_2x, (query_losses, aux) = jax.jacrev(objective, has_aux=True)(meta_params)
   else:
-    grads_2x = jax.tree.map(lambda *g: jnp.stack(g), *(vjp_fn(eye[i])[0] for i in range(2)))
+    query_losses, vjp_fn, (_, aux) = jax.vjp(objective, meta_params, has_aux=True)
+    # zeros_like keeps the cotangents' type (e.g. varying inside shard_map).
+    basis = [jnp.zeros_like(query_losses).at[i].set(1) for i in range(2)]
+    grads_2x = jax.tree.map(lambda *g: jnp.stack(g), *(vjp_fn(b)[0] for b in basis))
   return _own_player(grads_2x), query_losses, aux
 
 

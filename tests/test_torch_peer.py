@@ -1,0 +1,140 @@
+"""The PyTorch peer benchmark (benchmarks/torch_peer.py) computes what metagan_jax computes.
+
+float64 cross-check on a tiny dcgan28 problem: identical parameters (converted
+between the flax and torch layouts) and identical noise, so torch's ``loop``
+and ``func`` meta-gradients must equal ``metagan_jax.meta_gradients`` to
+rounding error. Skipped when torch is not installed.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import metagan_jax as mg  # noqa: E402
+from benchmarks import common, torch_peer  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+T, K, Q, STEPS, LR = 2, 2, 2, 2, 0.05
+# XLA's default optimisation takes ~1 min to compile a second-order dcgan28
+# meta-gradient on a small CPU; the unoptimised build gives the same numbers.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def _jax_noise(key, adapt_cfg, model):
+  """The latents metagan_jax draws for each task: ([T, steps, 2, K, z], [T, Q, z])."""
+  z_inner, z_query = [], []
+  for k in jax.random.split(key, T):
+    k_adapt, k_query = jax.random.split(k)
+    z_inner.append(mg.inner_noise(k_adapt, adapt_cfg, K, jnp.float64).z)
+    # meta._query_losses: (k_z, k_gp) = split(k_query); z from k_z.
+    z_query.append(model.sample_z(jax.random.split(k_query)[0], Q, jnp.float64))
+  return np.stack(z_inner), np.stack(z_query)
+
+
+@pytest.fixture(scope="module")
+def problem():
+  """Params, tasks, noise and JAX reference meta-gradients (all numpy, float64)."""
+  with jax.enable_x64(True):
+    model = mg.models.dcgan28()
+    params = jax.tree.map(lambda x: x.astype(jnp.float64), model.init(jax.random.key(0)))
+    k_s, k_q = jax.random.split(jax.random.key(1))
+    tasks = mg.Tasks(jax.random.uniform(k_s, (T, K, 28, 28, 1), jnp.float64, -1, 1),
+                     jax.random.uniform(k_q, (T, Q, 28, 28, 1), jnp.float64, -1, 1))
+    key = jax.random.key(2)
+    adapt_cfg = mg.AdaptConfig(model, inner_steps=STEPS, inner_lr=LR)
+    z_inner, z_query = _jax_noise(key, adapt_cfg, model)
+    ref = {}
+    for alg in ("maml", "fomaml", "reptile"):
+      cfg = mg.MetaConfig(adapt_cfg, algorithm=alg)  # vectorize="map" (default)
+      fn = jax.jit(mg.meta_gradients, static_argnames="config")
+      compiled = fn.lower(params, tasks, key, config=cfg).compile(_FAST_COMPILE)
+      grads, _ = compiled(params, tasks, key)
+      ref[alg] = jax.tree.map(np.asarray, {"g": grads.g, "d": grads.d})
+    return dict(model=model, params=jax.tree.map(np.asarray, params),
+                support=np.asarray(tasks.support), query=np.asarray(tasks.query),
+                z_inner=z_inner, z_query=z_query, ref=ref)
+
+
+def _rel_errs(got, want):
+  """Per-leaf max |got - want| / max |want|, keyed by path."""
+  flat_got = jax.tree_util.tree_flatten_with_path(got)[0]
+  flat_want = jax.tree_util.tree_flatten_with_path(want)[0]
+  assert [p for p, _ in flat_got] == [p for p, _ in flat_want]
+  return {jax.tree_util.keystr(p): float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+          for (p, a), (_, b) in zip(flat_got, flat_want)}
+
+
+def test_layout_conversion_forward_and_roundtrip(problem):
+  params = problem["params"]
+  model = problem["model"]
+  tp = torch_peer.jax_to_torch_params(params, torch.float64)
+  z = np.random.default_rng(0).standard_normal((3, model.z_dim))
+  with jax.enable_x64(True):
+    x_jax = np.asarray(model.generate(params.g, jnp.asarray(z)))
+    logits_jax = np.asarray(model.discriminate(params.d, jnp.asarray(problem["support"][0])))
+  x_torch = torch_peer.generate(tp["g"], torch.tensor(z)).numpy()
+  np.testing.assert_allclose(np.moveaxis(x_torch, 1, -1), x_jax, atol=1e-13)
+  logits_torch = torch_peer.discriminate(
+      tp["d"], torch_peer.nhwc_to_nchw(problem["support"][0], torch.float64)).numpy()
+  np.testing.assert_allclose(logits_torch, logits_jax, rtol=1e-12, atol=1e-13)
+  back = torch_peer.torch_to_jax_grads(tp)
+  for (pa, a), (_, b) in zip(jax.tree_util.tree_flatten_with_path(back)[0],
+                             jax.tree_util.tree_flatten_with_path({"g": params.g, "d": params.d})[0]):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(pa))
+
+
+@pytest.mark.parametrize("impl", ["loop", "func"])
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "reptile"])
+def test_meta_gradients_match_jax_float64(problem, algorithm, impl):
+  got = torch_peer.torch_meta_grads(problem["params"], problem["support"], problem["query"],
+                                    problem["z_inner"], problem["z_query"], LR, algorithm, impl,
+                                    "float64")
+  errs = _rel_errs(got, problem["ref"][algorithm])
+  assert max(errs.values()) < 1e-8, errs
+
+
+def test_naive_total_derivative_differs(problem):
+  """A plain autograd.grad w.r.t. the non-leaf player params is the total derivative: wrong."""
+  got = torch_peer.torch_meta_grads(problem["params"], problem["support"], problem["query"],
+                                    problem["z_inner"], problem["z_query"], LR, "maml", "naive",
+                                    "float64")
+  errs = _rel_errs(got, problem["ref"]["maml"])
+  assert max(errs.values()) > 1e-3, errs
+
+
+def _run_script(*args, timeout=120):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "torch_peer.py"),
+                        "--workload", "tiny", "--steps", "2", "--threads", "1", *args],
+                       capture_output=True, text=True, timeout=timeout, env=env, check=True)
+  return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.parametrize("impl", ["loop", "func"])
+def test_script_json_fields(impl):
+  (rec,) = _run_script("--impl", impl)
+  missing = [f for f in common.REQUIRED_FIELDS if f not in rec]
+  assert not missing
+  assert rec["backend"] == "torch" and rec["impl"] == impl and rec["algorithm"] == "maml"
+  assert (rec["T"], rec["K"], rec["Q"], rec["inner_steps"]) == (T, K, Q, STEPS)
+  assert rec["median_ms"] > 0 and rec["matmul_gflops_per_s"] > 0
+  assert rec["useful_gflop"] == pytest.approx(common.useful_gflop(common.WORKLOADS["tiny"], "maml"),
+                                              rel=1e-3)
+
+
+@pytest.mark.skipif(not os.environ.get("METAGAN_SLOW_TESTS"),
+                    reason="torch.compile (inductor) of the second-order meta-gradient takes "
+                           "minutes on a small CPU; set METAGAN_SLOW_TESTS=1 to run")
+def test_script_compile_json_fields():
+  (rec,) = _run_script("--impl", "compile", timeout=1800)
+  assert not [f for f in common.REQUIRED_FIELDS if f not in rec]
+  assert "error" not in rec, rec.get("error")
+  assert rec["compiled"]
