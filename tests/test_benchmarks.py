@@ -25,7 +25,7 @@ def test_maml_speed_json_has_every_field():
   assert not missing
   assert rec["backend"] == "jax" and rec["T"] == 2 and rec["inner_steps"] == 2
   assert rec["min_ms"] <= rec["median_ms"] <= rec["max_ms"]
-  assert rec["useful_gflop"] == common.useful_gflop(common.WORKLOADS["tiny"], "maml")
+  assert abs(rec["useful_gflop"] - common.useful_gflop(common.WORKLOADS["tiny"], "maml")) < 1e-3
   assert rec["matmul_gflops_per_s"] > 0 and rec["peak_rss_mb"] > 0
 
 
