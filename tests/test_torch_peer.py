@@ -28,6 +28,15 @@ T, K, Q, STEPS, LR = 2, 2, 2, 2, 0.05
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+  """Tiny problems: one thread avoids OpenMP spin-waits on a busy small machine."""
+  n = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(n)
+
+
 def _jax_noise(key, adapt_cfg, model):
   """The latents metagan_jax draws for each task: ([T, steps, 2, K, z], [T, Q, z])."""
   z_inner, z_query = [], []
