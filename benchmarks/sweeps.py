@@ -66,10 +66,15 @@ def sweep_standard(steps: int) -> None:
     recs += _run("maml_speed.py", "--algorithm", alg, "--steps", s)
     recs += _run("torch_peer.py", "--algorithm", alg, "--impl", "all", "--steps", s)
   recs += _run("maml_speed.py", "--algorithm", "metasgd", "--steps", s)
-  # The straightforward formulation (flax convs, vmap over tasks, scan): slow, few steps.
-  recs += _run("maml_speed.py", "--algorithm", "maml", "--conv-impl", "xla", "--vectorize", "vmap",
-               "--steps", "3", "--warmup", "1", "--no-matmul")
   _save("standard", recs)
+  # The formulation ladder: from the straightforward version (flax convs, vmap
+  # over tasks) to the library default (matmul convs, lax.map over tasks).
+  ladder = []
+  for impl, vec, n in (("xla", "vmap", "3"), ("xla", "map", "5"), ("matmul", "vmap", "10"),
+                       ("matmul", "map", s)):
+    ladder += _run("maml_speed.py", "--algorithm", "maml", "--conv-impl", impl, "--vectorize",
+                   vec, "--steps", n, "--warmup", "1", "--no-matmul")
+  _save("ladder", ladder)
 
 
 def sweep_k(steps: int) -> None:
@@ -183,6 +188,16 @@ def tables() -> str:
     if mm:
       out.append(f"\nDense float32 2048x2048 matmul in the same JAX processes: "
                  f"{min(mm):.0f}-{max(mm):.0f} GFLOP/s.\n")
+  ladder = [r for r in _load("ladder") if "error" not in r]
+  if ladder:
+    out.append("### From the straightforward formulation to the default (second-order MAML, standard workload)\n")
+    out.append("| convolutions | tasks vectorised by | ms / meta-step | timed steps | compile s |")
+    out.append("|---|---|---|---|---|")
+    for r in ladder:
+      conv = "flax `nn.Conv`/`nn.ConvTranspose`" if r["conv_impl"] == "xla" else "im2col / scatter matmuls"
+      vec = "`jax.vmap`" if r["vectorize"] == "vmap" else "`lax.map`"
+      out.append(f"| {conv} | {vec} | {_f(r['median_ms'], 0)} | {r['steps']} | {_f(r['compile_s'])} |")
+    out.append("")
   ks = [r for r in _load("k") if "error" not in r]
   if ks:
     out.append("### Inner steps k (second-order MAML, T=8)\n")
