@@ -3,6 +3,7 @@
   python benchmarks/maml_speed.py --workload omniglot28-dcgan --algorithm maml
   python benchmarks/maml_speed.py --algorithm reptile --inner-steps 20 --remat
   python benchmarks/maml_speed.py --vectorize vmap --conv-impl xla   # the plain formulation
+  XLA_FLAGS=--xla_force_host_platform_device_count=4 python benchmarks/maml_speed.py  # 4 CPU devices
 
 Fields (see ``common.py`` for the useful-FLOP formula): backend, device,
 compile_s (lower + compile of the jitted meta-step), median/min/max_ms over
@@ -70,6 +71,9 @@ def run(args) -> dict:
                           **{k: v for k, v in (("T", args.T), ("K", args.K), ("Q", args.Q),
                                                ("inner_steps", args.inner_steps)) if v})
   config, state, tasks = build(w, args)
+  # Tasks split over every device (one device: a mesh of one), params replicated.
+  mesh = config.task_mesh()
+  state, tasks = mg.parallel.replicate(state, mesh), mg.parallel.shard_tasks(tasks, mesh)
   step_fn = jax.jit(functools.partial(mg.meta_step, config=config), donate_argnums=0)
   key = jax.random.key(1)
 
@@ -101,6 +105,7 @@ def run(args) -> dict:
       "inner_steps": w.inner_steps, "dtype": args.dtype, "loop": args.loop, "remat": args.remat,
       "vectorize": args.vectorize, "map_batch": args.map_batch, "conv_impl": args.conv_impl,
       "meta_backward": args.meta_backward, "jax": jax.__version__,
+      "num_devices": jax.device_count(),
       "compile_s": compile_s, **stats, **mem,
       "matmul_gflops_per_s": matmul_gflops() if not args.no_matmul else None,
   }

@@ -19,7 +19,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec as P
 
+from metagan_jax import parallel
 from metagan_jax.inner import (AdaptConfig, MetaSGDParams, adapt_with_aux,
                                check_samples)
 from metagan_jax.models import GanParams
@@ -47,6 +49,10 @@ class MetaConfig:
     meta_backward: ``"batched"`` computes both players' meta-gradients in one
       backward pass vmapped over the two cotangents; ``"sequential"`` runs two
       backward passes.
+    mesh: the device mesh whose ``mesh_axis`` splits the task batch (see
+      :mod:`metagan_jax.parallel`); ``None`` means every device of every
+      process (one device: a mesh of one).
+    mesh_axis: the name of the task axis of ``mesh``.
   """
 
   adapt: AdaptConfig
@@ -56,18 +62,27 @@ class MetaConfig:
   vectorize: str = "map"
   map_batch: int = 1
   meta_backward: str = "batched"
+  mesh: jax.sharding.Mesh | None = None
+  mesh_axis: str = parallel.TASK_AXIS
 
   def __post_init__(self):
     if self.algorithm not in ALGORITHMS:
       raise ValueError(f"Unknown algorithm {self.algorithm!r}; choose from {list(ALGORITHMS)}.")
     if self.vectorize not in ("vmap", "map"):
       raise ValueError(f"MetaConfig.vectorize must be 'vmap' or 'map', got {self.vectorize!r}.")
+    if self.meta_backward not in ("batched", "sequential"):
+      raise ValueError(f"MetaConfig.meta_backward must be 'batched' or 'sequential', got "
+                       f"{self.meta_backward!r}.")
     if not isinstance(self.adapt, AdaptConfig):
       raise TypeError(f"MetaConfig.adapt must be an AdaptConfig, got {type(self.adapt).__name__}.")
 
   @property
   def optimizer(self) -> optax.GradientTransformation:
     return self.outer_opt if self.outer_opt is not None else optax.adam(self.outer_lr)
+
+  def task_mesh(self) -> jax.sharding.Mesh:
+    """The mesh the task batch is split over."""
+    return self.mesh if self.mesh is not None else parallel.task_mesh(axis=self.mesh_axis)
 
   @property
   def inner(self) -> AdaptConfig:
@@ -217,17 +232,30 @@ def meta_gradients(meta_params, tasks: Tasks, key: jax.Array, config: MetaConfig
   if config.algorithm == "metasgd" and not isinstance(meta_params, MetaSGDParams):
     raise TypeError("metasgd needs MetaSGDParams(init, lr); build the state with "
                     "metagan_jax.init(key, config).")
+  mesh, axis = config.task_mesh(), config.mesh_axis
+  parallel.check_divisible(tasks.support.shape[0], mesh, axis)
   keys = jax.random.split(key, tasks.support.shape[0])
   fn = functools.partial(per_task_gradient, config=config)
-  if config.vectorize == "vmap":
-    grads_T, q_T, aux_T = jax.vmap(fn, in_axes=(None, 0, 0, 0))(
-        meta_params, tasks.support, tasks.query, keys)
-  else:
-    grads_T, q_T, aux_T = jax.lax.map(lambda a: fn(meta_params, *a),
-                                      (tasks.support, tasks.query, keys),
-                                      batch_size=config.map_batch if config.map_batch > 1 else None)
-  grads = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads_T)
-  return grads, {"query_losses": q_T, **aux_T}
+
+  def local(params, support, query, keys):
+    # This device's share of the tasks. The replicated meta-parameters are
+    # first marked device-varying: otherwise every gradient taken inside
+    # (the inner loop's too) would be summed over devices as the transpose of
+    # the implicit broadcast. The mean over all tasks is then the mean of the
+    # equal-sized per-device means.
+    params = jax.lax.pcast(params, axis, to="varying")
+    if config.vectorize == "vmap":
+      grads_T, q_T, aux_T = jax.vmap(fn, in_axes=(None, 0, 0, 0))(params, support, query, keys)
+    else:
+      grads_T, q_T, aux_T = jax.lax.map(
+          lambda a: fn(params, *a), (support, query, keys),
+          batch_size=config.map_batch if config.map_batch > 1 else None)
+    grads = jax.tree.map(lambda g: jax.lax.pmean(jnp.mean(g, axis=0), axis), grads_T)
+    return grads, {"query_losses": q_T, **aux_T}
+
+  sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P(axis), P(axis)),
+                          out_specs=(P(), P(axis)))
+  return sharded(meta_params, tasks.support, tasks.query, keys)
 
 
 def meta_step(state: MetaState, tasks: Tasks, key: jax.Array, config: MetaConfig):
