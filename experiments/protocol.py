@@ -41,11 +41,12 @@ class FeatureNet(nn.Module):
 
   num_classes: int
   dim: int = 64
+  widths: tuple[int, ...] = (16, 32, 64)
 
   @nn.compact
   def __call__(self, x):
     h = x
-    for width in (32, 64, 128):
+    for width in self.widths:
       h = nn.relu(nn.Conv(width, (3, 3))(h))
       h = nn.avg_pool(h, (2, 2), (2, 2))
     feats = nn.relu(nn.Dense(self.dim)(h.reshape(h.shape[0], -1)))
@@ -97,26 +98,21 @@ def feature_net(config, verbose: bool = True):
       logits, _ = net.apply({"params": p}, xb)
       return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
-    @functools.partial(jax.jit, static_argnums=3)
-    def chunk(p, s, k, n_steps):
-      def body(carry, kk):
-        p, s = carry
-        idx = jax.random.randint(kk, (fc.batch,), 0, x_tr.shape[0])
-        xb = x_tr[idx]
-        # light augmentation: random shifts of up to 2 px
-        sh = jax.random.randint(jax.random.fold_in(kk, 1), (2,), -2, 3)
-        xb = jnp.roll(xb, (sh[0], sh[1]), axis=(1, 2))
-        l, g = jax.value_and_grad(loss_fn)(p, xb, y_tr[idx])
-        u, s = opt.update(g, s, p)
-        return (optax.apply_updates(p, u), s), l
-      (p, s), ls = jax.lax.scan(body, (p, s), jax.random.split(k, n_steps))
-      return p, s, ls.mean()
+    # One jitted step per call: XLA:CPU runs convolutions inside a scan/while
+    # loop ~10x slower than at top level.
+    @jax.jit
+    def train_step(p, s, xb, yb):
+      l, g = jax.value_and_grad(loss_fn)(p, xb, yb)
+      u, s = opt.update(g, s, p)
+      return optax.apply_updates(p, u), s, l
 
     params, s = params0, opt.init(params0)
-    per = 100
-    for i in range(0, fc.steps, per):
-      params, s, l = chunk(params, s, jax.random.fold_in(jax.random.key(fc.seed + 1), i),
-                           min(per, fc.steps - i))
+    x_np, y_np = np.asarray(x_tr), np.asarray(y_tr)
+    for i in range(fc.steps):
+      idx = rng.integers(0, len(x_np), fc.batch)
+      sh = rng.integers(-2, 3, 2)  # light augmentation: shifts of up to 2 px
+      xb = np.roll(x_np[idx], (int(sh[0]), int(sh[1])), axis=(1, 2))
+      params, s, _ = train_step(params, s, xb, y_np[idx])
     predict = jax.jit(lambda p, x: net.apply({"params": p}, x)[0].argmax(-1))
     acc = lambda x, y: float(np.mean(np.concatenate(
         [np.asarray(predict(params, x[i:i + 1024])) for i in range(0, len(x), 1024)]) == y))

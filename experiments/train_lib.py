@@ -94,51 +94,73 @@ def _transfer_opts(config):
           optax.adam(config.train.transfer_lr, b1=0.5))
 
 
-def transfer_step(state: mg.MetaState, batch: mg.Tasks, key: jax.Array, config,
-                  ) -> tuple[mg.MetaState, dict]:
-  """``U = tasks x inner_steps`` GAN updates, each on one row ``batch.support[u]``.
-
-  Each update is ``d_steps`` D updates then ``g_steps`` G updates (the inner
-  loop's rule) with Adam; one call makes as many D/G updates as one meta-step's
-  inner loops do.
-  """
+def transfer_update(params: mg.GanParams, opt_state, real: jax.Array, key: jax.Array, config):
+  """One transfer-GAN update on ``real [K, ...]``: ``d_steps`` D then ``g_steps`` G Adam updates."""
   ac = adapt_config(config)
   model, loss = ac.model, ac.loss
   d_opt, g_opt = _transfer_opts(config)
   nd, ng = ac.d_steps, ac.g_steps
+  d_state, g_state = opt_state
+  kz, kgp = jax.random.split(key)
+  z = jax.random.normal(kz, (nd + ng, real.shape[0], model.z_dim), real.dtype)
+  g, d = params.g, params.d
+  dl, gl = [], []
+  for j in range(nd):
+    fake = model.generate(g, z[j])
+    l, grads = jax.value_and_grad(
+        lambda d_: loss.d_objective(lambda x: model.discriminate(d_, x), real, fake,
+                                    jax.random.fold_in(kgp, j)))(d)
+    upd, d_state = d_opt.update(grads, d_state, d)
+    d = optax.apply_updates(d, upd)
+    dl.append(l)
+  for j in range(ng):
+    l, grads = jax.value_and_grad(
+        lambda g_: loss.g_objective(model.discriminate(d, model.generate(g_, z[nd + j]))))(g)
+    upd, g_state = g_opt.update(grads, g_state, g)
+    g = optax.apply_updates(g, upd)
+    gl.append(l)
+  return mg.GanParams(g=g, d=d), (d_state, g_state), jnp.mean(jnp.stack(dl)), jnp.mean(jnp.stack(gl))
 
-  def one(carry, xs):
-    params, (d_state, g_state) = carry
-    real, k = xs
-    kz, kgp = jax.random.split(k)
-    z = jax.random.normal(kz, (nd + ng, real.shape[0], model.z_dim), real.dtype)
-    g, d = params.g, params.d
-    dl, gl = [], []
-    for j in range(nd):
-      fake = model.generate(g, z[j])
-      l, grads = jax.value_and_grad(
-          lambda d_: loss.d_objective(lambda x: model.discriminate(d_, x), real, fake,
-                                      jax.random.fold_in(kgp, j)))(d)
-      upd, d_state = d_opt.update(grads, d_state, d)
-      d = optax.apply_updates(d, upd)
-      dl.append(l)
-    for j in range(ng):
-      l, grads = jax.value_and_grad(
-          lambda g_: loss.g_objective(model.discriminate(d, model.generate(g_, z[nd + j]))))(g)
-      upd, g_state = g_opt.update(grads, g_state, g)
-      g = optax.apply_updates(g, upd)
-      gl.append(l)
-    return (mg.GanParams(g=g, d=d), (d_state, g_state)), (jnp.mean(jnp.stack(dl)),
-                                                         jnp.mean(jnp.stack(gl)))
 
+def transfer_step(update_fn, state: mg.MetaState, batch: mg.Tasks, key: jax.Array,
+                  ) -> tuple[mg.MetaState, dict]:
+  """``U = tasks x inner_steps`` transfer updates, one per row ``batch.support[u]``.
+
+  One call makes as many D/G updates as one meta-step's inner loops. The
+  updates run from Python, each one jitted call (``update_fn``): XLA:CPU runs
+  convolutions inside a ``scan`` far slower than at top level.
+  """
+  params, opt_state = state.params, state.opt_state
   keys = jax.random.split(key, batch.support.shape[0])
-  (params, opt_state), (dl, gl) = jax.lax.scan(one, (state.params, state.opt_state),
-                                              (batch.support, keys))
-  metrics = {"d_loss": jnp.mean(dl), "g_loss": jnp.mean(gl)}
+  dls, gls = [], []
+  for u in range(batch.support.shape[0]):
+    params, opt_state, dl, gl = update_fn(params, opt_state, batch.support[u], keys[u])
+    dls.append(dl)
+    gls.append(gl)
+  metrics = {"d_loss": jnp.mean(jnp.stack(dls)), "g_loss": jnp.mean(jnp.stack(gls))}
   return mg.MetaState(params, opt_state, state.step + 1), metrics
 
 
 # --- one run ----------------------------------------------------------------
+
+
+def _step_key(config) -> str:
+  """The config fields a step function depends on, as JSON (its compilation cache key)."""
+  keep = {k: config[k] for k in ("model", "loss", "inner_steps", "d_steps", "g_steps",
+                                 "inner_lr")}
+  keep["train"] = {k: config.train[k] for k in ("outer_lr", "transfer_lr")}
+  return json.dumps(keep, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _step_fn(config_json: str, method: str):
+  """The jitted step of a method, one per config (so repeated runs reuse the compilation)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(json.loads(config_json))
+  if method in META_METHODS:
+    return jax.jit(functools.partial(mg.meta_step, config=meta_config(config, method)))
+  return functools.partial(transfer_step,
+                           jax.jit(functools.partial(transfer_update, config=config)))
 
 
 class Run:
@@ -152,16 +174,15 @@ class Run:
     self.k_init, self.k_steps = jax.random.split(root)
     model = get_model(config)
     if method in META_METHODS:
-      mc = meta_config(config, method)
-      self.state0 = mg.init(self.k_init, mc)
-      self.step_fn = jax.jit(functools.partial(mg.meta_step, config=mc))
+      self.state0 = mg.init(self.k_init, meta_config(config, method))
+      self.step_fn = _step_fn(_step_key(config), method)
       self.sampler = mg.data.TaskSampler(train_split, tc.tasks, tc.k, tc.q, seed=seed)
     else:
       params = model.init(self.k_init)
       d_opt, g_opt = _transfer_opts(config)
       self.state0 = mg.MetaState(params, (d_opt.init(params.d), g_opt.init(params.g)),
                                  jnp.zeros((), jnp.int32))
-      self.step_fn = jax.jit(functools.partial(transfer_step, config=config))
+      self.step_fn = _step_fn(_step_key(config), method)
       # Each row mixes classes_per_task = K classes: batches from all classes jointly.
       self.sampler = (None if method == "scratch" else mg.data.TaskSampler(
           train_split, tc.tasks * config.inner_steps, tc.k, 0, seed=seed, classes_per_task=tc.k))

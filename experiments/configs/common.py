@@ -40,7 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.features = ml_collections.ConfigDict()
   c.features.steps = 3000
-  c.features.batch = 128
+  c.features.batch = 64
   c.features.lr = 1e-3
   c.features.dim = 64
   c.features.holdout = 4          # images per meta-training class kept for its accuracy

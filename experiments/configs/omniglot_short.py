@@ -18,7 +18,6 @@ def get_config():
   c.train.tasks = 4
   c.train.ckpt_every = 100
   c.train.sample_every = 150
-  c.features.steps = 1500
   c.eval.adapt_seeds = "0"
   c.eval.n_boot = 1000
   return c

@@ -10,7 +10,7 @@ from experiments.configs import common
 def get_config():
   c = common.base_config()
   c.name = "tiny"
-  c.methods = "maml,reptile,transfer,scratch"
+  c.methods = "reptile,transfer,scratch"
   c.meta_seeds = "0"
   c.inner_steps = 1
   c.train.steps = 2
