@@ -306,6 +306,11 @@ def evaluate(config, params_by_run: dict, features_fn, verbose: bool = True,
     raise ValueError(f"eval.headline={ec.headline} is not in eval.steps={steps}.")
   adapt_seeds = train_lib.parse_list(ec.adapt_seeds, int)
   tc = test_classes(config, verbose=verbose)
+  # One constant for every feature set: the real held-out features get unit mean
+  # square, so the cubic KID kernel sees O(1) inner products whatever the net's scale.
+  scale = float(np.sqrt(np.mean(features_fn(tc["heldout"]) ** 2)))
+  raw_features_fn = features_fn
+  features_fn = lambda x: raw_features_fn(x) / scale
   f_sup, f_held = features_fn(tc["support"]), features_fn(tc["heldout"])
   rows, fds, images = [], [], {}
   real_only = {a: lowdata_accuracy(config, f_sup, f_held) for a in adapt_seeds}
