@@ -308,7 +308,7 @@ def evaluate(config, params_by_run: dict, features_fn, verbose: bool = True,
   tc = test_classes(config, verbose=verbose)
   # One constant for every feature set: the real held-out features get unit mean
   # square, so the cubic KID kernel sees O(1) inner products whatever the net's scale.
-  scale = float(np.sqrt(np.mean(features_fn(tc["heldout"]) ** 2)))
+  scale = float(np.sqrt(np.mean(features_fn(tc["heldout"]) ** 2))) or 1.0  # 0: dead features
   raw_features_fn = features_fn
   features_fn = lambda x: raw_features_fn(x) / scale
   f_sup, f_held = features_fn(tc["support"]), features_fn(tc["heldout"])
