@@ -275,6 +275,11 @@ def lowdata_accuracy(config, f_sup_CxKxD, f_held_CxHxD, f_aug_CxNxD=None) -> np.
   return (pred == np.repeat(np.arange(C), H)).reshape(C, H).mean(1)
 
 
+def _ratio(a: float, b: float) -> float:
+  """a / b, NaN when b is 0 (e.g. all features dead in an untrained feature net)."""
+  return float(a) / float(b) if b > 0 else float("nan")
+
+
 def score(config, f_gen, f_sup, f_held) -> tuple[dict, float]:
   """Per-class metrics ``{name: [C]}`` and the pooled FD of one set of generated features."""
   C, K = f_sup.shape[:2]
@@ -283,11 +288,12 @@ def score(config, f_gen, f_sup, f_held) -> tuple[dict, float]:
   for c in range(C):
     per["kid"][c] = M.kid(f_gen[c], f_held[c])
     per["fidelity"][c] = M.nearest_prototype_accuracy(f_gen[c], np.full(len(f_gen[c]), c), protos)
-    per["diversity"][c] = M.mean_pairwise_distance(f_gen[c]) / M.mean_pairwise_distance(f_held[c])
+    per["diversity"][c] = _ratio(M.mean_pairwise_distance(f_gen[c]),
+                                 M.mean_pairwise_distance(f_held[c]))
     # nearest-neighbour distance to the K support images vs to K held-out images
     # (same reference-set size); < 1 means samples sit closer to what they saw.
-    per["memorisation"][c] = (M.nearest_neighbour_distance(f_gen[c], f_sup[c]).mean()
-                              / M.nearest_neighbour_distance(f_gen[c], f_held[c][:K]).mean())
+    per["memorisation"][c] = _ratio(M.nearest_neighbour_distance(f_gen[c], f_sup[c]).mean(),
+                                    M.nearest_neighbour_distance(f_gen[c], f_held[c][:K]).mean())
   per["lowdata_acc"] = lowdata_accuracy(config, f_sup, f_held, f_gen[:, :config.eval.n_aug])
   fd = M.frechet_distance(f_gen.reshape(-1, f_gen.shape[-1]), f_held.reshape(-1, f_held.shape[-1]))
   return per, fd
