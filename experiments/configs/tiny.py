@@ -1,0 +1,36 @@
+"""Tiny config for tests: 2 meta-steps, T = 2 tasks, K = 2, 1 inner step, 3 test classes.
+
+Run:
+  python experiments/omniglot.py --config experiments/configs/tiny.py --workdir /tmp/tiny
+"""
+
+from experiments.configs import common
+
+
+def get_config():
+  c = common.base_config()
+  c.name = "tiny"
+  c.methods = "reptile,transfer,scratch"
+  c.meta_seeds = "0"
+  c.inner_steps = 1
+  c.train.steps = 2
+  c.train.tasks = 2
+  c.train.k = 2
+  c.train.q = 2
+  c.train.ckpt_every = 1
+  c.train.log_every = 1
+  c.train.sample_every = 2
+  c.features.steps = 20
+  c.features.batch = 32
+  c.features.dim = 16
+  c.eval.num_classes = 3
+  c.eval.k = 2
+  c.eval.steps = "0,2"
+  c.eval.headline = 2
+  c.eval.adapt_seeds = "0"
+  c.eval.n_gen = 8
+  c.eval.n_aug = 4
+  c.eval.classifier_steps = 10
+  c.eval.n_boot = 50
+  c.eval.grid_classes = 2
+  return c

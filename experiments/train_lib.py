@@ -1,0 +1,410 @@
+"""Training runs for the Omniglot experiments: meta methods, the transfer GAN, scratch.
+
+One run = one method x one meta-training seed, in its own folder::
+
+  <workdir>/train/<method>_s<seed>/
+    config.json        the full experiment config
+    metrics.jsonl      one JSON line per logged step
+    events.out.tfevents.*   TensorBoard scalars and sample grids
+    samples/step_XXXXXX.png 8x8 samples of the current initialisation
+    checkpoints/<step>/     orbax checkpoints (every train.ckpt_every steps and at the end)
+
+Checkpoints are written by orbax to a temporary folder and renamed when
+complete (atomic). :func:`train_run` with ``resume=True`` restores the newest
+readable checkpoint (an unreadable one is skipped with a warning) and continues;
+every batch and random key is a pure function of (seed, step), so on CPU a
+killed-and-resumed run ends with exactly the parameters of an uninterrupted one.
+
+Non-finite updates are detected after every step (any non-finite loss or
+parameter): the update is skipped, i.e. the state before the step is kept, as
+``optax.apply_if_finite`` does, and counted (the counts are checkpointed);
+after ``train.max_nonfinite`` in a row the run stops with
+:class:`NonFiniteError`. The check runs outside the compiled step, so the
+library's ``meta_step`` is used unchanged (wrapping the outer optimiser in
+``optax.apply_if_finite`` instead costs ~40% more compile time on CPU).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import metagan_jax as mg
+
+META_METHODS = mg.ALGORITHMS
+BASELINES = ("transfer", "scratch")
+
+
+class NonFiniteError(RuntimeError):
+  """Too many non-finite updates in a row."""
+
+
+def parse_list(s, typ=str) -> list:
+  """``"a,b"`` (or a list/tuple) -> ``[typ(a), typ(b)]``; empty string -> ``[]``."""
+  if isinstance(s, (list, tuple)):
+    return [typ(x) for x in s]
+  return [typ(x.strip()) for x in str(s).split(",") if x.strip()]
+
+
+def check_methods(methods: list[str]) -> None:
+  bad = [m for m in methods if m not in META_METHODS + BASELINES]
+  if bad:
+    raise ValueError(f"unknown method(s) {bad} in config.methods; choose from "
+                     f"{list(META_METHODS + BASELINES)}.")
+
+
+@functools.lru_cache(maxsize=None)
+def _model(name: str) -> mg.GanModel:
+  return mg.get_model(name)
+
+
+def get_model(config) -> mg.GanModel:
+  """The config's GAN pair (one object per name, so jitted functions are reused)."""
+  return _model(config.model)
+
+
+def adapt_config(config, inner_steps: int | None = None) -> mg.AdaptConfig:
+  """The adaptation rule shared by every method (inner SGD, alternating D/G steps)."""
+  return mg.AdaptConfig(get_model(config), inner_steps=inner_steps or config.inner_steps,
+                        d_steps=config.d_steps, g_steps=config.g_steps,
+                        inner_lr=config.inner_lr, loss=config.loss)
+
+
+def meta_config(config, algorithm: str) -> mg.MetaConfig:
+  return mg.MetaConfig(adapt_config(config), algorithm=algorithm,
+                       outer_opt=optax.adam(config.train.outer_lr))
+
+
+# --- the transfer baseline: one GAN on all meta-training classes ------------
+
+
+def _transfer_opts(config):
+  return (optax.adam(config.train.transfer_lr, b1=0.5),
+          optax.adam(config.train.transfer_lr, b1=0.5))
+
+
+def transfer_update(params: mg.GanParams, opt_state, real: jax.Array, key: jax.Array, config):
+  """One transfer-GAN update on ``real [K, ...]``: ``d_steps`` D then ``g_steps`` G Adam updates."""
+  ac = adapt_config(config)
+  model, loss = ac.model, ac.loss
+  d_opt, g_opt = _transfer_opts(config)
+  nd, ng = ac.d_steps, ac.g_steps
+  d_state, g_state = opt_state
+  kz, kgp = jax.random.split(key)
+  z = jax.random.normal(kz, (nd + ng, real.shape[0], model.z_dim), real.dtype)
+  g, d = params.g, params.d
+  dl, gl = [], []
+  for j in range(nd):
+    fake = model.generate(g, z[j])
+    l, grads = jax.value_and_grad(
+        lambda d_: loss.d_objective(lambda x: model.discriminate(d_, x), real, fake,
+                                    jax.random.fold_in(kgp, j)))(d)
+    upd, d_state = d_opt.update(grads, d_state, d)
+    d = optax.apply_updates(d, upd)
+    dl.append(l)
+  for j in range(ng):
+    l, grads = jax.value_and_grad(
+        lambda g_: loss.g_objective(model.discriminate(d, model.generate(g_, z[nd + j]))))(g)
+    upd, g_state = g_opt.update(grads, g_state, g)
+    g = optax.apply_updates(g, upd)
+    gl.append(l)
+  return mg.GanParams(g=g, d=d), (d_state, g_state), jnp.mean(jnp.stack(dl)), jnp.mean(jnp.stack(gl))
+
+
+def transfer_step(update_fn, state: mg.MetaState, batch: mg.Tasks, key: jax.Array,
+                  ) -> tuple[mg.MetaState, dict]:
+  """``U = tasks x inner_steps`` transfer updates, one per row ``batch.support[u]``.
+
+  One call makes as many D/G updates as one meta-step's inner loops. The
+  updates run from Python, each one jitted call (``update_fn``): XLA:CPU runs
+  convolutions inside a ``scan`` far slower than at top level.
+  """
+  params, opt_state = state.params, state.opt_state
+  keys = jax.random.split(key, batch.support.shape[0])
+  dls, gls = [], []
+  for u in range(batch.support.shape[0]):
+    params, opt_state, dl, gl = update_fn(params, opt_state, batch.support[u], keys[u])
+    dls.append(dl)
+    gls.append(gl)
+  metrics = {"d_loss": jnp.mean(jnp.stack(dls)), "g_loss": jnp.mean(jnp.stack(gls))}
+  return mg.MetaState(params, opt_state, state.step + 1), metrics
+
+
+# --- one run ----------------------------------------------------------------
+
+
+def _step_key(config) -> str:
+  """The config fields a step function depends on, as JSON (its compilation cache key)."""
+  keep = {k: config[k] for k in ("model", "loss", "inner_steps", "d_steps", "g_steps",
+                                 "inner_lr")}
+  keep["train"] = {k: config.train[k] for k in ("outer_lr", "transfer_lr")}
+  return json.dumps(keep, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _step_fn(config_json: str, method: str):
+  """The jitted step of a method, one per config (so repeated runs reuse the compilation)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(json.loads(config_json))
+  if method in META_METHODS:
+    return jax.jit(functools.partial(mg.meta_step, config=meta_config(config, method)))
+  return functools.partial(transfer_step,
+                           jax.jit(functools.partial(transfer_update, config=config)))
+
+
+class Run:
+  """Everything method-specific about a run: init, step function, data."""
+
+  def __init__(self, config, method: str, seed: int, train_split):
+    self.config, self.method, self.seed = config, method, seed
+    tc = config.train
+    self.total = 0 if method == "scratch" else int(tc.steps)
+    root = jax.random.key(seed)
+    self.k_init, self.k_steps = jax.random.split(root)
+    model = get_model(config)
+    if method in META_METHODS:
+      self.state0 = mg.init(self.k_init, meta_config(config, method))
+      self.step_fn = _step_fn(_step_key(config), method)
+      self.sampler = mg.data.TaskSampler(train_split, tc.tasks, tc.k, tc.q, seed=seed)
+    else:
+      params = model.init(self.k_init)
+      d_opt, g_opt = _transfer_opts(config)
+      self.state0 = mg.MetaState(params, (d_opt.init(params.d), g_opt.init(params.g)),
+                                 jnp.zeros((), jnp.int32))
+      self.step_fn = _step_fn(_step_key(config), method)
+      # Each row mixes classes_per_task = K classes: batches from all classes jointly.
+      self.sampler = (None if method == "scratch" else mg.data.TaskSampler(
+          train_split, tc.tasks * config.inner_steps, tc.k, 0, seed=seed, classes_per_task=tc.k))
+    self.model = model
+    self.nan_steps = set(parse_list(tc.inject_nan_steps, int))
+
+  def batch(self, step: int) -> mg.Tasks:
+    tasks = self.sampler.batch(step)
+    if step in self.nan_steps:
+      tasks = mg.Tasks(tasks.support * np.nan, tasks.query * np.nan)
+    return tasks
+
+  def key(self, step: int) -> jax.Array:
+    return jax.random.fold_in(self.k_steps, step)
+
+  @staticmethod
+  def init_params(state) -> mg.GanParams:
+    p = state.params
+    return p.init if isinstance(p, mg.MetaSGDParams) else p
+
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+  """True iff every leaf of ``tree`` is finite."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+# --- checkpoints --------------------------------------------------------------
+
+
+def _manager(ckpt_dir: str, keep: int):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  return ocp.CheckpointManager(
+      os.path.abspath(ckpt_dir),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=False),
+      item_names=("state", "meta"))
+
+
+def save_checkpoint(mngr, step: int, state, meta: dict) -> None:
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  leaves = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))}
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(leaves),
+                                          meta=ocp.args.JsonSave(meta)), force=True)
+  mngr.wait_until_finished()
+
+
+def restore_checkpoint(ckpt_dir: str, keep: int, like) -> tuple[Any, dict, int] | None:
+  """Newest readable checkpoint as ``(state, meta, step)``, or None if there is none.
+
+  An unreadable checkpoint (corrupted, truncated) is skipped with a warning and
+  removed, and the previous one is tried.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(ckpt_dir):
+    return None
+  mngr = _manager(ckpt_dir, keep)
+  leaves_like, treedef = jax.tree.flatten(like)
+  target = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves_like)}
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                       meta=ocp.args.JsonRestore()))
+      got = out["state"]
+      leaves = [got[f"leaf_{i:05d}"] for i in range(len(leaves_like))]
+      for a, b in zip(leaves, leaves_like):
+        if np.shape(a) != np.shape(b):
+          raise ValueError(f"leaf shape {np.shape(a)} != expected {np.shape(b)}")
+      state = jax.tree.unflatten(treedef, [jnp.asarray(a, dtype=b.dtype)
+                                           for a, b in zip(leaves, leaves_like)])
+      return state, dict(out["meta"]), step
+    except Exception as e:  # pylint: disable=broad-except
+      warnings.warn(f"checkpoint step {step} in {ckpt_dir} is unreadable "
+                    f"({type(e).__name__}: {str(e)[:200]}); removing it and falling back to "
+                    f"the previous checkpoint.", RuntimeWarning, stacklevel=2)
+      shutil.rmtree(os.path.join(ckpt_dir, str(step)), ignore_errors=True)
+      mngr = _manager(ckpt_dir, keep)
+  return None
+
+
+# --- logging ------------------------------------------------------------------
+
+
+def image_grid(x_NxHxWxC, cols: int = 8) -> np.ndarray:
+  """Tiles images in [-1, 1] into one ``[rows*H, cols*W]`` (or ``x3``) array in [0, 1]."""
+  x = np.clip((np.asarray(x_NxHxWxC) + 1) / 2, 0, 1)
+  n, h, w, c = x.shape
+  rows = -(-n // cols)
+  pad = np.ones((rows * cols - n, h, w, c), x.dtype)
+  x = np.concatenate([x, pad]).reshape(rows, cols, h, w, c)
+  g = x.transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
+  return g[..., 0] if c == 1 else g
+
+
+def save_png(path: str, img: np.ndarray) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  plt.imsave(path, img, cmap="gray", vmin=0, vmax=1)
+
+
+class Logger:
+  """metrics.jsonl + TensorBoard; on resume, drops lines past the restored step."""
+
+  def __init__(self, run_dir: str, start_step: int):
+    self.path = os.path.join(run_dir, "metrics.jsonl")
+    if start_step > 0 and os.path.exists(self.path):
+      with open(self.path) as f:
+        keep = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= start_step]
+      with open(self.path, "w") as f:
+        f.writelines(keep)
+    elif start_step == 0 and os.path.exists(self.path):
+      os.remove(self.path)
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self.tb = SummaryWriter(run_dir, purge_step=start_step + 1 if start_step else None)
+    except ImportError:
+      self.tb = None
+      warnings.warn("tensorboardX is not installed; no TensorBoard events "
+                    "(pip install 'metagan_jax[experiments]').")
+
+  def scalars(self, step: int, values: dict) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": step, **values}) + "\n")
+    if self.tb:
+      for k, v in values.items():
+        if isinstance(v, (int, float)):
+          self.tb.add_scalar(k, v, step)
+
+  def image(self, step: int, grid01: np.ndarray) -> None:
+    if self.tb:
+      self.tb.add_image("samples", grid01, step, dataformats="HW" if grid01.ndim == 2 else "HWC")
+
+  def close(self):
+    if self.tb:
+      self.tb.close()
+
+
+def train_run(config, method: str, seed: int, run_dir: str, train_split, resume: bool = False,
+              progress: bool = True) -> mg.MetaState:
+  """Trains (or resumes, or just loads) one run; returns its final state.
+
+  Raises:
+    FileExistsError: ``run_dir`` has checkpoints and ``resume`` is False.
+    NonFiniteError: ``train.max_nonfinite`` non-finite updates in a row.
+  """
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+  run = Run(config, method, seed, train_split)
+  tc = config.train
+  ckpt_dir = os.path.join(run_dir, "checkpoints")
+  os.makedirs(run_dir, exist_ok=True)
+  if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir) and not resume:
+    raise FileExistsError(f"run folder {run_dir} already has checkpoints; pass --resume to "
+                          f"continue it or choose a new --workdir.")
+  restored = restore_checkpoint(ckpt_dir, tc.keep_checkpoints, run.state0) if resume else None
+  state, start = (restored[0], restored[2]) if restored else (run.state0, 0)
+  counts = {"in_a_row": 0, "total": 0}
+  if restored:
+    counts = {"in_a_row": int(restored[1].get("nonfinite_in_a_row", 0)),
+              "total": int(restored[1].get("nonfinite_total", 0))}
+  with open(os.path.join(run_dir, "config.json"), "w") as f:
+    json.dump({"method": method, "seed": seed, "config": config.to_dict()}, f, indent=1)
+  if restored and start >= run.total:
+    return state
+  mngr = _manager(ckpt_dir, tc.keep_checkpoints)
+  log = Logger(run_dir, start)
+  z_fixed = run.model.sample_z(jax.random.key(1234), 64)
+  gen = jax.jit(run.model.generate)
+
+  def snapshot(step):
+    grid = image_grid(gen(run.init_params(state).g, z_fixed))
+    save_png(os.path.join(run_dir, "samples", f"step_{step:06d}.png"), grid)
+    log.image(step, grid)
+
+  def meta(step):
+    return {"step": step, "method": method, "seed": seed,
+            "nonfinite_in_a_row": counts["in_a_row"], "nonfinite_total": counts["total"],
+            "sampler": run.sampler.state() if run.sampler else None}
+
+  if start == 0:
+    save_checkpoint(mngr, 0, state, meta(0))
+    snapshot(0)
+  bar = tqdm(total=run.total, initial=start, desc=f"{method} seed {seed}", disable=not progress,
+             file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
+  t0 = time.perf_counter()
+  try:
+    for step in range(start, run.total):
+      if run.sampler is not None:
+        run.sampler.restore({"step": step, "seed": seed})
+      new_state, metrics = run.step_fn(state, run.batch(step), run.key(step))
+      done = step + 1
+      if bool(all_finite((new_state.params, metrics))):
+        state = new_state
+        counts["in_a_row"] = 0
+      else:  # skip the update: keep the state from before the step
+        counts["in_a_row"] += 1
+        counts["total"] += 1
+        warnings.warn(f"{method} seed {seed}: non-finite loss or update at step {done}; "
+                      f"update skipped ({counts['in_a_row']} in a row).", RuntimeWarning)
+      if counts["in_a_row"] >= tc.max_nonfinite:
+        raise NonFiniteError(
+            f"{method} seed {seed}: {counts['in_a_row']} non-finite updates in a row at step "
+            f"{done} (train.max_nonfinite={tc.max_nonfinite}; {counts['total']} skipped in all); last metrics "
+            f"{ {k: float(v) for k, v in metrics.items()} }. Lower train.outer_lr or "
+            f"inner_lr, or check the data. The last good checkpoint is in {ckpt_dir}.")
+      if tc.step_sleep:
+        time.sleep(tc.step_sleep)
+      if done % tc.log_every == 0 or done == run.total:
+        vals = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        vals.update(nonfinite_skipped=counts["total"], elapsed_s=round(time.perf_counter() - t0, 2))
+        log.scalars(done, vals)
+        shown = {k.replace("_inner_loss", "").replace("_loss", ""): f"{v:.3f}"
+                 for k, v in vals.items() if "loss" in k and "first" not in k}
+        bar.set_postfix(shown, refresh=False)
+      if done % tc.sample_every == 0 or done == run.total:
+        snapshot(done)
+      if done % tc.ckpt_every == 0 or done == run.total:
+        save_checkpoint(mngr, done, state, meta(done))
+      bar.update(1)
+  finally:
+    bar.close()
+    log.close()
+  return state

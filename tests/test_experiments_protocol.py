@@ -1,0 +1,61 @@
+"""The Omniglot protocol end to end on the tiny config: table, figures, run folders."""
+
+import glob
+import json
+import os
+
+import numpy as np
+
+from experiments import omniglot, protocol
+from experiments.configs import tiny
+
+
+def test_protocol_end_to_end_tiny(tmp_path):
+  config = tiny.get_config()
+  config.features.cache_dir = str(tmp_path / "cache")
+  work = str(tmp_path / "work")
+  out = omniglot.train_and_evaluate(config, work, progress=False)
+  table = out["table"]
+  for row in ("| reptile |", "| transfer |", "| scratch |", "| copy (jittered support) |",
+              "| K real images only |", "T=0", "T=2"):
+    assert row in table, row
+  assert "(reference)" in table and "p=" in table
+  for f in ("eval/results.json", "eval/results.md", "eval/figures/adaptation_curve.png",
+            "eval/figures/samples_reptile.png", "eval/figures/samples_all.png",
+            "test_classes.json", "split.json", "config.json"):
+    assert os.path.exists(os.path.join(work, f)), f
+  for run in ("reptile_s0", "transfer_s0", "scratch_s0"):
+    d = os.path.join(work, "train", run)
+    assert os.path.exists(os.path.join(d, "config.json"))
+    assert glob.glob(os.path.join(d, "events.out.tfevents.*"))
+    assert glob.glob(os.path.join(d, "samples", "*.png"))
+    assert os.path.isdir(os.path.join(d, "checkpoints", "0"))
+  with open(os.path.join(work, "eval", "results.json")) as f:
+    res = json.load(f)
+  rows = res["per_class"]
+  assert len(rows) == 4 * 2 * 3  # (3 methods + copy) x 2 steps x 3 classes
+  assert all(np.isfinite(r["kid"]) for r in rows)
+  with open(os.path.join(work, "test_classes.json")) as f:
+    tc = json.load(f)
+  for idx in tc["indices"]:  # support and held-out never overlap
+    assert not set(idx["support"]) & set(idx["heldout"])
+    assert len(idx["support"]) == config.eval.k
+  # cached feature net: a second call loads it instead of training
+  _, info = protocol.feature_net(config, verbose=False)
+  assert os.path.exists(info["cache"] + ".msgpack")
+
+
+def test_test_classes_are_fixed_and_from_evaluation_alphabets():
+  with open(protocol.TEST_CLASSES_FILE) as f:
+    names = json.load(f)["classes"]
+  assert len(names) == 20 and len(set(names)) == 20
+  assert all(n.startswith("images_evaluation/") for n in names)
+  assert len({n.split("/")[1] for n in names}) == 20  # one per evaluation alphabet
+
+
+def test_copy_baseline_is_deterministic_jitter_of_the_support():
+  rng = np.random.default_rng(0)
+  sup = rng.uniform(-1, 1, (2, 3, 28, 28, 1)).astype(np.float32)
+  a, b = protocol.copy_baseline(sup, 5, 0), protocol.copy_baseline(sup, 5, 0)
+  assert a.shape == (2, 5, 28, 28, 1)
+  np.testing.assert_array_equal(a, b)

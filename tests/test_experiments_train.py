@@ -1,0 +1,121 @@
+"""Training runs: kill/resume equality (real subprocess), corrupted checkpoints, non-finite updates."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import metagan_jax as mg
+from experiments import train_lib
+from experiments.configs import tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def split():
+  return mg.data.load_split("omniglot", "train", verbose=False)
+
+
+def _config(**train):
+  c = tiny.get_config()
+  for k, v in train.items():
+    c.train[k] = v
+  return c
+
+
+def _final_params(config, method, run_dir, split):
+  like = train_lib.Run(config, method, 0, split).state0
+  state, meta, step = train_lib.restore_checkpoint(os.path.join(run_dir, "checkpoints"), 3, like)
+  return state.params, step
+
+
+def _assert_trees_equal(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, split):
+  steps, every = 12, 3
+  work = str(tmp_path / "killed")
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", "omniglot.py"),
+         "--config", os.path.join(ROOT, "experiments", "configs", "tiny.py"),
+         "--workdir", work, "--mode", "train", "--config.methods=reptile",
+         f"--config.train.steps={steps}", f"--config.train.ckpt_every={every}"]
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  ckpt = os.path.join(work, "train", "reptile_s0", "checkpoints")
+  proc = subprocess.Popen(cmd + ["--config.train.step_sleep=0.5"], env=env, cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  deadline = time.time() + 240
+  while not os.path.exists(os.path.join(ckpt, str(every), "commit_success.txt")):
+    assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+    assert time.time() < deadline, "no checkpoint appeared"
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  assert not os.path.exists(os.path.join(ckpt, str(steps)))  # really killed mid-run
+
+  out = subprocess.run(cmd + ["--resume"], env=env, cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  config = _config(steps=steps, ckpt_every=every)
+  config.methods = "reptile"
+  resumed, step = _final_params(config, "reptile", os.path.join(work, "train", "reptile_s0"),
+                                split)
+  assert step == steps
+  reference = train_lib.train_run(config, "reptile", 0, str(tmp_path / "ref"), split,
+                                  progress=False).params
+  _assert_trees_equal(resumed, reference)
+  with open(os.path.join(work, "train", "reptile_s0", "metrics.jsonl")) as f:
+    logged = [json.loads(l)["step"] for l in f]
+  assert logged == list(range(1, steps + 1))  # lines past the checkpoint were dropped
+
+
+def test_corrupted_latest_checkpoint_falls_back_with_warning(tmp_path, split):
+  config = _config(steps=4, ckpt_every=2)
+  run_dir = str(tmp_path / "run")
+  final = train_lib.train_run(config, "transfer", 0, run_dir, split, progress=False)
+  with pytest.raises(FileExistsError, match="--resume"):
+    train_lib.train_run(config, "transfer", 0, run_dir, split, progress=False)
+  latest = os.path.join(run_dir, "checkpoints", "4", "state")
+  for dirpath, _, files in os.walk(latest):
+    for name in files:
+      with open(os.path.join(dirpath, name), "wb") as f:
+        f.write(b"garbage")
+  like = train_lib.Run(config, "transfer", 0, split).state0
+  with pytest.warns(RuntimeWarning, match="checkpoint step 4 .* unreadable"):
+    state, _, step = train_lib.restore_checkpoint(os.path.join(run_dir, "checkpoints"), 3, like)
+  assert step == 2
+  resumed = train_lib.train_run(config, "transfer", 0, run_dir, split, resume=True,
+                                progress=False)
+  _assert_trees_equal(resumed.params, final.params)
+
+
+def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tmp_path, split):
+  config = _config(steps=3, inject_nan_steps="1")
+  with pytest.warns(RuntimeWarning, match="non-finite .* step 2; update skipped"):
+    state = train_lib.train_run(config, "transfer", 0, str(tmp_path / "a"), split,
+                                progress=False)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+  with open(tmp_path / "a" / "metrics.jsonl") as f:
+    skipped = [json.loads(l)["nonfinite_skipped"] for l in f]
+  assert skipped == [0, 1, 1]
+  assert int(state.step) == 2  # two updates applied, one skipped
+
+  config = _config(steps=5, inject_nan_steps="1,2,3", max_nonfinite=2)
+  with pytest.warns(RuntimeWarning), pytest.raises(train_lib.NonFiniteError,
+                                                   match="2 non-finite updates in a row at step 3"):
+    train_lib.train_run(config, "transfer", 0, str(tmp_path / "b"), split, progress=False)
+
+
+def test_unknown_method_is_named():
+  with pytest.raises(ValueError, match="'mamll'"):
+    train_lib.check_methods(["maml", "mamll"])
