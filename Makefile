@@ -22,4 +22,4 @@ test: $(VENV)/.stamp-test
 	$(PY) -m pytest -q -n 2 tests
 
 demo: $(VENV)/.stamp-demo
-	$(PY) experiments/toy_gmm.py
+	$(PY) experiments/omniglot.py --config experiments/configs/omniglot_short.py --workdir runs/omniglot_short

@@ -4,6 +4,10 @@
   python benchmarks/sweeps.py --only standard      # JAX vs PyTorch on the standard workload
   python benchmarks/sweeps.py --only k,T,order --steps 10
 
+The interleaved JAX/PyTorch repeats (``results/standard_repeats.jsonl``) were
+made with a shell loop of three rounds of ``maml_speed.py --no-matmul`` and
+``torch_peer.py --impl func`` / ``--impl compile`` (maml, 20 steps each).
+
 Each configuration runs in its own process (``maml_speed.py`` or
 ``torch_peer.py``), so ``peak_rss_mb`` is that configuration's own high-water
 mark. Results go to ``benchmarks/results/<sweep>.jsonl``, plots to
@@ -183,11 +187,32 @@ def tables() -> str:
         out.append(f"| {alg} | {name} | {_f(r['median_ms'], 0)} [{_f(r['min_ms'], 0)}, "
                    f"{_f(r['max_ms'], 0)}] | {_f(r['compile_s'])} | "
                    f"{_f(r['useful_gflops_per_s'])} | {_f(frac * 100 if frac else None, 0)} | "
-                   f"{_f(r['peak_rss_mb'], 0)} | {_f(speed, 2)}x |")
+                   f"{_f(r['peak_rss_mb'], 0)} | {_f(speed, 2) + 'x' if speed else '-'} |")
     mm = [r["matmul_gflops_per_s"] for r in std if r.get("matmul_gflops_per_s") and r["backend"] == "jax"]
     if mm:
       out.append(f"\nDense float32 2048x2048 matmul in the same JAX processes: "
                  f"{min(mm):.0f}-{max(mm):.0f} GFLOP/s.\n")
+  reps = [r for r in _load("standard_repeats") if "error" not in r]
+  if reps:
+    import statistics
+    out.append("### Second-order MAML, JAX vs PyTorch, interleaved repeats (one session)\n")
+    out.append("Three rounds of (JAX, PyTorch `func`, PyTorch `compile`), each a fresh process "
+               "timing 20 meta-steps, so that machine noise hits all three alike.\n")
+    out.append("| implementation | median ms per round | median of rounds | JAX speed-up |")
+    out.append("|---|---|---|---|")
+    names = {("jax", None): "JAX (library default)", ("torch", "func"): "PyTorch `func`",
+             ("torch", "compile"): "PyTorch `compile`"}
+    med = {}
+    for key, name in names.items():
+      ms = [r["median_ms"] for r in reps if (r["backend"], r.get("impl")) == key]
+      if ms:
+        med[key] = statistics.median(ms)
+    for key, name in names.items():
+      if key in med:
+        ms = [r["median_ms"] for r in reps if (r["backend"], r.get("impl")) == key]
+        out.append(f"| {name} | {', '.join(f'{m:.0f}' for m in ms)} | {med[key]:.0f} | "
+                   f"{med[key] / med[('jax', None)]:.2f}x |")
+    out.append("")
   ladder = [r for r in _load("ladder") if "error" not in r]
   if ladder:
     out.append("### From the straightforward formulation to the default (second-order MAML, standard workload)\n")

@@ -395,7 +395,8 @@ def _compiled_grad_fn(lr: float, algorithm: str, force_fallback: bool = False):
   if not force_fallback:
     def step_grads(meta, s, q, zi, zq):
       return func_meta_grads(meta, s, q, zi, zq, lr, algorithm)
-    return torch.compile(step_grads), "func_meta_grads (vmap over tasks of vjp through the inner loop)"
+    return torch.compile(step_grads), ("func_meta_grads: torch.func.vmap over tasks of the "
+                                       "per-task torch.func meta-gradient (inductor)")
 
   # Fallback: the loop impl with its per-task function compiled (graph breaks
   # at autograd.grad are allowed; dynamo compiles the forward pieces).
@@ -516,6 +517,8 @@ def main(argv=None) -> None:
   p.add_argument("--inner-steps", type=int, default=None)
   p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
   p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+  p.add_argument("--matmul-n", type=int, default=2048,
+                 help="size of the float32 matmul that gives matmul_gflops_per_s")
   args = p.parse_args(argv)
   if args.threads:
     torch.set_num_threads(args.threads)
@@ -525,7 +528,7 @@ def main(argv=None) -> None:
   if overrides:
     import dataclasses
     w = dataclasses.replace(w, **overrides)
-  matmul = matmul_gflops()
+  matmul = matmul_gflops(args.matmul_n)
   impls = IMPLS if args.impl == "all" else (args.impl,)
   for impl in impls:
     common.emit(run_one(impl, w, args.algorithm, args.dtype, args.steps, matmul))

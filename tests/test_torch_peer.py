@@ -28,6 +28,13 @@ T, K, Q, STEPS, LR = 2, 2, 2, 2, 0.05
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
+def _run_jitted(f, *args, **static):
+  """f(*args) through one jit compiled with _FAST_COMPILE (op by op, float64 would compile
+  dozens of small programs)."""
+  return jax.jit(f, static_argnames=tuple(static)).lower(*args, **static).compile(
+      _FAST_COMPILE)(*args)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
   """Tiny problems: one thread avoids OpenMP spin-waits on a busy small machine."""
@@ -37,15 +44,21 @@ def one_torch_thread():
   torch.set_num_threads(n)
 
 
-def _jax_noise(key, adapt_cfg, model):
-  """The latents metagan_jax draws for each task: ([T, steps, 2, K, z], [T, Q, z])."""
-  z_inner, z_query = [], []
-  for k in jax.random.split(key, T):
+def _jax_problem(model, adapt_cfg, seed=0):
+  """Params, tasks, meta-gradient key and the latents metagan_jax draws for each task."""
+  k_init, k_s, k_q, key = jax.random.split(jax.random.key(seed), 4)
+  params = jax.tree.map(lambda x: x.astype(jnp.float64), model.init(k_init))
+  tasks = mg.Tasks(jax.random.uniform(k_s, (T, K, 28, 28, 1), jnp.float64, -1, 1),
+                   jax.random.uniform(k_q, (T, Q, 28, 28, 1), jnp.float64, -1, 1))
+
+  def noise(k):  # meta.meta_gradients -> maml_objective / _query_losses
     k_adapt, k_query = jax.random.split(k)
-    z_inner.append(mg.inner_noise(k_adapt, adapt_cfg, K, jnp.float64).z)
-    # meta._query_losses: (k_z, k_gp) = split(k_query); z from k_z.
-    z_query.append(model.sample_z(jax.random.split(k_query)[0], Q, jnp.float64))
-  return np.stack(z_inner), np.stack(z_query)
+    z_inner = mg.inner_noise(k_adapt, adapt_cfg, K, jnp.float64).z  # [steps, 2, K, z]
+    k_z, _ = jax.random.split(k_query)  # (k_z, k_gp)
+    return z_inner, model.sample_z(k_z, Q, jnp.float64)
+
+  z_inner, z_query = jax.vmap(noise)(jax.random.split(key, T))
+  return params, tasks, key, z_inner, z_query
 
 
 @pytest.fixture(scope="module")
@@ -53,23 +66,17 @@ def problem():
   """Params, tasks, noise and JAX reference meta-gradients (all numpy, float64)."""
   with jax.enable_x64(True):
     model = mg.models.dcgan28()
-    params = jax.tree.map(lambda x: x.astype(jnp.float64), model.init(jax.random.key(0)))
-    k_s, k_q = jax.random.split(jax.random.key(1))
-    tasks = mg.Tasks(jax.random.uniform(k_s, (T, K, 28, 28, 1), jnp.float64, -1, 1),
-                     jax.random.uniform(k_q, (T, Q, 28, 28, 1), jnp.float64, -1, 1))
-    key = jax.random.key(2)
     adapt_cfg = mg.AdaptConfig(model, inner_steps=STEPS, inner_lr=LR)
-    z_inner, z_query = _jax_noise(key, adapt_cfg, model)
+    params, tasks, key, z_inner, z_query = _run_jitted(lambda: _jax_problem(model, adapt_cfg))
     ref = {}
     for alg in ("maml", "fomaml", "reptile"):
       cfg = mg.MetaConfig(adapt_cfg, algorithm=alg)  # vectorize="map" (default)
-      fn = jax.jit(mg.meta_gradients, static_argnames="config")
-      compiled = fn.lower(params, tasks, key, config=cfg).compile(_FAST_COMPILE)
-      grads, _ = compiled(params, tasks, key)
+      grads, _ = _run_jitted(mg.meta_gradients, params, tasks, key, config=cfg)
       ref[alg] = jax.tree.map(np.asarray, {"g": grads.g, "d": grads.d})
-    return dict(model=model, params=jax.tree.map(np.asarray, params),
-                support=np.asarray(tasks.support), query=np.asarray(tasks.query),
-                z_inner=z_inner, z_query=z_query, ref=ref)
+    to_np = lambda x: jax.tree.map(np.asarray, x)
+    return dict(model=model, params=to_np(params), support=np.asarray(tasks.support),
+                query=np.asarray(tasks.query), z_inner=np.asarray(z_inner),
+                z_query=np.asarray(z_query), ref=ref)
 
 
 def _rel_errs(got, want):
@@ -87,8 +94,9 @@ def test_layout_conversion_forward_and_roundtrip(problem):
   tp = torch_peer.jax_to_torch_params(params, torch.float64)
   z = np.random.default_rng(0).standard_normal((3, model.z_dim))
   with jax.enable_x64(True):
-    x_jax = np.asarray(model.generate(params.g, jnp.asarray(z)))
-    logits_jax = np.asarray(model.discriminate(params.d, jnp.asarray(problem["support"][0])))
+    x_jax = np.asarray(_run_jitted(model.generate, params.g, jnp.asarray(z)))
+    logits_jax = np.asarray(_run_jitted(model.discriminate, params.d,
+                                        jnp.asarray(problem["support"][0])))
   x_torch = torch_peer.generate(tp["g"], torch.tensor(z)).numpy()
   np.testing.assert_allclose(np.moveaxis(x_torch, 1, -1), x_jax, atol=1e-13)
   logits_torch = torch_peer.discriminate(
@@ -122,7 +130,8 @@ def test_naive_total_derivative_differs(problem):
 def _run_script(*args, timeout=120):
   env = dict(os.environ, PYTHONPATH=ROOT)
   out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "torch_peer.py"),
-                        "--workload", "tiny", "--steps", "2", "--threads", "1", *args],
+                        "--workload", "tiny", "--steps", "2", "--threads", "1",
+                        "--matmul-n", "256", *args],
                        capture_output=True, text=True, timeout=timeout, env=env, check=True)
   return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
