@@ -58,31 +58,29 @@ def conv_transpose4x4s2(x_NxHxWxC: jax.Array, kernel_4x4xCxO: jax.Array) -> jax.
   return out[:, 1:-1, 1:-1, :]
 
 
-class Conv4x4s2(nn.Module):
+class _Conv4x4s2Layer(nn.Module):
+  """A 4x4 stride-2 layer with flax's ``kernel [4, 4, C_in, C_out]`` and ``bias`` params."""
+
+  features: int
+  kernel_init: nn.initializers.Initializer = default_kernel_init
+  param_dtype: jnp.dtype = jnp.float32
+  op = staticmethod(conv4x4s2)  # not a field: subclasses pick the product
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", self.kernel_init, (4, 4, x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
+    return self.op(x, kernel.astype(x.dtype)) + bias.astype(x.dtype)
+
+
+class Conv4x4s2(_Conv4x4s2Layer):
   """``nn.Conv(features, (4, 4), (2, 2), padding=1)`` computed as im2col + matmul."""
 
-  features: int
-  kernel_init: nn.initializers.Initializer = default_kernel_init
-  param_dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    kernel = self.param("kernel", self.kernel_init, (4, 4, x.shape[-1], self.features),
-                        self.param_dtype)
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
-    return conv4x4s2(x, kernel.astype(x.dtype)) + bias.astype(x.dtype)
+  op = staticmethod(conv4x4s2)
 
 
-class ConvTranspose4x4s2(nn.Module):
+class ConvTranspose4x4s2(_Conv4x4s2Layer):
   """``nn.ConvTranspose(features, (4, 4), (2, 2), padding=((2, 2), (2, 2)))`` in scatter form."""
 
-  features: int
-  kernel_init: nn.initializers.Initializer = default_kernel_init
-  param_dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    kernel = self.param("kernel", self.kernel_init, (4, 4, x.shape[-1], self.features),
-                        self.param_dtype)
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
-    return conv_transpose4x4s2(x, kernel.astype(x.dtype)) + bias.astype(x.dtype)
+  op = staticmethod(conv_transpose4x4s2)
