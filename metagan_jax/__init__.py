@@ -5,7 +5,7 @@ optax; the data layer (``metagan_jax.data``) imports TensorFlow Datasets lazily,
 only for TFDS sources.
 """
 
-from metagan_jax import data, layers, losses, models, parallel, toy
+from metagan_jax import data, layers, losses, metrics, models, parallel, toy
 from metagan_jax.inner import (AdaptConfig, InnerNoise, MetaSGDParams, adapt,
                                adapt_with_aux, inner_noise, per_parameter_sgd)
 from metagan_jax.losses import GanLoss, get_loss
@@ -21,5 +21,6 @@ __all__ = [
     "ALGORITHMS", "AdaptConfig", "data", "layers", "GanLoss", "GanModel", "GanParams", "InnerNoise",
     "MetaConfig", "MetaSGDParams", "MetaState", "Tasks", "adapt", "adapt_with_aux",
     "get_loss", "get_model", "init", "inner_noise", "losses", "maml_objective",
-    "meta_gradients", "meta_step", "models", "parallel", "per_parameter_sgd", "per_task_gradient", "toy",
+    "meta_gradients", "meta_step", "metrics", "models", "parallel", "per_parameter_sgd",
+    "per_task_gradient", "toy",
 ]
