@@ -464,6 +464,9 @@ def plot_curves(summary: dict, path: str) -> None:
     ax.set_xlabel("adaptation steps T")
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
+  # KID spans orders of magnitude between methods (and can be slightly negative:
+  # it is unbiased), so a symmetric log axis keeps every line readable.
+  axes[0].set_yscale("symlog", linthresh=1.0)
   axes[1].legend(fontsize=7, ncol=2)
   fig.tight_layout()
   os.makedirs(os.path.dirname(path), exist_ok=True)
