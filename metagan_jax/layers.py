@@ -64,7 +64,7 @@ class _Conv4x4s2Layer(nn.Module):
   features: int
   kernel_init: nn.initializers.Initializer = default_kernel_init
   param_dtype: jnp.dtype = jnp.float32
-  op = staticmethod(conv4x4s2)  # not a field: subclasses pick the product
+  # Subclasses set ``op`` (a class attribute, not a module field): the product.
 
   @nn.compact
   def __call__(self, x):

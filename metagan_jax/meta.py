@@ -1,9 +1,10 @@
 """Meta-learning algorithms as pure meta-steps over a batch of tasks.
 
 Every algorithm is one pure function ``(state, tasks, key, config) -> (state,
-metrics)``: the per-task computation is written once, vectorised over the task
-axis with ``jax.vmap`` (explicit ``in_axes``), and the outer update is any
-optax transformation. ``meta_step`` dispatches on ``config.algorithm``; wrap it
+metrics)``: the per-task computation is written once, the task axis is split
+over a device mesh with ``jax.shard_map`` and each device's share runs through
+``lax.map`` (default) or ``jax.vmap``; the outer update is any optax
+transformation. ``meta_step`` dispatches on ``config.algorithm``; wrap it
 with ``jax.jit`` outermost::
 
     step = jax.jit(functools.partial(metagan_jax.meta_step, config=config))
