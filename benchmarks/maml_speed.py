@@ -72,7 +72,10 @@ def run(args) -> dict:
                                                ("inner_steps", args.inner_steps)) if v})
   config, state, tasks = build(w, args)
   # Tasks split over every device (one device: a mesh of one), params replicated.
+  # With several processes each feeds its own T / processes tasks.
   mesh = config.task_mesh()
+  n_local = w.T // jax.process_count()
+  tasks = jax.tree.map(lambda x: x[jax.process_index() * n_local:][:n_local], tasks)
   state, tasks = mg.parallel.replicate(state, mesh), mg.parallel.shard_tasks(tasks, mesh)
   step_fn = jax.jit(functools.partial(mg.meta_step, config=config), donate_argnums=0)
   key = jax.random.key(1)
@@ -105,7 +108,7 @@ def run(args) -> dict:
       "inner_steps": w.inner_steps, "dtype": args.dtype, "loop": args.loop, "remat": args.remat,
       "vectorize": args.vectorize, "map_batch": args.map_batch, "conv_impl": args.conv_impl,
       "meta_backward": args.meta_backward, "jax": jax.__version__,
-      "num_devices": jax.device_count(),
+      "num_devices": jax.device_count(), "num_processes": jax.process_count(),
       "compile_s": compile_s, **stats, **mem,
       "matmul_gflops_per_s": matmul_gflops() if not args.no_matmul else None,
   }
@@ -143,7 +146,10 @@ def main(argv=None) -> None:
   args.meta_backward = args.meta_backward or defaults.meta_backward
   if args.dtype == "float64":
     jax.config.update("jax_enable_x64", True)
-  common.emit(run(args))
+  mg.parallel.initialize_distributed()  # several processes: METAGAN_* environment variables
+  record = run(args)
+  if jax.process_index() == 0:
+    common.emit(record)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,16 @@ The full protocol (3 meta seeds x 2 adaptation seeds):
 Options: --resume (continue a killed run), --mode=train|all, any config field as
 --config.train.steps=100, --config.methods=maml,transfer.
 
+Several processes (hosts, or processes on one machine), each started with
+the same command plus its id (or the environment variables METAGAN_COORDINATOR,
+METAGAN_NUM_PROCESSES, METAGAN_PROCESS_ID; see metagan_jax/parallel.py):
+  python experiments/omniglot.py --config ... --workdir <shared folder> \
+      --coordinator host0:12345 --num_processes 2 --process_id 0   # and 1 on the other
+Every meta-step spreads its T tasks over all devices of all processes, each
+process drawing its own tasks (distinct sampling streams); checkpoints are
+saved by all processes through orbax; logs, images, and results are written
+by process 0; every process evaluates (the same numbers), so none waits.
+
 The workdir gets one folder per training run (train/<method>_s<seed>/, see
 experiments/train_lib.py), eval/ (results.json, results.md, figures/), and
 test_classes.json (the test classes and their support / held-out indices).
@@ -48,8 +58,9 @@ def train_all(config, workdir: str, resume: bool = False, progress: bool = True)
   methods = train_lib.parse_list(config.methods)
   train_lib.check_methods(methods)
   seeds = train_lib.parse_list(config.meta_seeds, int)
+  main = train_lib.is_main_process()
   split = mg.data.load_split(config.dataset, "train", data_dir=config.data_dir or None,
-                             run_dir=workdir)
+                             run_dir=workdir if main else None, verbose=main)
   params, timing = {}, {}
   for method in methods:
     for seed in seeds:
@@ -57,10 +68,11 @@ def train_all(config, workdir: str, resume: bool = False, progress: bool = True)
       run_dir = os.path.join(workdir, "train", f"{method}_s{seed}")
       state = train_lib.train_run(config, method, seed, run_dir, split, resume=resume,
                                   progress=progress)
-      params[(method, seed)] = state.params
+      params[(method, seed)] = mg.parallel.to_host(state.params)  # evaluated per process
       timing[f"{method}_s{seed}"] = round(time.perf_counter() - t0, 1)
-  with open(os.path.join(workdir, "train_timing.json"), "w") as f:
-    json.dump(timing, f, indent=1)
+  if main:
+    with open(os.path.join(workdir, "train_timing.json"), "w") as f:
+      json.dump(timing, f, indent=1)
   return params
 
 
@@ -83,19 +95,25 @@ def train_and_evaluate(config, workdir: str, resume: bool = False, mode: str = "
     raise ValueError(f"mode must be 'all' or 'train', got {mode!r}.")
   os.makedirs(workdir, exist_ok=True)
   t_start = time.perf_counter()
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config.to_dict(), f, indent=1)
+  main = train_lib.is_main_process()
+  if main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(config.to_dict(), f, indent=1)
   if mode == "all":  # the feature net first: it is cached and reused by every run
-    features_fn, feat_info = protocol.feature_net(config)
-    print(f"[featnet] {feat_info['num_classes']}-way, held-out accuracy "
-          f"{feat_info['heldout_acc']:.3f} ({feat_info['cache']})", flush=True)
+    features_fn, feat_info = protocol.feature_net(config, verbose=main)
+    if main:
+      print(f"[featnet] {feat_info['num_classes']}-way, held-out accuracy "
+            f"{feat_info['heldout_acc']:.3f} ({feat_info['cache']})", flush=True)
   params = train_all(config, workdir, resume=resume, progress=progress)
   if mode == "train":
     return {"params": params}
   t_train = time.perf_counter() - t_start
-  res = protocol.evaluate(config, params, features_fn)
+  res = protocol.evaluate(config, params, features_fn, verbose=main)
   summary = protocol.summarise(config, res)
   eval_dir = os.path.join(workdir, "eval")
+  if not main:
+    return {"table": None, "summary": summary, "workdir": workdir,
+            "wall_s": time.perf_counter() - t_start}
   fig_dir = os.path.join(eval_dir, "figures")
   protocol.plot_curves(summary, os.path.join(fig_dir, "adaptation_curve.png"))
   protocol.save_grids(config, res, fig_dir)
@@ -131,8 +149,10 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   FLAGS = flags.FLAGS
-  out = train_and_evaluate(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume, mode=FLAGS.mode)
-  if "table" in out:
+  mg.parallel.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+  out = train_and_evaluate(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume, mode=FLAGS.mode,
+                           progress=train_lib.is_main_process())
+  if out.get("table"):
     print(out["table"])
     print(f"\nWall time {out['wall_s']:.0f} s; outputs in {out['workdir']}/eval/")
 
@@ -145,4 +165,10 @@ if __name__ == "__main__":
   flags.DEFINE_string("workdir", "runs/omniglot_short", "Output folder.")
   flags.DEFINE_bool("resume", False, "Continue a killed run from its newest checkpoint.")
   flags.DEFINE_enum("mode", "all", ["all", "train"], "Run everything, or training only.")
+  flags.DEFINE_string("coordinator", None, "Several processes: host:port of process 0 "
+                      "(default $METAGAN_COORDINATOR; unset = one process).")
+  flags.DEFINE_integer("num_processes", None, "Several processes: how many "
+                       "(default $METAGAN_NUM_PROCESSES).")
+  flags.DEFINE_integer("process_id", None, "Several processes: this one's id in "
+                       "[0, num_processes) (default $METAGAN_PROCESS_ID).")
   app.run(main)

@@ -120,11 +120,15 @@ def feature_net(config, verbose: bool = True):
                                                               np.asarray(y_tr[:4096])),
             "num_classes": len(split), "steps": fc.steps, "train_s": time.perf_counter() - t0,
             "heldout_per_class": fc.holdout, "images_per_class": n}
-    os.makedirs(fc.cache_dir, exist_ok=True)
-    with open(path + ".msgpack", "wb") as f:
-      f.write(flax.serialization.to_bytes(params))
-    with open(path + ".json", "w") as f:
-      json.dump(info, f, indent=1)
+    if train_lib.is_main_process():  # other processes trained the same net; one writes
+      os.makedirs(fc.cache_dir, exist_ok=True)
+      # Renamed into place, .json last: a reader sees a complete cache or none.
+      with open(path + ".msgpack.tmp", "wb") as f:
+        f.write(flax.serialization.to_bytes(params))
+      os.replace(path + ".msgpack.tmp", path + ".msgpack")
+      with open(path + ".json.tmp", "w") as f:
+        json.dump(info, f, indent=1)
+      os.replace(path + ".json.tmp", path + ".json")
   info = dict(info, cache=path)
   feat = jax.jit(lambda p, x: net.apply({"params": p}, x)[1])
 

@@ -50,6 +50,23 @@ class NonFiniteError(RuntimeError):
   """Too many non-finite updates in a row."""
 
 
+def is_main_process() -> bool:
+  """True in the process that writes logs, images, and results (process 0)."""
+  return jax.process_index() == 0
+
+
+def sample_streams(config) -> int:
+  """Task-sampling streams per meta-step: ``train.sample_streams``, 0 = one per process."""
+  s = int(config.train.get("sample_streams", 0)) or jax.process_count()
+  if s % jax.process_count():
+    raise ValueError(f"train.sample_streams={s} must be a multiple of the {jax.process_count()} "
+                     f"processes (each process draws its own streams); use 0 for one per process.")
+  if config.train.tasks % s:
+    raise ValueError(f"train.tasks={config.train.tasks} tasks do not split over {s} sampling "
+                     f"streams; use a multiple of {s}.")
+  return s
+
+
 def parse_list(s, typ=str) -> list:
   """``"a,b"`` (or a list/tuple) -> ``[typ(a), typ(b)]``; empty string -> ``[]``."""
   if isinstance(s, (list, tuple)):
@@ -173,10 +190,21 @@ class Run:
     root = jax.random.key(seed)
     self.k_init, self.k_steps = jax.random.split(root)
     model = get_model(config)
+    self.mesh = None
     if method in META_METHODS:
-      self.state0 = mg.init(self.k_init, meta_config(config, method))
+      # The meta-batch is spread over every device of every process: state
+      # replicated, tasks sharded. Process p draws its own sampling streams
+      # (TaskSampler process_index = stream), T / streams tasks each.
+      self.mesh = mg.parallel.task_mesh()
+      mg.parallel.check_divisible(tc.tasks, self.mesh)
+      self.state0 = mg.parallel.replicate(mg.init(self.k_init, meta_config(config, method)),
+                                          self.mesh)
       self.step_fn = _step_fn(_step_key(config), method)
-      self.sampler = mg.data.TaskSampler(train_split, tc.tasks, tc.k, tc.q, seed=seed)
+      n = sample_streams(config)
+      mine = range(jax.process_index() * n // jax.process_count(),
+                   (jax.process_index() + 1) * n // jax.process_count())
+      self.samplers = [mg.data.TaskSampler(train_split, tc.tasks // n, tc.k, tc.q, seed=seed,
+                                           process_index=i) for i in mine]
     else:
       params = model.init(self.k_init)
       d_opt, g_opt = _transfer_opts(config)
@@ -184,16 +212,23 @@ class Run:
                                  jnp.zeros((), jnp.int32))
       self.step_fn = _step_fn(_step_key(config), method)
       # Each row mixes classes_per_task = K classes: batches from all classes jointly.
-      self.sampler = (None if method == "scratch" else mg.data.TaskSampler(
-          train_split, tc.tasks * config.inner_steps, tc.k, 0, seed=seed, classes_per_task=tc.k))
+      # Not task-parallel: with several processes, each runs the same updates.
+      self.samplers = [] if method == "scratch" else [mg.data.TaskSampler(
+          train_split, tc.tasks * config.inner_steps, tc.k, 0, seed=seed, classes_per_task=tc.k)]
     self.model = model
     self.nan_steps = set(parse_list(tc.inject_nan_steps, int))
 
+  @property
+  def sampler(self):
+    return self.samplers[0] if self.samplers else None
+
   def batch(self, step: int) -> mg.Tasks:
-    tasks = self.sampler.batch(step)
+    """This step's tasks: this process's streams, placed on the mesh for meta methods."""
+    parts = [smp.batch(step) for smp in self.samplers]
+    tasks = parts[0] if len(parts) == 1 else jax.tree.map(lambda *x: np.concatenate(x), *parts)
     if step in self.nan_steps:
       tasks = mg.Tasks(tasks.support * np.nan, tasks.query * np.nan)
-    return tasks
+    return mg.parallel.shard_tasks(tasks, self.mesh) if self.mesh is not None else tasks
 
   def key(self, step: int) -> jax.Array:
     return jax.random.fold_in(self.k_steps, step)
@@ -223,9 +258,23 @@ def _manager(ckpt_dir: str, keep: int):
       item_names=("state", "meta"))
 
 
+def _is_global(x) -> bool:
+  """A jax.Array spread over several processes (orbax saves and restores it collectively)."""
+  return isinstance(x, jax.Array) and not x.is_fully_addressable
+
+
+def _leaf_dict(state) -> dict:
+  return {f"leaf_{i:05d}": x for i, x in enumerate(jax.tree.leaves(state))}
+
+
 def save_checkpoint(mngr, step: int, state, meta: dict) -> None:
+  """Saves ``state`` (every process calls it; orbax writes each array once).
+
+  Arrays spread over several processes are saved as global arrays; the rest
+  (identical in every process) as numpy, written by process 0, as is ``meta``.
+  """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  leaves = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))}
+  leaves = {k: x if _is_global(x) else np.asarray(x) for k, x in _leaf_dict(state).items()}
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(leaves),
                                           meta=ocp.args.JsonSave(meta)), force=True)
   mngr.wait_until_finished()
@@ -235,14 +284,17 @@ def restore_checkpoint(ckpt_dir: str, keep: int, like) -> tuple[Any, dict, int] 
   """Newest readable checkpoint as ``(state, meta, step)``, or None if there is none.
 
   An unreadable checkpoint (corrupted, truncated) is skipped with a warning and
-  removed, and the previous one is tried.
+  removed, and the previous one is tried. Arrays come back with the shardings
+  of ``like``'s leaves (global arrays with several processes); every process
+  must call it.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(ckpt_dir):
     return None
   mngr = _manager(ckpt_dir, keep)
   leaves_like, treedef = jax.tree.flatten(like)
-  target = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves_like)}
+  target = {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+            if _is_global(x) else np.asarray(x) for k, x in _leaf_dict(like).items()}
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
       out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
@@ -252,16 +304,27 @@ def restore_checkpoint(ckpt_dir: str, keep: int, like) -> tuple[Any, dict, int] 
       for a, b in zip(leaves, leaves_like):
         if np.shape(a) != np.shape(b):
           raise ValueError(f"leaf shape {np.shape(a)} != expected {np.shape(b)}")
-      state = jax.tree.unflatten(treedef, [jnp.asarray(a, dtype=b.dtype)
-                                           for a, b in zip(leaves, leaves_like)])
-      return state, dict(out["meta"]), step
+      # Host copies go back where ``like``'s leaves live (e.g. replicated on the task mesh).
+      leaves = [a if _is_global(b) else jax.device_put(np.asarray(a, np.asarray(b).dtype),
+                                                       getattr(b, "sharding", None))
+                for a, b in zip(leaves, leaves_like)]
+      return jax.tree.unflatten(treedef, leaves), dict(out["meta"]), step
     except Exception as e:  # pylint: disable=broad-except
       warnings.warn(f"checkpoint step {step} in {ckpt_dir} is unreadable "
                     f"({type(e).__name__}: {str(e)[:200]}); removing it and falling back to "
                     f"the previous checkpoint.", RuntimeWarning, stacklevel=2)
-      shutil.rmtree(os.path.join(ckpt_dir, str(step)), ignore_errors=True)
+      if is_main_process():
+        shutil.rmtree(os.path.join(ckpt_dir, str(step)), ignore_errors=True)
+      _sync(f"ckpt_fallback_{step}")
       mngr = _manager(ckpt_dir, keep)
   return None
+
+
+def _sync(name: str) -> None:
+  """Waits for every process (no-op with one)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
 
 
 # --- logging ------------------------------------------------------------------
@@ -289,8 +352,11 @@ def save_png(path: str, img: np.ndarray) -> None:
 class Logger:
   """metrics.jsonl + TensorBoard; on resume, drops lines past the restored step."""
 
-  def __init__(self, run_dir: str, start_step: int):
+  def __init__(self, run_dir: str, start_step: int, enabled: bool = True):
     self.path = os.path.join(run_dir, "metrics.jsonl")
+    self.enabled, self.tb = enabled, None
+    if not enabled:  # processes other than 0 log nothing
+      return
     if start_step > 0 and os.path.exists(self.path):
       with open(self.path) as f:
         keep = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= start_step]
@@ -307,6 +373,8 @@ class Logger:
                     "(pip install 'metagan_jax[experiments]').")
 
   def scalars(self, step: int, values: dict) -> None:
+    if not self.enabled:
+      return
     with open(self.path, "a") as f:
       f.write(json.dumps({"step": step, **values}) + "\n")
     if self.tb:
@@ -339,23 +407,30 @@ def train_run(config, method: str, seed: int, run_dir: str, train_split, resume:
   if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir) and not resume:
     raise FileExistsError(f"run folder {run_dir} already has checkpoints; pass --resume to "
                           f"continue it or choose a new --workdir.")
+  _sync(f"start_{run_dir}")  # every process has checked the folder before anyone writes
   restored = restore_checkpoint(ckpt_dir, tc.keep_checkpoints, run.state0) if resume else None
   state, start = (restored[0], restored[2]) if restored else (run.state0, 0)
   counts = {"in_a_row": 0, "total": 0}
   if restored:
     counts = {"in_a_row": int(restored[1].get("nonfinite_in_a_row", 0)),
               "total": int(restored[1].get("nonfinite_total", 0))}
-  with open(os.path.join(run_dir, "config.json"), "w") as f:
-    json.dump({"method": method, "seed": seed, "config": config.to_dict()}, f, indent=1)
+  main = is_main_process()
+  if main:
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+      json.dump({"method": method, "seed": seed, "processes": jax.process_count(),
+                 "devices": jax.device_count(), "config": config.to_dict()}, f, indent=1)
   if restored and start >= run.total:
     return state
   mngr = _manager(ckpt_dir, tc.keep_checkpoints)
-  log = Logger(run_dir, start)
+  log = Logger(run_dir, start, enabled=main)
   z_fixed = run.model.sample_z(jax.random.key(1234), 64)
   gen = jax.jit(run.model.generate)
 
   def snapshot(step):
-    grid = image_grid(gen(run.init_params(state).g, z_fixed))
+    if not main:  # generated from a host copy: no collective, process 0 alone
+      return
+    g = mg.parallel.to_host(run.init_params(state).g)
+    grid = image_grid(gen(g, z_fixed))
     save_png(os.path.join(run_dir, "samples", f"step_{step:06d}.png"), grid)
     log.image(step, grid)
 
@@ -367,16 +442,17 @@ def train_run(config, method: str, seed: int, run_dir: str, train_split, resume:
   if start == 0:
     save_checkpoint(mngr, 0, state, meta(0))
     snapshot(0)
-  bar = tqdm(total=run.total, initial=start, desc=f"{method} seed {seed}", disable=not progress,
+  bar = tqdm(total=run.total, initial=start, desc=f"{method} seed {seed}",
+             disable=not (progress and main),
              file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
   t0 = time.perf_counter()
   try:
     for step in range(start, run.total):
-      if run.sampler is not None:
-        run.sampler.restore({"step": step, "seed": seed})
+      for smp in run.samplers:
+        smp.restore({"step": step, "seed": seed})
       new_state, metrics = run.step_fn(state, run.batch(step), run.key(step))
       done = step + 1
-      if bool(all_finite((new_state.params, metrics))):
+      if bool(mg.parallel.to_host(all_finite((new_state.params, metrics)))):
         state = new_state
         counts["in_a_row"] = 0
       else:  # skip the update: keep the state from before the step
@@ -387,13 +463,13 @@ def train_run(config, method: str, seed: int, run_dir: str, train_split, resume:
       if counts["in_a_row"] >= tc.max_nonfinite:
         raise NonFiniteError(
             f"{method} seed {seed}: {counts['in_a_row']} non-finite updates in a row at step "
-            f"{done} (train.max_nonfinite={tc.max_nonfinite}; {counts['total']} skipped in all); last metrics "
-            f"{ {k: float(v) for k, v in metrics.items()} }. Lower train.outer_lr or "
+            f"{done} (train.max_nonfinite={tc.max_nonfinite}; {counts['total']} skipped in all); "
+            f"last metrics { {k: float(v) for k, v in mg.parallel.to_host(metrics).items()} }. Lower train.outer_lr or "
             f"inner_lr, or check the data. The last good checkpoint is in {ckpt_dir}.")
       if tc.step_sleep:
         time.sleep(tc.step_sleep)
       if done % tc.log_every == 0 or done == run.total:
-        vals = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        vals = {k: float(v) for k, v in mg.parallel.to_host(metrics).items()}
         vals.update(nonfinite_skipped=counts["total"], elapsed_s=round(time.perf_counter() - t0, 2))
         log.scalars(done, vals)
         shown = {k.replace("_inner_loss", "").replace("_loss", ""): f"{v:.3f}"

@@ -34,6 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3
   c.train.log_every = 10
   c.train.sample_every = 500
+  c.train.sample_streams = 0      # task-sampling streams (0 = one per process; see omniglot.py)
   c.train.max_nonfinite = 20      # stop after this many non-finite updates in a row
   c.train.step_sleep = 0.0        # testing only: seconds to sleep per step (kill/resume test)
   c.train.inject_nan_steps = ""   # testing only: comma-separated steps whose data is made NaN
