@@ -1,13 +1,17 @@
-"""metagan_jax: meta-learning GANs in JAX (MAML, first-order MAML, Reptile, Meta-SGD).
+"""metagan_jax: meta-learning GANs in JAX (MAML, first-order MAML, Reptile, Meta-SGD,
+learned optimisers).
 
 The core (models, losses, ``adapt``, ``meta_step``) needs only jax, flax and
 optax; the data layer (``metagan_jax.data``) imports TensorFlow Datasets lazily,
 only for TFDS sources.
 """
 
-from metagan_jax import data, layers, losses, metrics, models, parallel, toy
+from metagan_jax import (data, layers, lopt_train, losses, metrics, models, parallel,
+                         toy)
 from metagan_jax.inner import (AdaptConfig, InnerNoise, MetaSGDParams, adapt,
                                adapt_with_aux, inner_noise, per_parameter_sgd)
+from metagan_jax.lopt import (LOptMetaParams, LOptParams, LOptSpec, LOptState,
+                              init_lopt_params, learned_optimizer)
 from metagan_jax.losses import GanLoss, get_loss
 from metagan_jax.meta import (ALGORITHMS, MetaConfig, MetaState, init,
                               maml_objective, meta_gradients, meta_step,
@@ -20,6 +24,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ALGORITHMS", "AdaptConfig", "data", "layers", "GanLoss", "GanModel", "GanParams", "InnerNoise",
     "MetaConfig", "MetaSGDParams", "MetaState", "Tasks", "adapt", "adapt_with_aux",
+    "LOptMetaParams", "LOptParams", "LOptSpec", "LOptState", "init_lopt_params",
+    "learned_optimizer", "lopt_train",
     "get_loss", "get_model", "init", "inner_noise", "losses", "maml_objective",
     "meta_gradients", "meta_step", "metrics", "models", "parallel", "per_parameter_sgd",
     "per_task_gradient", "toy",

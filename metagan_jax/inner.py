@@ -9,6 +9,7 @@ Meta-SGD (per-parameter learning rates as meta-parameters).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from metagan_jax import losses as losses_lib
+from metagan_jax.lopt import LOptMetaParams, LOptSpec
 from metagan_jax.models import GanModel, GanParams
 
 PyTree = Any
@@ -73,6 +75,8 @@ class AdaptConfig:
       second-order MAML then grows by one step's carry per step instead of all
       its activations.
     first_order: treat inner gradients as constants (first-order MAML).
+    lopt_spec: the learned optimisers' architecture when the meta-parameters
+      are :class:`metagan_jax.LOptMetaParams` (default ``LOptSpec()``).
   """
 
   model: GanModel
@@ -88,6 +92,7 @@ class AdaptConfig:
   unroll: bool = False
   remat: bool = False
   first_order: bool = False
+  lopt_spec: LOptSpec | None = None
 
   def __post_init__(self):
     if not isinstance(self.model, GanModel):
@@ -152,11 +157,55 @@ def _split_meta_params(meta_params, config: AdaptConfig):
   if isinstance(meta_params, MetaSGDParams):
     return (meta_params.init, per_parameter_sgd(meta_params.lr.d),
             per_parameter_sgd(meta_params.lr.g))
+  if isinstance(meta_params, LOptMetaParams):
+    return (meta_params.init, *meta_params.optimizers(config.lopt_spec))
   if isinstance(meta_params, GanParams):
     d_opt, g_opt = config.optimizers()
     return meta_params, d_opt, g_opt
-  raise TypeError(f"meta_params must be GanParams or MetaSGDParams, got "
+  raise TypeError(f"meta_params must be GanParams, MetaSGDParams or LOptMetaParams, got "
                   f"{type(meta_params).__name__}; build them with model.init(key).")
+
+
+def inner_step(carry, xs, *, support, d_opt, g_opt, config: AdaptConfig):
+  """One inner step: ``d_steps`` D updates, then ``g_steps`` G updates.
+
+  Args:
+    carry: ``(g, d, g_opt_state, d_opt_state)``.
+    xs: ``(z [d_steps + g_steps, n_fake, z_dim], gp_keys [d_steps])``, one row of
+      :class:`InnerNoise`.
+    support: the task's real samples.
+    d_opt, g_opt: the players' optax transformations.
+    config: the :class:`AdaptConfig` (model, loss, step counts, first_order).
+
+  Returns:
+    ``(new carry, (mean D loss, mean G loss))``, losses before each update.
+  """
+  model, loss, nd = config.model, config.loss, config.d_steps
+  const = jax.lax.stop_gradient if config.first_order else (lambda t: t)
+
+  def d_obj(d, fake, gp_key):
+    return loss.d_objective(lambda x: model.discriminate(d, x), support, fake, gp_key)
+
+  def g_obj(g, d, z):
+    return loss.g_objective(model.discriminate(d, model.generate(g, z)))
+
+  g, d, g_state, d_state = carry
+  z_Sx, gp_keys = xs
+  d_losses, g_losses = [], []
+  for j in range(nd):
+    # fake is built from the current g; grad w.r.t. d alone is the partial
+    # derivative, and the outer derivative still flows into g through fake.
+    fake = model.generate(g, z_Sx[j])
+    l, grads = jax.value_and_grad(d_obj)(d, fake, gp_keys[j])
+    upd, d_state = d_opt.update(const(grads), d_state, d)
+    d = optax.apply_updates(d, upd)
+    d_losses.append(l)
+  for j in range(config.g_steps):
+    l, grads = jax.value_and_grad(g_obj)(g, d, z_Sx[nd + j])
+    upd, g_state = g_opt.update(const(grads), g_state, g)
+    g = optax.apply_updates(g, upd)
+    g_losses.append(l)
+  return (g, d, g_state, d_state), (jnp.mean(jnp.stack(d_losses)), jnp.mean(jnp.stack(g_losses)))
 
 
 def adapt_with_aux(meta_params, support: jax.Array, key: jax.Array, config: AdaptConfig):
@@ -166,38 +215,11 @@ def adapt_with_aux(meta_params, support: jax.Array, key: jax.Array, config: Adap
     ``(adapted GanParams, {"d_loss": [inner_steps], "g_loss": [inner_steps]})``,
     each loss the mean over that step's player updates, measured before the update.
   """
-  model, loss = config.model, config.loss
-  check_samples(support, model, "support")
+  check_samples(support, config.model, "support")
   params, d_opt, g_opt = _split_meta_params(meta_params, config)
   n_fake = config.n_fake or support.shape[0]
   noise = inner_noise(key, config, n_fake, support.dtype)
-  nd = config.d_steps
-  const = jax.lax.stop_gradient if config.first_order else (lambda t: t)
-
-  def d_obj(d, fake, gp_key):
-    return loss.d_objective(lambda x: model.discriminate(d, x), support, fake, gp_key)
-
-  def g_obj(g, d, z):
-    return loss.g_objective(model.discriminate(d, model.generate(g, z)))
-
-  def step(carry, xs):
-    g, d, g_state, d_state = carry
-    z_Sx, gp_keys = xs
-    d_losses, g_losses = [], []
-    for j in range(nd):
-      # fake is built from the current g; grad w.r.t. d alone is the partial
-      # derivative, and the outer derivative still flows into g through fake.
-      fake = model.generate(g, z_Sx[j])
-      l, grads = jax.value_and_grad(d_obj)(d, fake, gp_keys[j])
-      upd, d_state = d_opt.update(const(grads), d_state, d)
-      d = optax.apply_updates(d, upd)
-      d_losses.append(l)
-    for j in range(config.g_steps):
-      l, grads = jax.value_and_grad(g_obj)(g, d, z_Sx[nd + j])
-      upd, g_state = g_opt.update(const(grads), g_state, g)
-      g = optax.apply_updates(g, upd)
-      g_losses.append(l)
-    return (g, d, g_state, d_state), (jnp.mean(jnp.stack(d_losses)), jnp.mean(jnp.stack(g_losses)))
+  step = functools.partial(inner_step, support=support, d_opt=d_opt, g_opt=g_opt, config=config)
 
   if config.remat:
     step = jax.checkpoint(step)
@@ -227,9 +249,11 @@ def adapt(meta_params, support: jax.Array, key: jax.Array, config: AdaptConfig) 
   Pure, ``jit``/``vmap``-able and differentiable w.r.t. ``meta_params``.
 
   Args:
-    meta_params: :class:`GanParams` (an initialisation) or
+    meta_params: :class:`GanParams` (an initialisation),
       :class:`MetaSGDParams` (an initialisation plus per-parameter learning
-      rates, which then replace the configured inner optimiser).
+      rates, which then replace the configured inner optimiser) or
+      :class:`metagan_jax.LOptMetaParams` (an initialisation plus learned
+      optimisers for D and G).
     support: ``[K, *model.data_shape]`` float samples of the task.
     key: PRNG key; all latents of the loop are drawn from it (:func:`inner_noise`).
     config: an :class:`AdaptConfig`.
