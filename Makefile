@@ -17,9 +17,12 @@ $(VENV)/.stamp-demo: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[data,experiments]"
 	touch $@
 
-.PHONY: test demo
+.PHONY: test demo lopt
 test: $(VENV)/.stamp-test
 	$(PY) -m pytest -q -n 2 tests
 
 demo: $(VENV)/.stamp-demo
 	$(PY) experiments/omniglot.py --config experiments/configs/omniglot_short.py --workdir runs/omniglot_short
+
+lopt: $(VENV)/.stamp-demo   # learned optimiser vs tuned SGD / Adam on Omniglot (~10 min)
+	$(PY) experiments/lopt_omniglot.py --config experiments/configs/lopt_short.py --workdir runs/lopt_short

@@ -8,10 +8,12 @@ number at a few time scales -- each feature normalised by its root mean
 square over the tensor. The MLP outputs a direction ``a`` and a log-magnitude
 ``b``; the update is a residual around SGD::
 
-    update = -lr * grad + step_mult * a * exp(exp_mult * b)
+    update = -exp(log_lr) * grad + step_mult * a * exp(exp_mult * b)
 
 so with the MLP's last layer at zero (:func:`init_lopt_params`) the learned
-optimiser *is* SGD(lr), exactly, and meta-training starts from there.
+optimiser *is* SGD(exp(log_lr)), exactly, and meta-training starts from there.
+The SGD rate is learned in log space, so Adam's outer steps change it by a
+relative amount.
 
 Usage as any optax optimiser, or for ``adapt`` through
 :class:`LOptMetaParams` (an initialisation plus the D and G optimisers'
@@ -66,13 +68,18 @@ class LOptParams(NamedTuple):
   """A learned optimiser's meta-learnable weights.
 
   Attributes:
-    lr: scalar SGD coefficient of the residual path.
+    log_lr: log of the SGD coefficient of the residual path (a scalar).
     layers: the MLP, a tuple of ``(w [in, out], b [out])``; the last layer
       has 2 outputs (direction, log-magnitude).
   """
 
-  lr: jax.Array
+  log_lr: jax.Array
   layers: tuple
+
+  @property
+  def lr(self) -> jax.Array:
+    """The SGD coefficient ``exp(log_lr)``."""
+    return jnp.exp(self.log_lr)
 
 
 class LOptState(NamedTuple):
@@ -104,7 +111,10 @@ class LOptMetaParams(NamedTuple):
 
 def init_lopt_params(key: jax.Array, hidden: tuple[int, ...] = (32,), lr: float = 0.05,
                      spec: LOptSpec | None = None, dtype=jnp.float32) -> LOptParams:
-  """MLP weights (He-initialised) with a zero last layer: the optimiser starts as SGD(lr)."""
+  """MLP weights (He-initialised) with a zero last layer: the optimiser starts as SGD.
+
+  Its SGD rate is ``exp(log(lr))``, which may differ from ``lr`` in the last bit.
+  """
   spec = spec or LOptSpec()
   sizes = (spec.num_features, *hidden, 2)
   keys = jax.random.split(key, len(sizes) - 1)
@@ -114,7 +124,7 @@ def init_lopt_params(key: jax.Array, hidden: tuple[int, ...] = (32,), lr: float 
     w = (jnp.zeros((n_in, n_out), dtype) if last
          else jax.random.normal(k, (n_in, n_out), dtype) * jnp.sqrt(2.0 / n_in).astype(dtype))
     layers.append((w, jnp.zeros((n_out,), dtype)))
-  return LOptParams(lr=jnp.asarray(lr, dtype), layers=tuple(layers))
+  return LOptParams(log_lr=jnp.log(jnp.asarray(lr, dtype)), layers=tuple(layers))
 
 
 def _rms_normalise(x_NxF: jax.Array, eps: float) -> jax.Array:

@@ -61,8 +61,10 @@ class LOptTrainConfig:
     sigma: ES/PES perturbation scale.
     num_pairs: ES/PES antithetic pairs per task.
     train_init: also meta-learn the initialisation (``tbptt`` only).
-    outer_lr: Adam learning rate of the meta-update (if ``outer_opt`` is None).
-    outer_opt: any optax transformation for the meta-update.
+    outer_lr: Adam learning rate of the default meta-update.
+    clip_norm: the default meta-update clips the meta-gradient to this global
+      norm, and skips (``optax.apply_if_finite``) non-finite ones.
+    outer_opt: any optax transformation for the meta-update instead.
     bandwidths: Gaussian kernel widths of the MMD meta-loss, as multiples of the
       data dimension (``k(x, y) = sum_s exp(-|x - y|^2 / (2 s D))``).
     vectorize: ``"map"`` (tasks one after another inside the step; faster on
@@ -77,6 +79,7 @@ class LOptTrainConfig:
   num_pairs: int = 2
   train_init: bool = False
   outer_lr: float = 1e-3
+  clip_norm: float = 1.0
   outer_opt: optax.GradientTransformation | None = None
   bandwidths: tuple[float, ...] = (0.05, 0.2, 1.0)
   vectorize: str = "map"
@@ -102,7 +105,13 @@ class LOptTrainConfig:
 
   @property
   def optimizer(self) -> optax.GradientTransformation:
-    return self.outer_opt if self.outer_opt is not None else optax.adam(self.outer_lr)
+    if self.outer_opt is not None:
+      return self.outer_opt
+    # Unrolled GAN training occasionally blows up a meta-gradient: clip, and skip
+    # non-finite ones rather than poison Adam's moments.
+    return optax.apply_if_finite(
+        optax.chain(optax.clip_by_global_norm(self.clip_norm), optax.adam(self.outer_lr)),
+        max_consecutive_errors=50)
 
   @property
   def particles(self) -> int:
@@ -175,8 +184,8 @@ def unroll_run(meta: LOptMetaParams, run: InnerRun, fresh: Tasks, key: jax.Array
                config: LOptTrainConfig):
   """Advances one run by ``config.unroll`` inner steps; returns ``(mean meta-loss, new run)``.
 
-  A run at ``t >= horizon`` first restarts from ``meta.init`` on ``fresh``'s
-  support/query (one task, ``[K, ...]`` / ``[Q, ...]``). The carried run is a
+  A run at ``t >= horizon`` (or one that diverged) first restarts from
+  ``meta.init`` on ``fresh``'s support/query (one task, ``[K, ...]`` / ``[Q, ...]``). The carried run is a
   constant (truncation); the meta-loss is differentiable w.r.t. the
   optimisers, and w.r.t. the initialisation in a truncation that starts a run
   (when ``config.train_init``).
@@ -185,7 +194,9 @@ def unroll_run(meta: LOptMetaParams, run: InnerRun, fresh: Tasks, key: jax.Array
   if not config.train_init:
     meta = LOptMetaParams(jax.lax.stop_gradient(meta.init), meta.d, meta.g)
   run = jax.lax.stop_gradient(run)
-  reset = run.t >= config.horizon
+  # A run restarts at the horizon, or when it diverged (non-finite parameters).
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(run.params)]))
+  reset = (run.t >= config.horizon) | ~finite
   new = _fresh_run(meta, fresh.support, fresh.query, 0, config)
   run = jax.tree.map(lambda a, b: jnp.where(reset, a, b), new, run)
   d_opt, g_opt = meta.optimizers(ac.lopt_spec)
@@ -300,10 +311,30 @@ def pes_gradient(unroll_fn: Callable, theta: PyTree, states: PyTree, acc: PyTree
   return grad, jnp.mean(losses), states, acc
 
 
+def _finite_mean(grads_T: PyTree, losses_T: jax.Array):
+  """Means over the tasks whose loss and gradient are finite; and the fraction that were not.
+
+  A run that diverged in this truncation (it restarts next time) gives no
+  gradient, instead of turning the whole meta-step into NaN.
+  """
+  ok = jnp.isfinite(losses_T)
+  for g in jax.tree.leaves(grads_T):
+    ok &= jnp.all(jnp.isfinite(g.reshape(g.shape[0], -1)), axis=1)
+  n = jnp.maximum(jnp.sum(ok), 1)
+  mask = lambda x: jnp.where(ok.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0)
+  grads = jax.tree.map(lambda g: jnp.sum(mask(g), 0) / n.astype(g.dtype), grads_T)
+  return grads, jnp.sum(mask(losses_T)) / n, 1 - jnp.mean(ok.astype(jnp.float32))
+
+
 def meta_gradients(state: LOptTrainState, tasks: Tasks, key: jax.Array, config: LOptTrainConfig):
-  """Task-averaged meta-gradient estimate, the new runs, the new PES sums and the mean meta-loss.
+  """Task-averaged meta-gradient estimate, the new runs and PES sums, and statistics.
 
   ``tasks`` supplies each run's next task (used by runs that restart now).
+  Tasks whose loss or gradient is non-finite (a diverged inner run) are left
+  out of the means.
+
+  Returns:
+    ``(grads, runs, pes_acc, {"meta_loss", "diverged"})``.
   """
   meta = state.params
   T = tasks.support.shape[0]
@@ -315,7 +346,8 @@ def meta_gradients(state: LOptTrainState, tasks: Tasks, key: jax.Array, config: 
                                                                     config)
       return g, loss, run
     grads, losses, runs = _over_tasks(task, config, state.runs, tasks.support, tasks.query, keys)
-    return jax.tree.map(lambda g: jnp.mean(g, 0), grads), runs, None, jnp.mean(losses)
+    grads, loss, diverged = _finite_mean(grads, losses)
+    return grads, runs, None, {"meta_loss": loss, "diverged": diverged}
 
   zero_init = jax.tree.map(jnp.zeros_like, meta.init)
   theta = _opt_part(meta)
@@ -345,20 +377,22 @@ def meta_gradients(state: LOptTrainState, tasks: Tasks, key: jax.Array, config: 
       return g, loss, jax.tree.map(lambda x: x.reshape(2 * P, *x.shape[2:]), runs_Px2), acc_P
     grads, losses, runs, acc = _over_tasks(task, config, state.runs, state.pes_acc,
                                            tasks.support, tasks.query, keys)
-  grads = jax.tree.map(lambda g: jnp.mean(g, 0), grads)
-  return _with_opt(LOptMetaParams(zero_init, None, None), grads), runs, acc, jnp.mean(losses)
+  grads, loss, diverged = _finite_mean(grads, losses)
+  return (_with_opt(LOptMetaParams(zero_init, None, None), grads), runs, acc,
+          {"meta_loss": loss, "diverged": diverged})
 
 
 def meta_step(state: LOptTrainState, tasks: Tasks, key: jax.Array, config: LOptTrainConfig):
   """One meta-update of the learned optimisers (and initialisation). Pure; ``jit`` it.
 
   Returns:
-    ``(new state, metrics)`` with the mean meta-loss (MMD² per inner step over
-    this truncation) and the meta-gradient norm.
+    ``(new state, metrics)``: the mean meta-loss (MMD² per inner step over
+    this truncation, finite tasks), the fraction of diverged tasks, the
+    meta-gradient norm and the optimisers' SGD rates.
   """
-  grads, runs, acc, loss = meta_gradients(state, tasks, key, config)
+  grads, runs, acc, stats = meta_gradients(state, tasks, key, config)
   updates, opt_state = config.optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"meta_loss": loss, "grad_norm": optax.tree.norm(_opt_part(grads)),
+  metrics = {**stats, "grad_norm": optax.tree.norm(_opt_part(grads)),
              "lr_d": params.d.lr, "lr_g": (params.g or params.d).lr}
   return LOptTrainState(params, opt_state, runs, acc, state.step + 1), metrics

@@ -35,7 +35,8 @@ def _leaves_equal(a, b):
 def test_update_is_pure_and_shape_preserving():
   params = tiny_model().init(jax.random.key(0))
   grads = random_direction(jax.random.key(1), params)
-  opt = mg.learned_optimizer(_random_lopt(jax.random.key(2)))
+  lopt = _random_lopt(jax.random.key(2))
+  opt = mg.learned_optimizer(lopt)
   state = opt.init(params)
   assert isinstance(state, mg.LOptState)
   copies = jax.tree.map(np.array, (grads, state, params))
@@ -49,7 +50,8 @@ def test_update_is_pure_and_shape_preserving():
   for u, p in zip(jax.tree.leaves(u1), jax.tree.leaves(params)):
     assert u.shape == p.shape and u.dtype == p.dtype
   assert int(s1.count) == 1 and jax.tree.structure(s1) == jax.tree.structure(s2)
-  sgd_u, _ = optax.sgd(0.1).update(grads, optax.sgd(0.1).init(params))
+  sgd = optax.sgd(float(lopt.lr))
+  sgd_u, _ = sgd.update(grads, sgd.init(params))
   assert not _leaves_equal(u1, sgd_u)  # a non-zero MLP changes the update
 
 
@@ -57,7 +59,9 @@ def test_zero_last_layer_reproduces_sgd_exactly():
   model = tiny_model()
   params = model.init(jax.random.key(0))
   lopt = mg.init_lopt_params(jax.random.key(3), hidden=(16, 16), lr=0.07)
-  opt, sgd = mg.learned_optimizer(lopt), optax.sgd(0.07)
+  lr = float(lopt.lr)  # exp(log(0.07)): 0.07 up to the last bit
+  assert abs(lr - 0.07) < 1e-8
+  opt, sgd = mg.learned_optimizer(lopt), optax.sgd(lr)
   s_l, s_s, p_l, p_s = opt.init(params), sgd.init(params), params, params
   for i in range(4):
     g = random_direction(jax.random.key(10 + i), params)
@@ -71,7 +75,7 @@ def test_zero_last_layer_reproduces_sgd_exactly():
   support = tiny_tasks(jax.random.key(4), dtype=jnp.float32).support[0]
   meta = mg.LOptMetaParams(params, lopt, None)
   for unroll in (True, False):
-    config = mg.AdaptConfig(model, inner_steps=3, inner_lr=0.07, unroll=unroll)
+    config = mg.AdaptConfig(model, inner_steps=3, inner_lr=lr, unroll=unroll)
     ref = mg.adapt(params, support, jax.random.key(5), config)
     got = mg.adapt(meta, support, jax.random.key(5), config)
     if unroll:
@@ -240,3 +244,30 @@ def test_pes_is_unbiased_for_the_whole_run_where_truncation_is_biased():
       return total
     es = np.asarray(jax.jit(jax.vmap(es_chain))(jax.random.split(jax.random.key(9), pairs)))
     assert np.max(np.abs(_zscores(es, truth))) > 10
+
+
+def test_meta_training_improves_on_its_starting_sgd():
+  """Ring-mixture tasks: after 60 TBPTT meta-steps the optimiser beats its SGD start."""
+  model = mg.models.mlp(data_dim=2, z_dim=3, hidden=(16,))
+  ring = mg.toy.RingMixtures()
+  tasks = lambda k, t: ring.sample_tasks(k, t, 16, 16)[0]
+  config = LT.LOptTrainConfig(mg.AdaptConfig(model, inner_lr=0.05), horizon=8, unroll=4,
+                              outer_lr=3e-3)
+  state = LT.init(jax.random.key(0), tasks(jax.random.key(1), 8), config, hidden=(16,))
+  start = state.params
+  step = jax.jit(functools.partial(LT.meta_step, config=config))
+  for i in range(60):
+    state, _ = step(state, tasks(jax.random.key(100 + i), 8), jax.random.key(i))
+  whole = LT.LOptTrainConfig(config.adapt, horizon=8, unroll=8)  # one whole run per task
+
+  def run_loss(meta, s, q, k):
+    run = LT._fresh_run(meta, s, q, whole.horizon, whole)  # pylint: disable=protected-access
+    return LT.unroll_run(meta, run, mg.Tasks(s, q), k, whole)[0]
+
+  held = tasks(jax.random.key(999), 64)
+  keys = jax.random.split(jax.random.key(5), 64)
+  ev = jax.jit(jax.vmap(run_loss, in_axes=(None, 0, 0, 0)))
+  diff = (np.asarray(ev(state.params, held.support, held.query, keys))
+          - np.asarray(ev(start, held.support, held.query, keys)))
+  t = diff.mean() / (diff.std(ddof=1) / np.sqrt(diff.size))
+  assert t < -4, (diff.mean(), t)
