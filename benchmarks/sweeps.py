@@ -213,43 +213,39 @@ def tables() -> str:
         out.append(f"| {name} | {', '.join(f'{m:.0f}' for m in ms)} | {med[key]:.0f} | "
                    f"{med[key] / med[('jax', None)]:.2f}x |")
     out.append("")
-  ladder = [r for r in _load("ladder") if "error" not in r]
-  if ladder:
-    out.append("### From the straightforward formulation to the default (second-order MAML, standard workload)\n")
-    out.append("| convolutions | tasks vectorised by | ms / meta-step | timed steps | compile s |")
-    out.append("|---|---|---|---|---|")
-    for r in ladder:
-      conv = "flax `nn.Conv`/`nn.ConvTranspose`" if r["conv_impl"] == "xla" else "im2col / scatter matmuls"
-      vec = "`jax.vmap`" if r["vectorize"] == "vmap" else "`lax.map`"
-      out.append(f"| {conv} | {vec} | {_f(r['median_ms'], 0)} | {r['steps']} | {_f(r['compile_s'])} |")
+  def section(name, title, header, row, key=None):
+    """One markdown table of a sweep's records (if any), a row per record."""
+    recs = [r for r in _load(name) if "error" not in r]
+    if not recs:
+      return
+    out.append(f"### {title}\n")
+    out.append("| " + " | ".join(header) + " |")
+    out.append("|" + "---|" * len(header))
+    out.extend("| " + " | ".join(row(r)) + " |" for r in (sorted(recs, key=key) if key else recs))
     out.append("")
-  ks = [r for r in _load("k") if "error" not in r]
-  if ks:
-    out.append("### Inner steps k (second-order MAML, T=8)\n")
-    out.append("| k | loop | remat | ms / meta-step | compile s | peak RSS MiB | XLA temp MiB |")
-    out.append("|---|---|---|---|---|---|---|")
-    for r in sorted(ks, key=lambda r: (r["loop"], r["remat"], r["inner_steps"])):
-      out.append(f"| {r['inner_steps']} | {r['loop']} | {r['remat']} | {_f(r['median_ms'], 0)} | "
-                 f"{_f(r['compile_s'])} | {_f(r['peak_rss_mb'], 0)} | {_f(r.get('xla_temp_mb'), 1)} |")
-    out.append("")
-  ts = [r for r in _load("T") if "error" not in r]
-  if ts:
-    out.append("### Tasks per meta-step T (second-order MAML, k=5)\n")
-    out.append("| T | ms / meta-step | tasks / s | peak RSS MiB |")
-    out.append("|---|---|---|---|")
-    for r in sorted(ts, key=lambda r: r["T"]):
-      out.append(f"| {r['T']} | {_f(r['median_ms'], 0)} | {_f(r['tasks_per_s'])} | "
-                 f"{_f(r['peak_rss_mb'], 0)} |")
-    out.append("")
-  order = [r for r in _load("order") if "error" not in r]
-  if order:
-    out.append("### First vs second order (T=8)\n")
-    out.append("| algorithm | k | ms / meta-step | compile s | useful GFLOP |")
-    out.append("|---|---|---|---|---|")
-    for r in order:
-      out.append(f"| {r['algorithm']} | {r['inner_steps']} | {_f(r['median_ms'], 0)} | "
-                 f"{_f(r['compile_s'])} | {_f(r['useful_gflop'], 2)} |")
-    out.append("")
+
+  section("ladder", "From the straightforward formulation to the default (second-order MAML, "
+          "standard workload)",
+          ["convolutions", "tasks vectorised by", "ms / meta-step", "timed steps", "compile s"],
+          lambda r: ["flax `nn.Conv`/`nn.ConvTranspose`" if r["conv_impl"] == "xla"
+                     else "im2col / scatter matmuls",
+                     "`jax.vmap`" if r["vectorize"] == "vmap" else "`lax.map`",
+                     _f(r["median_ms"], 0), str(r["steps"]), _f(r["compile_s"])])
+  section("k", "Inner steps k (second-order MAML, T=8)",
+          ["k", "loop", "remat", "ms / meta-step", "compile s", "peak RSS MiB", "XLA temp MiB"],
+          lambda r: [str(r["inner_steps"]), str(r["loop"]), str(r["remat"]),
+                     _f(r["median_ms"], 0), _f(r["compile_s"]), _f(r["peak_rss_mb"], 0),
+                     _f(r.get("xla_temp_mb"), 1)],
+          key=lambda r: (r["loop"], r["remat"], r["inner_steps"]))
+  section("T", "Tasks per meta-step T (second-order MAML, k=5)",
+          ["T", "ms / meta-step", "tasks / s", "peak RSS MiB"],
+          lambda r: [str(r["T"]), _f(r["median_ms"], 0), _f(r["tasks_per_s"]),
+                     _f(r["peak_rss_mb"], 0)],
+          key=lambda r: r["T"])
+  section("order", "First vs second order (T=8)",
+          ["algorithm", "k", "ms / meta-step", "compile s", "useful GFLOP"],
+          lambda r: [str(r["algorithm"]), str(r["inner_steps"]), _f(r["median_ms"], 0),
+                     _f(r["compile_s"]), _f(r["useful_gflop"], 2)])
   return "\n".join(out)
 
 

@@ -141,13 +141,11 @@ def _adapt_fn(config_json: str, kind: str, steps: int):
   b1 = config.lopt.adam_b1
 
   def one(meta, lr, support, key, z):
-    if kind == "sgd":
-      params, ac = meta, adapt_config(config, steps, optax.sgd(lr))
-    elif kind == "adam":
-      params, ac = meta, adapt_config(config, steps, optax.adam(lr, b1=b1))
-    else:
-      params, ac = meta, adapt_config(config, steps)
-    adapted = mg.adapt(params, support, key, ac)
+    # lr is traced, so one compilation serves every rate of a grid; "lopt" ignores it
+    # (its optimisers are in meta, an LOptMetaParams).
+    opt = {"sgd": lambda: optax.sgd(lr), "adam": lambda: optax.adam(lr, b1=b1),
+           "lopt": lambda: None}[kind]()
+    adapted = mg.adapt(meta, support, key, adapt_config(config, steps, opt))
     return model.generate(adapted.g, z)
 
   return jax.jit(jax.vmap(one, in_axes=(None, None, 0, 0, 0)))
@@ -299,16 +297,6 @@ def plot(summary: dict, rows: list, path: str) -> None:
   plt.close(fig)
 
 
-def _jsonable(x):
-  if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, (np.ndarray, np.floating, np.integer)):
-    return np.asarray(x).tolist()
-  return x
-
-
 def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
   """The whole learned-optimiser experiment; returns ``{"table", "summary", "tuning", ...}``."""
   t_start = time.perf_counter()
@@ -350,8 +338,8 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
                        train_lib.image_grid(imgs[grid_t][:n, :8].reshape(-1, *imgs[grid_t].shape[2:])))
   total = time.perf_counter() - t_start
   with open(os.path.join(eval_dir, "results.json"), "w") as f:
-    json.dump(_jsonable({"summary": res["summary"], "tuning": tuning, "meta_training": rows,
-                         "featnet": feat_info, "wall_s": total}), f)
+    json.dump(protocol.jsonable({"summary": res["summary"], "tuning": tuning,
+                                 "meta_training": rows, "featnet": feat_info, "wall_s": total}), f)
   with open(os.path.join(eval_dir, "results.md"), "w") as f:
     f.write(table + f"\n\nWall time: {total:.0f} s (meta-training {t_meta:.0f} s).\n")
   return {"table": table, "summary": res["summary"], "tuning": tuning, "rows": rows,

@@ -35,22 +35,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-import numpy as np  # pylint: disable=g-import-not-at-top
-
 import metagan_jax as mg  # pylint: disable=g-import-not-at-top
 from experiments import protocol, train_lib  # pylint: disable=g-import-not-at-top
-
-
-def _jsonable(x):
-  if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, np.ndarray):
-    return x.tolist()
-  if isinstance(x, (np.floating, np.integer)):
-    return x.item()
-  return x
 
 
 def train_all(config, workdir: str, resume: bool = False, progress: bool = True) -> dict:
@@ -135,9 +121,9 @@ def train_and_evaluate(config, workdir: str, resume: bool = False, mode: str = "
     json.dump({"classes": res["classes"], "indices": res["indices"], "k": config.eval.k}, f,
               indent=1)
   with open(os.path.join(eval_dir, "results.json"), "w") as f:
-    json.dump(_jsonable({"summary": summary, "info": info, "per_class": res["per_class"],
-                         "fd": [{k: v for k, v in r.items() if k != "feats"}
-                                for r in res["fd"]]}), f)
+    fd = [{k: v for k, v in r.items() if k != "feats"} for r in res["fd"]]
+    json.dump(protocol.jsonable({"summary": summary, "info": info,
+                                 "per_class": res["per_class"], "fd": fd}), f)
   total = time.perf_counter() - t_start
   with open(os.path.join(eval_dir, "results.md"), "w") as f:
     f.write(table + f"\n\nWall time: {total:.0f} s (training {t_train:.0f} s).\n")

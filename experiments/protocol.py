@@ -142,6 +142,17 @@ def feature_net(config, verbose: bool = True):
   return features_fn, info
 
 
+def jsonable(x):
+  """``x`` with numpy arrays and scalars turned into lists and Python numbers (for json.dump)."""
+  if isinstance(x, dict):
+    return {str(k): jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [jsonable(v) for v in x]
+  if isinstance(x, (np.ndarray, np.floating, np.integer)):
+    return np.asarray(x).tolist()
+  return x
+
+
 # --- the test classes -----------------------------------------------------------
 
 

@@ -464,8 +464,8 @@ def train_run(config, method: str, seed: int, run_dir: str, train_split, resume:
         raise NonFiniteError(
             f"{method} seed {seed}: {counts['in_a_row']} non-finite updates in a row at step "
             f"{done} (train.max_nonfinite={tc.max_nonfinite}; {counts['total']} skipped in all); "
-            f"last metrics { {k: float(v) for k, v in mg.parallel.to_host(metrics).items()} }. Lower train.outer_lr or "
-            f"inner_lr, or check the data. The last good checkpoint is in {ckpt_dir}.")
+            f"last metrics { {k: float(v) for k, v in mg.parallel.to_host(metrics).items()} }. "
+            f"Lower train.outer_lr or inner_lr, or check the data. The last good checkpoint is in {ckpt_dir}.")
       if tc.step_sleep:
         time.sleep(tc.step_sleep)
       if done % tc.log_every == 0 or done == run.total:

@@ -180,23 +180,27 @@ def _fresh_run(meta: LOptMetaParams, support, query, t, config: LOptTrainConfig)
                   support, query)
 
 
+def needs_restart(run: InnerRun, config: LOptTrainConfig) -> jax.Array:
+  """True when a run has reached the horizon or diverged (non-finite parameters)."""
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(run.params)]))
+  return (run.t >= config.horizon) | ~finite
+
+
 def unroll_run(meta: LOptMetaParams, run: InnerRun, fresh: Tasks, key: jax.Array,
                config: LOptTrainConfig):
   """Advances one run by ``config.unroll`` inner steps; returns ``(mean meta-loss, new run)``.
 
-  A run at ``t >= horizon`` (or one that diverged) first restarts from
-  ``meta.init`` on ``fresh``'s support/query (one task, ``[K, ...]`` / ``[Q, ...]``). The carried run is a
-  constant (truncation); the meta-loss is differentiable w.r.t. the
-  optimisers, and w.r.t. the initialisation in a truncation that starts a run
-  (when ``config.train_init``).
+  A run that :func:`needs_restart` first restarts from ``meta.init`` on
+  ``fresh``'s support/query (one task, ``[K, ...]`` / ``[Q, ...]``). The
+  carried run is a constant (truncation); the meta-loss is differentiable
+  w.r.t. the optimisers, and w.r.t. the initialisation in a truncation that
+  starts a run (when ``config.train_init``).
   """
   ac = config.adapt
   if not config.train_init:
     meta = LOptMetaParams(jax.lax.stop_gradient(meta.init), meta.d, meta.g)
   run = jax.lax.stop_gradient(run)
-  # A run restarts at the horizon, or when it diverged (non-finite parameters).
-  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(run.params)]))
-  reset = (run.t >= config.horizon) | ~finite
+  reset = needs_restart(run, config)
   new = _fresh_run(meta, fresh.support, fresh.query, 0, config)
   run = jax.tree.map(lambda a, b: jnp.where(reset, a, b), new, run)
   d_opt, g_opt = meta.optimizers(ac.lopt_spec)
@@ -371,7 +375,11 @@ def meta_gradients(state: LOptTrainState, tasks: Tasks, key: jax.Array, config: 
     def task(runs_P2, acc_P, s, q, k):
       k_es, k_run = jax.random.split(k)
       runs_Px2 = jax.tree.map(lambda x: x.reshape(P, 2, *x.shape[1:]), runs_P2)
-      starts = runs_Px2.t[:, 0] >= config.horizon
+      # A pair restarts together (even if only one particle diverged), so its
+      # two runs stay antithetic and its perturbation sum starts afresh.
+      starts = jnp.any(jax.vmap(jax.vmap(lambda r: needs_restart(r, config)))(runs_Px2), axis=1)
+      runs_Px2 = runs_Px2._replace(
+          t=jnp.where(starts[:, None], config.horizon, runs_Px2.t).astype(runs_Px2.t.dtype))
       g, loss, runs_Px2, acc_P = pes_gradient(lambda th, r: loss_of(th, r, s, q, k_run), theta,
                                               runs_Px2, acc_P, starts, k_es, config.sigma)
       return g, loss, jax.tree.map(lambda x: x.reshape(2 * P, *x.shape[2:]), runs_Px2), acc_P

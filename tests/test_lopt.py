@@ -1,6 +1,5 @@
 """Learned optimisers: the optax transformation, its meta-gradient, and the ES/PES estimators."""
 
-import dataclasses
 import functools
 
 import jax
@@ -271,3 +270,18 @@ def test_meta_training_improves_on_its_starting_sgd():
           - np.asarray(ev(start, held.support, held.query, keys)))
   t = diff.mean() / (diff.std(ddof=1) / np.sqrt(diff.size))
   assert t < -4, (diff.mean(), t)
+
+
+def test_pes_pair_restarts_together_when_one_particle_diverges():
+  tasks = tiny_tasks(jax.random.key(0), t=1, k=5, q=6, dtype=jnp.float32)
+  config = _train_config(estimator="pes", num_pairs=2)
+  state = LT.init(jax.random.key(1), tasks, config)
+  state, _ = LT.meta_step(state, tasks, jax.random.key(2), config)  # every run at t = 2
+  # Particle 1 (pair 0, sign -) diverges; pair 1 stays mid-run.
+  nan_one = lambda x: x.at[0, 1].set(jnp.nan) if jnp.issubdtype(x.dtype, jnp.floating) else x
+  runs = state.runs._replace(params=jax.tree.map(nan_one, state.runs.params))
+  state = state.replace(runs=runs)
+  state, metrics = LT.meta_step(state, tasks, jax.random.key(3), config)
+  assert np.asarray(state.runs.t).tolist() == [[2, 2, 4, 4]]  # pair 0 restarted, both signs
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.runs.params))
+  assert float(metrics["diverged"]) == 0.0 and np.isfinite(float(metrics["meta_loss"]))
