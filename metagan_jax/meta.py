@@ -25,6 +25,7 @@ from jax.sharding import PartitionSpec as P
 from metagan_jax import parallel
 from metagan_jax.inner import (AdaptConfig, MetaSGDParams, adapt_with_aux,
                                check_samples)
+from metagan_jax.lopt import LOptMetaParams
 from metagan_jax.models import GanParams
 from metagan_jax.tasks import Tasks
 
@@ -230,6 +231,9 @@ def meta_gradients(meta_params, tasks: Tasks, key: jax.Array, config: MetaConfig
     ``query_losses [T, 2]`` (L_D, L_G) and the inner losses ``[T, inner_steps]``.
   """
   check_tasks(tasks, config)
+  if isinstance(meta_params, LOptMetaParams):
+    raise TypeError("meta_step does not train LOptMetaParams (learned optimisers); use "
+                    "metagan_jax.lopt_train.meta_step (truncated backprop, ES or PES).")
   if config.algorithm == "metasgd" and not isinstance(meta_params, MetaSGDParams):
     raise TypeError("metasgd needs MetaSGDParams(init, lr); build the state with "
                     "metagan_jax.init(key, config).")

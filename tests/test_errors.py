@@ -42,6 +42,7 @@ CASES = [
     ("tasks not a Tasks", lambda: _step((jnp.zeros((2, 4, 2)), jnp.zeros((2, 3, 2)))), TypeError, "metagan_jax.Tasks"),
     ("empty support", lambda: mg.adapt(MODEL.init(jax.random.key(0)), jnp.zeros((0, 2)), jax.random.key(0), mg.AdaptConfig(MODEL)), ValueError, "[N >= 1, 2]"),
     ("adapt integer support", lambda: mg.adapt(MODEL.init(jax.random.key(0)), jnp.zeros((4, 2), jnp.uint8), jax.random.key(0), mg.AdaptConfig(MODEL)), TypeError, "dtype uint8"),
+    ("meta_step with learned-optimiser params", lambda: mg.meta_gradients(mg.LOptMetaParams(MODEL.init(jax.random.key(0)), mg.init_lopt_params(jax.random.key(0))), mg.Tasks(jnp.zeros((1, 4, 2)), jnp.zeros((1, 4, 2))), jax.random.key(0), mg.MetaConfig(mg.AdaptConfig(MODEL))), TypeError, "use metagan_jax.lopt_train.meta_step"),
     ("adapt wrong params", lambda: mg.adapt({"g": 1}, jnp.zeros((4, 2)), jax.random.key(0), mg.AdaptConfig(MODEL)), TypeError, "GanParams, MetaSGDParams or LOptMetaParams, got dict"),
 ]
 
