@@ -4,9 +4,9 @@ Run (~15 min on 2 CPU cores; prints the results table):
   python experiments/lopt_omniglot.py --config experiments/configs/lopt_short.py \
       --workdir runs/lopt_short
 
-Steps, all from one initialisation (the transfer GAN of experiments/omniglot.py,
-trained on every meta-training class, or a random one with
---config.lopt.init=random):
+Steps, all from one initialisation (a seeded random GAN, or with
+--config.lopt.init=pretrained the GAN pre-trained on every meta-training class
+as in experiments/omniglot.py):
   1. tune the learning rates of SGD and Adam on the validation alphabets,
      separately for every horizon T (KID in the protocol's feature space);
   2. meta-train the learned optimisers (one for D, one for G) on meta-training
@@ -70,13 +70,13 @@ def initialisation(config, workdir: str, split, progress: bool) -> mg.GanParams:
   """The GAN every optimiser starts from."""
   if config.lopt.init == "random":
     return train_lib.get_model(config).init(jax.random.key(config.lopt.seed))
-  if config.lopt.init != "transfer":
-    raise ValueError(f"lopt.init must be 'transfer' or 'random', got {config.lopt.init!r}.")
-  run_dir = os.path.join(workdir, "train", f"transfer_s{config.lopt.seed}")
+  if config.lopt.init != "pretrained":
+    raise ValueError(f"lopt.init must be 'pretrained' or 'random', got {config.lopt.init!r}.")
+  run_dir = os.path.join(workdir, "train", f"pretrain_s{config.lopt.seed}")
   has_ckpt = os.path.isdir(os.path.join(run_dir, "checkpoints"))
-  state = train_lib.train_run(config, "transfer", config.lopt.seed, run_dir, split,
+  state = train_lib.train_run(config, "pretrain", config.lopt.seed, run_dir, split,
                               resume=has_ckpt, progress=progress)
-  return mg.parallel.to_host(state.params)
+  return mg.parallel.to_host(train_lib.pretrained_params(state))
 
 
 def meta_train(config, init_params, split, out_dir: str, progress: bool = True,
@@ -169,8 +169,7 @@ def adapt_generate(config, kind: str, meta, lr: float, support_CxK, steps: int, 
 
 def val_classes(config) -> dict:
   """Support / held-out images of ``lopt.n_val`` classes of the validation alphabets."""
-  split = mg.data.load_split(config.dataset, "val", data_dir=config.data_dir or None,
-                             verbose=False)
+  split = train_lib.load_split(config, "val", verbose=False)
   rng = np.random.default_rng(config.lopt.seed)
   pick = rng.permutation(len(split))[:config.lopt.n_val]
   k = config.eval.k
@@ -304,8 +303,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config.to_dict(), f, indent=1)
   features_fn, feat_info = protocol.feature_net(config, verbose=False)
-  split = mg.data.load_split(config.dataset, "train", data_dir=config.data_dir or None,
-                             verbose=False)
+  split = train_lib.load_split(config, "train", verbose=False)
   init_params = initialisation(config, workdir, split, progress)
   tuning = tune(config, init_params, features_fn)
   with open(os.path.join(workdir, "tuning.json"), "w") as f:

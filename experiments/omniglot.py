@@ -40,21 +40,43 @@ from experiments import protocol, train_lib  # pylint: disable=g-import-not-at-t
 
 
 def train_all(config, workdir: str, resume: bool = False, progress: bool = True) -> dict:
-  """Trains every (method, meta seed) run; returns ``{(method, seed): meta-parameters}``."""
+  """Trains every (method, meta seed) run; returns ``{(method, seed): meta-parameters}``.
+
+  Pre-training runs first (``train/pretrain_s<seed>``) when ``transfer`` is a
+  method or the meta methods start from it (``config.init = "pretrained"``):
+  ``transfer`` of a seed is its pre-trained GAN, unchanged.
+  """
   methods = train_lib.parse_list(config.methods)
   train_lib.check_methods(methods)
   seeds = train_lib.parse_list(config.meta_seeds, int)
+  if config.init not in ("random", "pretrained"):
+    raise ValueError(f"config.init must be 'random' or 'pretrained', got {config.init!r}.")
   main = train_lib.is_main_process()
-  split = mg.data.load_split(config.dataset, "train", data_dir=config.data_dir or None,
-                             run_dir=workdir if main else None, verbose=main)
-  params, timing = {}, {}
+  split = train_lib.load_split(config, "train", run_dir=workdir if main else None, verbose=main)
+  params, timing, pretrained = {}, {}, {}
+  meta = [m for m in methods if m in train_lib.META_METHODS]
+  if "transfer" in methods or (meta and config.init == "pretrained"):
+    for ps in sorted({train_lib.pretrain_seed(config, s) for s in seeds}):
+      t0 = time.perf_counter()
+      state = train_lib.train_run(config, "pretrain", ps,
+                                  os.path.join(workdir, "train", f"pretrain_s{ps}"), split,
+                                  resume=resume, progress=progress)
+      pretrained[ps] = mg.parallel.to_host(train_lib.pretrained_params(state))
+      timing[f"pretrain_s{ps}"] = round(time.perf_counter() - t0, 1)
   for method in methods:
     for seed in seeds:
+      if method == "transfer":
+        params[(method, seed)] = pretrained[train_lib.pretrain_seed(config, seed)]
+        continue
       t0 = time.perf_counter()
+      init = (pretrained[train_lib.pretrain_seed(config, seed)]
+              if method in meta and config.init == "pretrained" else None)
       run_dir = os.path.join(workdir, "train", f"{method}_s{seed}")
       state = train_lib.train_run(config, method, seed, run_dir, split, resume=resume,
-                                  progress=progress)
-      params[(method, seed)] = mg.parallel.to_host(state.params)  # evaluated per process
+                                  progress=progress, init_params=init)
+      # evaluated per process, from host copies
+      params[(method, seed)] = mg.parallel.to_host(
+          state.params if method in meta else train_lib.Run.init_params(state))
       timing[f"{method}_s{seed}"] = round(time.perf_counter() - t0, 1)
   if main:
     with open(os.path.join(workdir, "train_timing.json"), "w") as f:
@@ -94,7 +116,8 @@ def train_and_evaluate(config, workdir: str, resume: bool = False, mode: str = "
   if mode == "train":
     return {"params": params}
   t_train = time.perf_counter() - t_start
-  res = protocol.evaluate(config, params, features_fn, verbose=main)
+  tuning = protocol.tune_rules(config, params, features_fn, verbose=main)
+  res = protocol.evaluate(config, params, features_fn, verbose=main, rules=tuning["rules"])
   summary = protocol.summarise(config, res)
   eval_dir = os.path.join(workdir, "eval")
   if not main:
@@ -103,18 +126,23 @@ def train_and_evaluate(config, workdir: str, resume: bool = False, mode: str = "
   fig_dir = os.path.join(eval_dir, "figures")
   protocol.plot_curves(summary, os.path.join(fig_dir, "adaptation_curve.png"))
   protocol.save_grids(config, res, fig_dir)
-  tc = config.train
+  protocol.headline_picture(config, res, summary, os.path.join(fig_dir, "headline.png"))
+  tc, pc = config.train, config.pretrain
   seeds = train_lib.parse_list(config.meta_seeds, int)
   aseeds = train_lib.parse_list(config.eval.adapt_seeds, int)
+  n_pre = len({train_lib.pretrain_seed(config, x) for x in seeds})
   info = {
       "num_test_classes": len(res["classes"]), "featnet": feat_info,
       "seeds": f"{len(seeds)} meta-training seed(s) x {len(aseeds)} adaptation seed(s); "
-               f"mean [95% bootstrap CI over classes]",
-      "training": (f"Meta-training: {tc.steps} meta-steps x {tc.tasks} tasks x "
-                   f"{config.inner_steps} inner steps (K={tc.k}, Q={tc.q}); transfer: the same "
-                   f"number of D/G updates ({tc.steps * tc.tasks * config.inner_steps}) on "
-                   f"batches of {tc.k} images from all meta-training classes; config "
-                   f"{config.name}."),
+               f"mean [95% bootstrap CI over seeds and classes]",
+      "training": (f"Pre-training ({n_pre} GAN(s)): {pc.steps} steps of batch {pc.batch} on all "
+                   f"meta-training classes; `transfer` is that GAN adapted by the same rule. "
+                   f"Meta-training from the {config.init} initialisation: {tc.steps} meta-steps "
+                   f"x {tc.tasks} tasks x {config.inner_steps} inner steps (K={tc.k}, Q={tc.q}); "
+                   f"config {config.name}."),
+      "rules": {f"{m}_s{x}": protocol.rule_name(r) for (m, x), r in tuning["rules"].items()}
+               if tuning["scores"] else {},
+      "tuning": tuning["scores"],
   }
   table = protocol.markdown_table(config, summary, info)
   with open(os.path.join(workdir, "test_classes.json"), "w") as f:

@@ -55,7 +55,8 @@ class FeatureNet(nn.Module):
 
 def _feature_net_key(config, split) -> str:
   fc = {k: v for k, v in config.features.to_dict().items() if k != "cache_dir"}
-  h = hashlib.sha256(json.dumps([fc, config.dataset, split.names], sort_keys=True).encode())
+  h = hashlib.sha256(json.dumps([fc, config.dataset, split.names, float(config.get("blur", 0.0))],
+                                sort_keys=True).encode())
   return h.hexdigest()[:12]
 
 
@@ -70,8 +71,7 @@ def feature_net(config, verbose: bool = True):
     and ``{"heldout_acc", "train_acc", "num_classes", "steps", "cache"}``.
   """
   fc = config.features
-  split = mg.data.load_split(config.dataset, "train", data_dir=config.data_dir or None,
-                             rotations=False, verbose=verbose)
+  split = train_lib.load_split(config, "train", rotations=False, verbose=verbose)
   net = FeatureNet(len(split), fc.dim)
   key = _feature_net_key(config, split)
   path = os.path.join(fc.cache_dir, f"featnet_{key}")
@@ -164,8 +164,7 @@ def test_classes(config, verbose: bool = True) -> dict:
   """
   with open(TEST_CLASSES_FILE) as f:
     names = json.load(f)["classes"][:config.eval.num_classes]
-  split = mg.data.load_split(config.dataset, "test", data_dir=config.data_dir or None,
-                             verbose=verbose)
+  split = train_lib.load_split(config, "test", verbose=verbose)
   missing = [n for n in names if n not in split.names]
   if missing:
     raise ValueError(f"test classes {missing[:3]} (from {TEST_CLASSES_FILE}) are not in the "
@@ -187,53 +186,165 @@ def test_classes(config, verbose: bool = True) -> dict:
 # --- adaptation ------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
-def _adapt_segment(config_json: str, n_steps: int):
-  config = _config_from_json(config_json)
-  ac = train_lib.adapt_config(config, inner_steps=n_steps)
-  return jax.jit(jax.vmap(lambda p, s, k: mg.adapt(p, s, k, ac)))
-
-
-@functools.lru_cache(maxsize=None)
-def _generate(model_name: str):
-  model = train_lib._model(model_name)  # pylint: disable=protected-access
-  return jax.jit(jax.vmap(model.generate))
-
-
 def _config_from_json(s: str):
   import ml_collections  # pylint: disable=g-import-not-at-top
   return ml_collections.ConfigDict(json.loads(s))
 
 
+@functools.lru_cache(maxsize=None)
+def _adapt_fn(config_json: str, rule_json: str, n_steps: int):
+  """Jitted adaptation of every class; the learning rate is an argument, so a grid of
+  rates shares one compilation."""
+  config = _config_from_json(config_json)
+  rule = json.loads(rule_json)
+
+  def adapt_all(params, lr, support_CxK, keys_C):
+    ac = train_lib.adapt_config(config, inner_steps=n_steps, rule=dict(rule, lr=lr))
+    return jax.vmap(lambda s, k: mg.adapt(params, s, k, ac))(support_CxK, keys_C)
+  return jax.jit(adapt_all)
+
+
+@functools.lru_cache(maxsize=None)
+def _generate(config_json: str, per_class: bool):
+  model = train_lib.get_model(_config_from_json(config_json))
+  return jax.jit(jax.vmap(model.generate, in_axes=(0 if per_class else None, 0)))
+
+
+def _with_rule(meta_params, rule: dict):
+  """Meta-SGD's rule scales its learned rates by ``lr_mult``; other rules need nothing here."""
+  if isinstance(meta_params, mg.MetaSGDParams):
+    mult = float(rule.get("lr_mult", 1.0))
+    return mg.MetaSGDParams(init=meta_params.init,
+                            lr=jax.tree.map(lambda x: x * mult, meta_params.lr))
+  return meta_params
+
+
 def adapt_and_generate(config, meta_params, support_CxK, steps: list[int], key: jax.Array,
-                       n_gen: int) -> dict[int, np.ndarray]:
+                       n_gen: int, rule: dict | None = None) -> dict[int, np.ndarray]:
   """Adapts ``meta_params`` to each class for every T in ``steps``; samples ``n_gen`` per class.
 
-  Adaptation runs in segments between consecutive T (SGD and Meta-SGD's
-  per-parameter SGD carry no optimiser state, so a segment continues exactly
-  where the last stopped). Class ``c``'s segment ending at ``T`` uses key
-  ``fold_in(fold_in(key, c), T)``; its latents for T use ``fold_in(key, 1e6 + T)``.
+  Each T is a fresh adaptation of T steps from the meta-parameters (with Adam
+  as the inner optimiser, its state starts at zero every time). Class ``c`` at
+  ``T`` adapts with key ``fold_in(fold_in(key, c), T)``; its latents for T are
+  drawn from ``fold_in(key, 1e6 + T)``.
+
+  Args:
+    rule: the adaptation rule (``train_lib.default_rule`` fields); default the config's.
 
   Returns ``{T: images [C, n_gen, 28, 28, 1]}``.
   """
   cj = json.dumps(config.to_dict(), sort_keys=True)
+  rule = dict(train_lib.default_rule(config), **(rule or {}))
+  rj = json.dumps({k: v for k, v in rule.items() if k not in ("lr", "lr_mult")}, sort_keys=True)
   C = support_CxK.shape[0]
   model = train_lib.get_model(config)
-  stack = lambda t: jax.tree.map(lambda x: jnp.broadcast_to(x, (C, *x.shape)), t)
-  cur = stack(meta_params)
-  is_sgd = isinstance(meta_params, mg.MetaSGDParams)
-  gen = _generate(config.model)
-  out, done = {}, 0
+  params = _with_rule(meta_params, rule)
   sup = jnp.asarray(support_CxK)
+  out = {}
   for t in sorted(steps):
-    if t > done:
-      keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.fold_in(key, c), t))(jnp.arange(C))
-      adapted = _adapt_segment(cj, t - done)(cur, sup, keys)
-      cur = mg.MetaSGDParams(init=adapted, lr=cur.lr) if is_sgd else adapted
-      done = t
-    g = cur.init.g if is_sgd else cur.g
     z = jax.random.normal(jax.random.fold_in(key, 1_000_000 + t), (C, n_gen, model.z_dim))
-    out[t] = np.asarray(gen(g, z))
+    if t == 0:
+      g = params.init.g if isinstance(params, mg.MetaSGDParams) else params.g
+      out[t] = np.asarray(_generate(cj, False)(g, z))
+      continue
+    keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.fold_in(key, c), t))(jnp.arange(C))
+    adapted = _adapt_fn(cj, rj, t)(params, jnp.float32(rule["lr"]), sup, keys)
+    out[t] = np.asarray(_generate(cj, True)(adapted.g, z))
+  return out
+
+
+# --- tuning the test-time rule on the validation alphabets ------------------------
+
+
+def rule_grid(config, meta_params=None) -> list[dict]:
+  """The rules every method is tuned over (``eval.tune_lrs`` x ``eval.tune_g_trainable``).
+
+  For Meta-SGD the learning rates of the grid become multipliers of its learned
+  rates (``lr / inner_lr``), so every method gets a grid of the same size.
+  """
+  ec, base = config.eval, train_lib.default_rule(config)
+  lrs = train_lib.parse_list(ec.get("tune_lrs", ""), float) or [base["lr"]]
+  gts = [g.strip() for g in str(ec.get("tune_g_trainable", "")).split(";") if g.strip()]
+  grid = [dict(base, lr=lr, g_trainable=g) for g in (gts or [base["g_trainable"]]) for lr in lrs]
+  if isinstance(meta_params, mg.MetaSGDParams):
+    grid = [dict(r, lr=base["lr"], lr_mult=r["lr"] / base["lr"]) for r in grid]
+  return grid
+
+
+def rule_name(rule: dict) -> str:
+  lr = f"x{rule['lr_mult']:g} learned rates" if "lr_mult" in rule else f"lr {rule['lr']:g}"
+  return f"{rule['opt']} {lr}, G: {rule['g_trainable']}, D: {rule['d_trainable']}"
+
+
+def val_classes(config) -> dict:
+  """``eval.tune_classes`` validation-alphabet classes, spread evenly over the alphabets."""
+  split = train_lib.load_split(config, "val", verbose=False)
+  n = int(config.eval.tune_classes)
+  rng = np.random.default_rng([config.eval.split_seed, 1])
+  alphabets = sorted(set(split.groups))
+  by_alpha = {a: list(rng.permutation([i for i, g in enumerate(split.groups) if g == a]))
+              for a in alphabets}
+  pick = []
+  while len(pick) < min(n, len(split)):  # round robin over the alphabets
+    for a in alphabets:
+      if by_alpha[a] and len(pick) < n:
+        pick.append(by_alpha[a].pop())
+  k = config.eval.k
+  n_held = min(len(split.images[i]) for i in pick) - k
+  sup, held = [], []
+  for i in pick:
+    perm = rng.permutation(len(split.images[i]))
+    sup.append(split.images[i][perm[:k]])
+    held.append(split.images[i][perm[k:k + n_held]])
+  return {"names": [split.names[i] for i in pick], "support": np.stack(sup),
+          "heldout": np.stack(held)}
+
+
+def scaled_features(features_fn, reference):
+  """``features_fn`` divided by one constant: the reference images' features get unit mean
+  square, so the cubic KID kernel sees O(1) inner products whatever the net's scale."""
+  scale = float(np.sqrt(np.mean(features_fn(reference) ** 2))) or 1.0  # 0: dead features
+  return lambda x: features_fn(x) / scale
+
+
+def tune_rules(config, params_by_run: dict, features_fn, verbose: bool = True) -> dict:
+  """The test-time rule of every run: the grid rule with the lowest mean validation KID.
+
+  Every ``(method, seed)`` is tuned over a grid of the same size (:func:`rule_grid`),
+  at T = ``eval.headline``, with the same adaptation noise. Returns ``{"rules":
+  {(method, seed): rule}, "scores": {"method|seed": {rule name: KID}}, "classes": [...]}``.
+  """
+  grid0 = rule_grid(config)
+  out = {"rules": {}, "scores": {}, "classes": []}
+  if len(grid0) == 1:
+    out["rules"] = {run: rule_grid(config, p)[0] for run, p in params_by_run.items()}
+    return out
+  vc = val_classes(config)
+  out["classes"] = vc["names"]
+  features_fn = scaled_features(features_fn, vc["heldout"])
+  f_held = features_fn(vc["heldout"])
+  t = int(config.eval.headline)
+  done = {}  # runs that share one parameter object (transfer seeds of one GAN) tune once
+  for (method, seed), params in params_by_run.items():
+    if (method, id(params)) in done:
+      out["rules"][(method, seed)], out["scores"][f"{method}|{seed}"] = done[(method, id(params))]
+      continue
+    t0 = time.perf_counter()
+    scores = {}
+    for rule in rule_grid(config, params):
+      gen = adapt_and_generate(config, params, vc["support"], [t], jax.random.key(20_000),
+                               config.eval.n_gen, rule)[t]
+      f_gen = features_fn(gen)
+      scores[rule_name(rule)] = (float(np.mean([M.kid(f_gen[c], f_held[c])
+                                                for c in range(len(f_gen))])), rule)
+    best = min(scores.values(), key=lambda v: v[0])[1]
+    out["rules"][(method, seed)] = best
+    out["scores"][f"{method}|{seed}"] = {k: v[0] for k, v in scores.items()}
+    done[(method, id(params))] = best, out["scores"][f"{method}|{seed}"]
+    if verbose:
+      print(f"[tune] {method} seed {seed}: {rule_name(best)} "
+            f"(validation KID x1e3 {1e3 * min(v[0] for v in scores.values()):.3g}; "
+            f"{time.perf_counter() - t0:.1f}s)", flush=True)
   return out
 
 
@@ -314,48 +425,93 @@ def score(config, f_gen, f_sup, f_held) -> tuple[dict, float]:
   return per, fd
 
 
+def real_scores(config, f_sup, f_held) -> tuple[dict, float]:
+  """The ceiling: held-out real images of each class scored as if they were samples.
+
+  The held-out images of a class split into two halves A and B; each half is
+  scored against the other as reference (KID, diversity, memorisation,
+  low-data accuracy with the half added to the K support images, tested on the
+  other half) and the two directions are averaged. Class fidelity is
+  leave-one-out over all held-out images: an image's own class prototype
+  excludes it. Pooled FD: all A halves against all B halves.
+  """
+  C, H, D = f_held.shape
+  K = f_sup.shape[1]
+  halves = (f_held[:, :H // 2], f_held[:, H // 2:])
+  protos = f_held.mean(1)
+  per = {m: np.zeros(C) for m in METRICS}
+  for c in range(C):
+    a, b = halves[0][c], halves[1][c]
+    per["kid"][c] = M.kid(a, b)
+    per["diversity"][c] = np.mean([_ratio(M.mean_pairwise_distance(x),
+                                          M.mean_pairwise_distance(f_held[c])) for x in (a, b)])
+    per["memorisation"][c] = np.mean([
+        _ratio(M.nearest_neighbour_distance(x, f_sup[c]).mean(),
+               M.nearest_neighbour_distance(x, y[:K]).mean()) for x, y in ((a, b), (b, a))])
+    hits = []
+    for i in range(H):
+      p = protos.copy()
+      p[c] = (f_held[c].sum(0) - f_held[c, i]) / (H - 1)
+      hits.append(M.nearest_prototype_accuracy(f_held[c, i:i + 1], [c], p))
+    per["fidelity"][c] = np.mean(hits)
+  per["lowdata_acc"] = 0.5 * (lowdata_accuracy(config, f_sup, halves[1], halves[0])
+                              + lowdata_accuracy(config, f_sup, halves[0], halves[1]))
+  fd = M.frechet_distance(halves[0].reshape(-1, D), halves[1].reshape(-1, D))
+  return per, fd
+
+
 def evaluate(config, params_by_run: dict, features_fn, verbose: bool = True,
-             keep_images: bool = True) -> dict:
+             keep_images: bool = True, rules: dict | None = None) -> dict:
   """Runs the protocol on every ``(method, meta_seed) -> meta-parameters``.
+
+  Args:
+    rules: ``{(method, meta_seed): rule}`` test-time rules (:func:`tune_rules`);
+      default the config's rule for every run.
 
   Returns a dict with ``per_class`` rows, ``fd`` rows, ``classes``, ``lowdata_real``
   (K real images only) and ``images`` (grid material) -- see :func:`summarise`.
+  The rows include the ``copy`` baseline and the ``real`` ceiling (held-out
+  images scored as samples, :func:`real_scores`).
   """
   ec = config.eval
   steps = train_lib.parse_list(ec.steps, int)
   if ec.headline not in steps:
     raise ValueError(f"eval.headline={ec.headline} is not in eval.steps={steps}.")
   adapt_seeds = train_lib.parse_list(ec.adapt_seeds, int)
+  rules = rules or {}
   tc = test_classes(config, verbose=verbose)
-  # One constant for every feature set: the real held-out features get unit mean
-  # square, so the cubic KID kernel sees O(1) inner products whatever the net's scale.
-  scale = float(np.sqrt(np.mean(features_fn(tc["heldout"]) ** 2))) or 1.0  # 0: dead features
-  raw_features_fn = features_fn
-  features_fn = lambda x: raw_features_fn(x) / scale
+  features_fn = scaled_features(features_fn, tc["heldout"])
   f_sup, f_held = features_fn(tc["support"]), features_fn(tc["heldout"])
+  C = len(tc["names"])
   rows, fds, images = [], [], {}
+
+  def add(method, mseed, a, per, fd, feats=None):
+    for t in steps if feats is None else [feats[0]]:
+      rows.extend(dict(method=method, meta_seed=mseed, adapt_seed=a, T=t, cls=c,
+                       **{m: float(per[m][c]) for m in METRICS}) for c in range(C))
+      fds.append(dict(method=method, meta_seed=mseed, adapt_seed=a, T=t, fd=fd,
+                      **({"feats": feats[1]} if feats is not None else {})))
+
   real_only = {a: lowdata_accuracy(config, f_sup, f_held) for a in adapt_seeds}
+  per, fd = real_scores(config, f_sup, f_held)
+  add("real", 0, adapt_seeds[0], per, fd)  # the same for every T and adaptation seed
   for a in adapt_seeds:
     f_copy = features_fn(copy_baseline(tc["support"], ec.n_gen, seed=a))
     per, fd = score(config, f_copy, f_sup, f_held)
-    for t in steps:  # the copy baseline does not depend on T
-      rows += [dict(method="copy", meta_seed=0, adapt_seed=a, T=t, cls=c,
-                    **{m: float(per[m][c]) for m in METRICS}) for c in range(len(tc["names"]))]
-      fds.append(dict(method="copy", meta_seed=0, adapt_seed=a, T=t, fd=fd))
+    add("copy", 0, a, per, fd)  # the copy baseline does not depend on T
     if a == adapt_seeds[0] and keep_images:
       images["copy"] = {t: copy_baseline(tc["support"], ec.n_gen, seed=a) for t in steps}
   for (method, mseed), params in params_by_run.items():
     for a in adapt_seeds:
       t0 = time.perf_counter()
-      gen = adapt_and_generate(config, params, tc["support"], steps,
-                               jax.random.key(10_000 + a), ec.n_gen)
+      # Runs of one meta seed share adaptation noise (paired), seeds differ.
+      key = jax.random.fold_in(jax.random.key(10_000 + a), mseed)
+      gen = adapt_and_generate(config, params, tc["support"], steps, key, ec.n_gen,
+                               rules.get((method, mseed)))
       for t in steps:
         f_gen = features_fn(gen[t])
         per, fd = score(config, f_gen, f_sup, f_held)
-        rows += [dict(method=method, meta_seed=mseed, adapt_seed=a, T=t, cls=c,
-                      **{m: float(per[m][c]) for m in METRICS}) for c in range(len(tc["names"]))]
-        fds.append(dict(method=method, meta_seed=mseed, adapt_seed=a, T=t, fd=fd,
-                        feats=f_gen))
+        add(method, mseed, a, per, fd, feats=(t, f_gen))
       if keep_images and mseed == min(s for (m, s) in params_by_run if m == method) \
           and a == adapt_seeds[0]:
         images[method] = gen
@@ -370,32 +526,44 @@ def evaluate(config, params_by_run: dict, features_fn, verbose: bool = True,
 # --- summary, table, figures -------------------------------------------------------
 
 
-def _per_class_mean(rows, method, t, metric, C) -> np.ndarray:
-  vals = np.zeros(C)
-  cnt = np.zeros(C)
+def _seed_class_matrix(rows, method, t, metric, C) -> np.ndarray:
+  """``[S, C]`` values of one method at one T: meta seeds x classes, mean over adaptation seeds."""
+  seeds = sorted({r["meta_seed"] for r in rows if r["method"] == method})
+  vals, cnt = np.zeros((len(seeds), C)), np.zeros((len(seeds), C))
   for r in rows:
     if r["method"] == method and r["T"] == t:
-      vals[r["cls"]] += r[metric]
-      cnt[r["cls"]] += 1
+      i = seeds.index(r["meta_seed"])
+      vals[i, r["cls"]] += r[metric]
+      cnt[i, r["cls"]] += 1
   return vals / np.maximum(cnt, 1)
 
 
 def summarise(config, res: dict) -> dict:
-  """Means, 95% bootstrap CIs over classes, and paired tests against ``transfer``."""
+  """Means, 95% bootstrap CIs over seeds and classes, and paired tests against ``transfer``.
+
+  ``metrics["<method>|<T>|<metric>"]`` holds ``mean``, ``ci`` (meta seeds and
+  classes resampled), ``per_class`` (mean over seeds) and ``per_seed``;
+  ``vs_transfer["<method>|<T>"]`` the paired sign-flip test of KID against
+  ``transfer``, paired over (meta seed, class) cells when both have the same
+  seeds (the same pre-trained GAN and adaptation noise), else over classes.
+  """
   ec = config.eval
   steps = train_lib.parse_list(ec.steps, int)
   C = len(res["classes"])
   methods = list(dict.fromkeys(r["method"] for r in res["per_class"]))
   out = {"methods": methods, "steps": steps, "metrics": {}, "fd": {}, "vs_transfer": {}}
+  cells = {}
   for m in methods:
     for t in steps:
       for metric in METRICS:
-        v = _per_class_mean(res["per_class"], m, t, metric, C)
+        v = _seed_class_matrix(res["per_class"], m, t, metric, C)
+        cells[(m, t, metric)] = v
         out["metrics"][f"{m}|{t}|{metric}"] = {
-            "mean": float(v.mean()), "ci": M.bootstrap_ci(v, ec.n_boot), "per_class": v.tolist()}
+            "mean": float(v.mean()), "ci": M.hierarchical_bootstrap_ci(v, ec.n_boot),
+            "per_class": v.mean(0).tolist(), "per_seed": v.mean(1).tolist()}
       runs = [f for f in res["fd"] if f["method"] == m and f["T"] == t]
       out["fd"][f"{m}|{t}"] = {"mean": float(np.mean([f["fd"] for f in runs]))}
-      if t == ec.headline and m != "copy":
+      if t == ec.headline and all("feats" in f for f in runs):
         f_held = res["f_held"]
 
         def fd_stat(cls_idx, runs=runs):
@@ -411,9 +579,15 @@ def summarise(config, res: dict) -> dict:
       if m == "transfer":
         continue
       for t in steps:
-        out["vs_transfer"][f"{m}|{t}"] = M.paired_test(
-            out["metrics"][f"{m}|{t}|kid"]["per_class"],
-            out["metrics"][f"transfer|{t}|kid"]["per_class"])
+        a, b = cells[(m, t, "kid")], cells[("transfer", t, "kid")]
+        paired_cells = a.shape == b.shape and a.shape[0] > 1
+        test = M.paired_test(a.ravel(), b.ravel()) if paired_cells else M.paired_test(
+            a.mean(0), b.mean(0))
+        out["vs_transfer"][f"{m}|{t}"] = dict(test, paired="seed x class" if paired_cells
+                                              else "class")
+  meta = [m for m in methods if m in train_lib.META_METHODS]
+  if meta:
+    out["best_method"] = min(meta, key=lambda m: out["metrics"][f"{m}|{ec.headline}|kid"]["mean"])
   return out
 
 
@@ -421,6 +595,15 @@ def _fmt(d, scale=1.0, digits=2):
   lo, hi = d["ci"]
   f = lambda x: f"{x * scale:.{digits}f}" if digits else f"{x * scale:.3g}"
   return f"{f(d['mean'])} [{f(lo)}, {f(hi)}]"
+
+
+_NAMES = {"copy": "copy (jittered support)", "real": "real (held-out images)"}
+
+
+def _order(methods: list[str]) -> list[str]:
+  """Reference rows first (real, copy), then the methods in config order."""
+  return [m for m in ("real", "copy") if m in methods] + [m for m in methods
+                                                          if m not in ("real", "copy")]
 
 
 def markdown_table(config, summary: dict, info: dict) -> str:
@@ -434,27 +617,35 @@ def markdown_table(config, summary: dict, info: dict) -> str:
            "| method | KID x1e3 (lower better) | FD pooled | class fidelity | diversity gen/real "
            "| memorisation NN ratio | low-data acc (K real + gen) | KID vs transfer: diff x1e3, p |",
            "|---|---|---|---|---|---|---|---|"]
-  for m in s["methods"]:
+  for m in _order(s["methods"]):
     g = lambda metric: s["metrics"][f"{m}|{t}|{metric}"]
     fd = s["fd"][f"{m}|{t}"]
     fd_s = (f"{fd['mean']:.3g} [{fd['ci'][0]:.3g}, {fd['ci'][1]:.3g}]" if "ci" in fd
             else f"{fd['mean']:.3g}")
     vt = s["vs_transfer"].get(f"{m}|{t}")
-    vt_s = f"{vt['mean_diff'] * 1e3:+.3g}, p={vt['p']:.3f}" if vt else "(reference)"
-    name = "copy (jittered support)" if m == "copy" else m
-    lines.append(f"| {name} | {_fmt(g('kid'), 1e3, 0)} | {fd_s} | {_fmt(g('fidelity'))} | "
-                 f"{_fmt(g('diversity'))} | {_fmt(g('memorisation'))} | "
+    vt_s = (f"{vt['mean_diff'] * 1e3:+.3g}, p={vt['p']:.3f}" if vt else
+            "(reference)" if m == "transfer" else "")
+    lines.append(f"| {_NAMES.get(m, m)} | {_fmt(g('kid'), 1e3, 0)} | {fd_s} | "
+                 f"{_fmt(g('fidelity'))} | {_fmt(g('diversity'))} | {_fmt(g('memorisation'))} | "
                  f"{_fmt(g('lowdata_acc'))} | {vt_s} |")
   lines.append(f"| K real images only | | | | | | {_fmt(s['lowdata_real'])} | |")
-  lines += ["", "**KID x1e3 against adaptation steps T** (mean [95% CI over classes])", "",
+  lines += ["", f"**KID x1e3 against adaptation steps T** ({info['seeds']})", "",
             "| method | " + " | ".join(f"T={x}" for x in s["steps"]) + " |",
             "|---|" + "---|" * len(s["steps"])]
-  for m in s["methods"]:
+  for m in _order(s["methods"]):
+    if m in ("real", "copy"):
+      continue  # the same at every T
     lines.append(f"| {m} | " + " | ".join(_fmt(s["metrics"][f"{m}|{x}|kid"], 1e3, 0)
                                           for x in s["steps"]) + " |")
-  lines += ["", f"Feature network: {info['featnet']['num_classes']}-way CNN on meta-training "
-            f"classes only, held-out accuracy {info['featnet']['heldout_acc']:.3f}. "
-            f"{info['training']}"]
+  fn = info["featnet"]
+  lines += ["", f"Feature network: {fn['num_classes']}-way CNN on meta-training classes only, "
+            f"held-out accuracy {fn['heldout_acc']:.3f} on those classes; on the "
+            f"{info['num_test_classes']} test classes its nearest-prototype accuracy on real "
+            f"held-out images (the `real` row's fidelity) is "
+            f"{s['metrics'][f'real|{t}|fidelity']['mean']:.3f}. {info['training']}"]
+  if info.get("rules"):
+    lines += ["", "Test-time rules (tuned on validation alphabets): " + "; ".join(
+        f"{run}: {rule}" for run, rule in info["rules"].items()) + "."]
   return "\n".join(lines)
 
 
@@ -472,9 +663,10 @@ def plot_curves(summary: dict, path: str) -> None:
       mean = np.array([x["mean"] for x in d]) * scale
       lo = np.array([x["ci"][0] for x in d]) * scale
       hi = np.array([x["ci"][1] for x in d]) * scale
-      style = dict(ls="--", color="gray") if m == "copy" else dict(marker="o", ms=3)
+      style = ({"copy": dict(ls="--", color="gray"), "real": dict(ls=":", color="black")}
+               .get(m, dict(marker="o", ms=3)))
       ax.plot(steps, mean, label=m, **style)
-      if m != "copy":
+      if m not in ("copy", "real"):
         ax.fill_between(steps, lo, hi, alpha=0.15)
     ax.set_xlabel("adaptation steps T")
     ax.set_ylabel(label)
@@ -502,6 +694,40 @@ def sample_grid(support, images: dict, t_cols: tuple[int, int], n_classes: int,
       parts += [np.concatenate(list(images[t][c, :n_samples, :, :, 0]), axis=1), gap]
     rows.append(np.concatenate(parts[:-1], axis=1))
   return np.clip((np.stack(rows).reshape(-1, rows[0].shape[1]) + 1) / 2, 0, 1)
+
+
+def headline_picture(config, res: dict, summary: dict, path: str, n_classes: int = 8,
+                     n_samples: int = 6) -> str | None:
+  """The README's picture: per unseen class, support | best meta method | transfer (T = headline)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  best, t = summary.get("best_method"), config.eval.headline
+  cols = [m for m in (best, "transfer") if m in res["images"]]
+  if not cols:
+    return None
+  sup = res["support"]
+  n_classes = min(n_classes, sup.shape[0])
+  blocks = [[sup[c, :, :, :, 0] for c in range(n_classes)]]
+  blocks += [[res["images"][m][t][c, :n_samples, :, :, 0] for c in range(n_classes)] for m in cols]
+  h, w = sup.shape[2:4]
+  gap = np.ones((h, w // 2))
+  rows = [np.concatenate(sum(([np.concatenate(list(b[c]), axis=1), gap] for b in blocks), [])[:-1],
+                         axis=1) for c in range(n_classes)]
+  img = np.clip((np.concatenate(rows, axis=0) + 1) / 2, 0, 1)
+  fig, ax = plt.subplots(figsize=(img.shape[1] / 40, img.shape[0] / 40 + 0.5))
+  ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+  x, titles = 0, [f"support (K={sup.shape[1]})"] + [f"{m}, T={t}" for m in cols]
+  for b, title in zip(blocks, titles):
+    width = b[0].shape[0] * w
+    ax.text(x + width / 2, -4, title, ha="center", va="bottom", fontsize=9)
+    x += width + w // 2
+  ax.axis("off")
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
 
 
 def save_grids(config, res: dict, fig_dir: str) -> list[str]:

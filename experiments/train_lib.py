@@ -1,6 +1,8 @@
-"""Training runs for the Omniglot experiments: meta methods, the transfer GAN, scratch.
+"""Training runs for the Omniglot experiments: pre-training, meta methods, scratch.
 
-One run = one method x one meta-training seed, in its own folder::
+One run = one method (or ``pretrain``, the GAN trained on all meta-training
+classes that ``transfer`` adapts and meta methods may start from) x one seed,
+in its own folder::
 
   <workdir>/train/<method>_s<seed>/
     config.json        the full experiment config
@@ -41,6 +43,7 @@ import numpy as np
 import optax
 
 import metagan_jax as mg
+from metagan_jax import gan
 
 META_METHODS = mg.ALGORITHMS
 BASELINES = ("transfer", "scratch")
@@ -67,6 +70,12 @@ def sample_streams(config) -> int:
   return s
 
 
+def load_split(config, split: str, **kwargs):
+  """``mg.data.load_split`` with the config's dataset, data folder and preprocessing (blur)."""
+  return mg.data.load_split(config.dataset, split, data_dir=config.data_dir or None,
+                            blur=float(config.get("blur", 0.0)), **kwargs)
+
+
 def parse_list(s, typ=str) -> list:
   """``"a,b"`` (or a list/tuple) -> ``[typ(a), typ(b)]``; empty string -> ``[]``."""
   if isinstance(s, (list, tuple)):
@@ -82,90 +91,90 @@ def check_methods(methods: list[str]) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _model(name: str) -> mg.GanModel:
-  return mg.get_model(name)
+def _model(name: str, kwargs_json: str = "{}") -> mg.GanModel:
+  return mg.get_model(name, **json.loads(kwargs_json))
 
 
 def get_model(config) -> mg.GanModel:
-  """The config's GAN pair (one object per name, so jitted functions are reused)."""
-  return _model(config.model)
+  """The config's GAN pair (one object per name and kwargs, so jitted functions are reused)."""
+  kw = config.get("model_kw")
+  kw = kw.to_dict() if hasattr(kw, "to_dict") else dict(kw or {})
+  return _model(config.model, json.dumps(kw, sort_keys=True))
 
 
-def adapt_config(config, inner_steps: int | None = None) -> mg.AdaptConfig:
-  """The adaptation rule shared by every method (inner SGD, alternating D/G steps)."""
+# --- the adaptation rule ----------------------------------------------------------
+
+
+def default_rule(config) -> dict:
+  """The config's adaptation rule: ``{"opt", "lr", "g_trainable", "d_trainable"}``."""
+  return {"opt": config.inner_opt, "lr": float(config.inner_lr),
+          "g_trainable": config.g_trainable, "d_trainable": config.d_trainable}
+
+
+def inner_optimizer(kind: str, lr: float, b1: float = 0.0, b2: float = 0.9):
+  """``sgd`` or ``adam`` as an inner optimiser (Adam with ``eps_root`` for second order)."""
+  if kind == "sgd":
+    return optax.sgd(lr)
+  if kind == "adam":
+    return optax.adam(lr, b1=b1, b2=b2, eps_root=1e-12)
+  raise ValueError(f"inner optimiser {kind!r} is not 'sgd' or 'adam'.")
+
+
+def adapt_config(config, inner_steps: int | None = None, rule: dict | None = None
+                 ) -> mg.AdaptConfig:
+  """The adaptation rule as an :class:`AdaptConfig` (the config's rule unless ``rule``)."""
+  rule = dict(default_rule(config), **(rule or {}))
+  trainable = lambda v: None if v in (None, "", "all") else v
   return mg.AdaptConfig(get_model(config), inner_steps=inner_steps or config.inner_steps,
-                        d_steps=config.d_steps, g_steps=config.g_steps,
-                        inner_lr=config.inner_lr, loss=config.loss)
+                        d_steps=config.d_steps, g_steps=config.g_steps, inner_lr=rule["lr"],
+                        inner_opt=inner_optimizer(rule["opt"], rule["lr"], config.inner_b1,
+                                                  config.inner_b2),
+                        loss=config.loss, g_trainable=trainable(rule["g_trainable"]),
+                        d_trainable=trainable(rule["d_trainable"]))
 
 
 def meta_config(config, algorithm: str) -> mg.MetaConfig:
   return mg.MetaConfig(adapt_config(config), algorithm=algorithm,
-                       outer_opt=optax.adam(config.train.outer_lr))
+                       outer_opt=optax.adam(config.train.outer_lr,
+                                            b1=config.train.get("outer_b1", 0.9)))
 
 
-# --- the transfer baseline: one GAN on all meta-training classes ------------
+# --- pre-training: one GAN on all meta-training classes --------------------------
 
 
-def _transfer_opts(config):
-  return (optax.adam(config.train.transfer_lr, b1=0.5),
-          optax.adam(config.train.transfer_lr, b1=0.5))
+def pretrain_config(config) -> gan.GanTrainConfig:
+  """The pre-training recipe: the config's model and loss, Adam for both players, an EMA of G."""
+  pc = config.pretrain
+  opt = optax.adam(pc.lr, b1=pc.b1, b2=pc.b2)
+  return gan.GanTrainConfig(get_model(config), loss=config.loss, d_opt=opt, g_opt=opt,
+                            d_steps=pc.d_steps, ema=pc.ema)
 
 
-def transfer_update(params: mg.GanParams, opt_state, real: jax.Array, key: jax.Array, config):
-  """One transfer-GAN update on ``real [K, ...]``: ``d_steps`` D then ``g_steps`` G Adam updates."""
-  ac = adapt_config(config)
-  model, loss = ac.model, ac.loss
-  d_opt, g_opt = _transfer_opts(config)
-  nd, ng = ac.d_steps, ac.g_steps
-  d_state, g_state = opt_state
-  kz, kgp = jax.random.split(key)
-  z = jax.random.normal(kz, (nd + ng, real.shape[0], model.z_dim), real.dtype)
-  g, d = params.g, params.d
-  dl, gl = [], []
-  for j in range(nd):
-    fake = model.generate(g, z[j])
-    l, grads = jax.value_and_grad(
-        lambda d_: loss.d_objective(lambda x: model.discriminate(d_, x), real, fake,
-                                    jax.random.fold_in(kgp, j)))(d)
-    upd, d_state = d_opt.update(grads, d_state, d)
-    d = optax.apply_updates(d, upd)
-    dl.append(l)
-  for j in range(ng):
-    l, grads = jax.value_and_grad(
-        lambda g_: loss.g_objective(model.discriminate(d, model.generate(g_, z[nd + j]))))(g)
-    upd, g_state = g_opt.update(grads, g_state, g)
-    g = optax.apply_updates(g, upd)
-    gl.append(l)
-  return mg.GanParams(g=g, d=d), (d_state, g_state), jnp.mean(jnp.stack(dl)), jnp.mean(jnp.stack(gl))
+def pretrain_seed(config, meta_seed: int) -> int:
+  """The pre-training run a meta seed starts from: its own, or the run's first seed."""
+  if config.pretrain.per_seed:
+    return meta_seed
+  return min(parse_list(config.meta_seeds, int))
 
 
-def transfer_step(update_fn, state: mg.MetaState, batch: mg.Tasks, key: jax.Array,
-                  ) -> tuple[mg.MetaState, dict]:
-  """``U = tasks x inner_steps`` transfer updates, one per row ``batch.support[u]``.
-
-  One call makes as many D/G updates as one meta-step's inner loops. The
-  updates run from Python, each one jitted call (``update_fn``): XLA:CPU runs
-  convolutions inside a ``scan`` far slower than at top level.
-  """
-  params, opt_state = state.params, state.opt_state
-  keys = jax.random.split(key, batch.support.shape[0])
-  dls, gls = [], []
-  for u in range(batch.support.shape[0]):
-    params, opt_state, dl, gl = update_fn(params, opt_state, batch.support[u], keys[u])
-    dls.append(dl)
-    gls.append(gl)
-  metrics = {"d_loss": jnp.mean(jnp.stack(dls)), "g_loss": jnp.mean(jnp.stack(gls))}
-  return mg.MetaState(params, opt_state, state.step + 1), metrics
+def pretrained_params(state: gan.GanTrainState) -> mg.GanParams:
+  """What adapts after pre-training: the EMA generator and the discriminator."""
+  return mg.GanParams(g=state.ema_g, d=state.params.d)
 
 
-# --- one run ----------------------------------------------------------------
+def _pretrain_step(train_step, state, batch: mg.Tasks, key):
+  return train_step(state, batch.support[0], key)
 
 
 def _step_key(config) -> str:
   """The config fields a step function depends on, as JSON (its compilation cache key)."""
-  keep = {k: config[k] for k in ("model", "loss", "inner_steps", "d_steps", "g_steps",
-                                 "inner_lr")}
-  keep["train"] = {k: config.train[k] for k in ("outer_lr", "transfer_lr")}
+  keep = {k: config.get(k) for k in ("model", "loss", "inner_steps", "d_steps", "g_steps",
+                                     "inner_lr", "inner_opt", "inner_b1", "inner_b2",
+                                     "g_trainable", "d_trainable")}
+  kw = config.get("model_kw")
+  keep["model_kw"] = kw.to_dict() if hasattr(kw, "to_dict") else dict(kw or {})
+  keep["train"] = {k: config.train.get(k) for k in ("outer_lr", "outer_b1")}
+  keep["pretrain"] = config.pretrain.to_dict()
   return json.dumps(keep, sort_keys=True)
 
 
@@ -176,45 +185,56 @@ def _step_fn(config_json: str, method: str):
   config = ml_collections.ConfigDict(json.loads(config_json))
   if method in META_METHODS:
     return jax.jit(functools.partial(mg.meta_step, config=meta_config(config, method)))
-  return functools.partial(transfer_step,
-                           jax.jit(functools.partial(transfer_update, config=config)))
+  step = jax.jit(functools.partial(gan.train_step, config=pretrain_config(config)))
+  return functools.partial(_pretrain_step, step)
 
 
 class Run:
-  """Everything method-specific about a run: init, step function, data."""
+  """Everything method-specific about a run: init, step function, data.
 
-  def __init__(self, config, method: str, seed: int, train_split):
+  ``method`` is a meta method, ``"pretrain"`` (the GAN that ``transfer`` adapts
+  and meta methods may start from) or ``"scratch"`` (no training: the random
+  initialisation of the seed).
+  """
+
+  def __init__(self, config, method: str, seed: int, train_split,
+               init_params: mg.GanParams | None = None):
     self.config, self.method, self.seed = config, method, seed
     tc = config.train
-    self.total = 0 if method == "scratch" else int(tc.steps)
+    self.total = {"scratch": 0, "pretrain": int(config.pretrain.steps)}.get(method, int(tc.steps))
     root = jax.random.key(seed)
     self.k_init, self.k_steps = jax.random.split(root)
     model = get_model(config)
     self.mesh = None
+    self.step_fn = _step_fn(_step_key(config), method)
     if method in META_METHODS:
       # The meta-batch is spread over every device of every process: state
       # replicated, tasks sharded. Process p draws its own sampling streams
       # (TaskSampler process_index = stream), T / streams tasks each.
       self.mesh = mg.parallel.task_mesh()
       mg.parallel.check_divisible(tc.tasks, self.mesh)
-      self.state0 = mg.parallel.replicate(mg.init(self.k_init, meta_config(config, method)),
-                                          self.mesh)
-      self.step_fn = _step_fn(_step_key(config), method)
+      mc = meta_config(config, method)
+      state = mg.init(self.k_init, mc)
+      if init_params is not None:  # start from the pre-trained GAN
+        params = (mg.MetaSGDParams(init=init_params, lr=state.params.lr)
+                  if isinstance(state.params, mg.MetaSGDParams) else init_params)
+        state = mg.MetaState(params, mc.optimizer.init(params), state.step)
+      self.state0 = mg.parallel.replicate(state, self.mesh)
       n = sample_streams(config)
       mine = range(jax.process_index() * n // jax.process_count(),
                    (jax.process_index() + 1) * n // jax.process_count())
       self.samplers = [mg.data.TaskSampler(train_split, tc.tasks // n, tc.k, tc.q, seed=seed,
                                            process_index=i) for i in mine]
-    else:
-      params = model.init(self.k_init)
-      d_opt, g_opt = _transfer_opts(config)
-      self.state0 = mg.MetaState(params, (d_opt.init(params.d), g_opt.init(params.g)),
-                                 jnp.zeros((), jnp.int32))
-      self.step_fn = _step_fn(_step_key(config), method)
-      # Each row mixes classes_per_task = K classes: batches from all classes jointly.
+    elif method in ("pretrain", "scratch"):
+      self.state0 = gan.init(self.k_init, pretrain_config(config))
+      # Batches of distinct classes: every image of the split about equally often.
       # Not task-parallel: with several processes, each runs the same updates.
+      b = int(config.pretrain.batch)
       self.samplers = [] if method == "scratch" else [mg.data.TaskSampler(
-          train_split, tc.tasks * config.inner_steps, tc.k, 0, seed=seed, classes_per_task=tc.k)]
+          train_split, 1, b, 0, seed=seed, classes_per_task=b)]
+    else:
+      raise ValueError(f"Run: method {method!r} has no training run; choose from "
+                       f"{list(META_METHODS) + ['pretrain', 'scratch']}.")
     self.model = model
     self.nan_steps = set(parse_list(tc.inject_nan_steps, int))
 
@@ -235,9 +255,11 @@ class Run:
 
   @staticmethod
   def init_params(state) -> mg.GanParams:
+    """The GAN a state stands for: the meta-learned init, or the (EMA) pre-trained GAN."""
+    if isinstance(state, gan.GanTrainState):
+      return pretrained_params(state)
     p = state.params
     return p.init if isinstance(p, mg.MetaSGDParams) else p
-
 
 
 @jax.jit
@@ -392,15 +414,18 @@ class Logger:
 
 
 def train_run(config, method: str, seed: int, run_dir: str, train_split, resume: bool = False,
-              progress: bool = True) -> mg.MetaState:
+              progress: bool = True, init_params: mg.GanParams | None = None):
   """Trains (or resumes, or just loads) one run; returns its final state.
+
+  ``method`` is a meta method, ``"pretrain"`` or ``"scratch"`` (see :class:`Run`);
+  ``init_params`` (meta methods) is the pre-trained GAN to start from.
 
   Raises:
     FileExistsError: ``run_dir`` has checkpoints and ``resume`` is False.
     NonFiniteError: ``train.max_nonfinite`` non-finite updates in a row.
   """
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-  run = Run(config, method, seed, train_split)
+  run = Run(config, method, seed, train_split, init_params)
   tc = config.train
   ckpt_dir = os.path.join(run_dir, "checkpoints")
   os.makedirs(run_dir, exist_ok=True)

@@ -6,10 +6,11 @@ optax; the data layer (``metagan_jax.data``) imports TensorFlow Datasets lazily,
 only for TFDS sources.
 """
 
-from metagan_jax import (data, layers, lopt_train, losses, metrics, models, parallel,
+from metagan_jax import (data, gan, layers, lopt_train, losses, metrics, models, parallel,
                          toy)
+from metagan_jax.gan import GanTrainConfig, GanTrainState
 from metagan_jax.inner import (AdaptConfig, InnerNoise, MetaSGDParams, adapt,
-                               adapt_with_aux, inner_noise, per_parameter_sgd)
+                               adapt_with_aux, inner_noise, per_parameter_sgd, trainable_mask)
 from metagan_jax.lopt import (LOptMetaParams, LOptParams, LOptSpec, LOptState,
                               init_lopt_params, learned_optimizer)
 from metagan_jax.losses import GanLoss, get_loss
@@ -22,7 +23,8 @@ from metagan_jax.tasks import Tasks
 __version__ = "0.1.0"
 
 __all__ = [
-    "ALGORITHMS", "AdaptConfig", "data", "layers", "GanLoss", "GanModel", "GanParams", "InnerNoise",
+    "ALGORITHMS", "AdaptConfig", "data", "gan", "layers", "GanLoss", "GanModel", "GanParams",
+    "GanTrainConfig", "GanTrainState", "InnerNoise", "trainable_mask",
     "MetaConfig", "MetaSGDParams", "MetaState", "Tasks", "adapt", "adapt_with_aux",
     "LOptMetaParams", "LOptParams", "LOptSpec", "LOptState", "init_lopt_params",
     "learned_optimizer", "lopt_train",

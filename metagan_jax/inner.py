@@ -75,6 +75,11 @@ class AdaptConfig:
       second-order MAML then grows by one step's carry per step instead of all
       its activations.
     first_order: treat inner gradients as constants (first-order MAML).
+    g_trainable / d_trainable: which of each player's parameters adapt:
+      ``None`` (all), ``"none"``, or comma-separated path prefixes such as
+      ``"mapping"`` or ``"synthesis/out,synthesis/fc"`` (paths join the
+      parameter dict's keys with ``/``). Frozen parameters keep their value in
+      the inner loop; meta-gradients still reach them through the adapted ones.
     lopt_spec: the learned optimisers' architecture when the meta-parameters
       are :class:`metagan_jax.LOptMetaParams` (default ``LOptSpec()``).
   """
@@ -92,6 +97,8 @@ class AdaptConfig:
   unroll: bool = False
   remat: bool = False
   first_order: bool = False
+  g_trainable: str | None = None
+  d_trainable: str | None = None
   lopt_spec: LOptSpec | None = None
 
   def __post_init__(self):
@@ -106,6 +113,11 @@ class AdaptConfig:
       raise ValueError(f"AdaptConfig.n_fake must be None or an integer >= 1, got {self.n_fake!r}.")
     # Resolve the loss now so a bad name fails at construction, not at trace.
     object.__setattr__(self, "loss", losses_lib.get_loss(self.loss))
+    # Bad trainable prefixes fail here too, naming the parameters there are.
+    if self.g_trainable not in (None, "all") or self.d_trainable not in (None, "all"):
+      params = jax.eval_shape(self.model.init, jax.random.key(0))
+      trainable_mask(params.g, self.g_trainable, "g_trainable")
+      trainable_mask(params.d, self.d_trainable, "d_trainable")
 
   def optimizers(self) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
     """The (discriminator, generator) inner optimisers."""
@@ -166,6 +178,43 @@ def _split_meta_params(meta_params, config: AdaptConfig):
                   f"{type(meta_params).__name__}; build them with model.init(key).")
 
 
+def _path_name(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def trainable_mask(params: PyTree, spec: str | None, what: str = "trainable") -> PyTree:
+  """A pytree of Python bools: which leaves of ``params`` the inner loop updates.
+
+  Args:
+    params: one player's parameters.
+    spec: ``None`` or ``"all"`` (every leaf), ``"none"`` (no leaf), or
+      comma-separated prefixes of ``/``-joined parameter paths.
+    what: names the setting in the error message.
+
+  Raises:
+    ValueError: a prefix matches no parameter.
+  """
+  if spec is None or spec == "all":
+    return jax.tree.map(lambda _: True, params)
+  if spec == "none":
+    return jax.tree.map(lambda _: False, params)
+  prefixes = [p.strip().strip("/") for p in spec.split(",") if p.strip()]
+  names = [_path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  for pre in prefixes:
+    if not any(n == pre or n.startswith(pre + "/") for n in names):
+      tops = sorted({n.split("/")[0] for n in names})
+      raise ValueError(f"AdaptConfig.{what}={spec!r}: prefix {pre!r} matches no parameter; "
+                       f"top-level names are {tops} (full paths such as {names[0]!r}).")
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: any(_path_name(p) == pre or _path_name(p).startswith(pre + "/")
+                       for pre in prefixes), params)
+
+
+def _masked(tree: PyTree, mask: PyTree) -> PyTree:
+  # A static choice per leaf: XLA drops the gradient work of frozen leaves.
+  return jax.tree.map(lambda x, m: x if m else jnp.zeros_like(x), tree, mask)
+
+
 def inner_step(carry, xs, *, support, d_opt, g_opt, config: AdaptConfig):
   """One inner step: ``d_steps`` D updates, then ``g_steps`` G updates.
 
@@ -191,19 +240,21 @@ def inner_step(carry, xs, *, support, d_opt, g_opt, config: AdaptConfig):
 
   g, d, g_state, d_state = carry
   z_Sx, gp_keys = xs
+  d_mask = trainable_mask(d, config.d_trainable, "d_trainable")
+  g_mask = trainable_mask(g, config.g_trainable, "g_trainable")
   d_losses, g_losses = [], []
   for j in range(nd):
     # fake is built from the current g; grad w.r.t. d alone is the partial
     # derivative, and the outer derivative still flows into g through fake.
     fake = model.generate(g, z_Sx[j])
     l, grads = jax.value_and_grad(d_obj)(d, fake, gp_keys[j])
-    upd, d_state = d_opt.update(const(grads), d_state, d)
-    d = optax.apply_updates(d, upd)
+    upd, d_state = d_opt.update(_masked(const(grads), d_mask), d_state, d)
+    d = optax.apply_updates(d, _masked(upd, d_mask))
     d_losses.append(l)
   for j in range(config.g_steps):
     l, grads = jax.value_and_grad(g_obj)(g, d, z_Sx[nd + j])
-    upd, g_state = g_opt.update(const(grads), g_state, g)
-    g = optax.apply_updates(g, upd)
+    upd, g_state = g_opt.update(_masked(const(grads), g_mask), g_state, g)
+    g = optax.apply_updates(g, _masked(upd, g_mask))
     g_losses.append(l)
   return (g, d, g_state, d_state), (jnp.mean(jnp.stack(d_losses)), jnp.mean(jnp.stack(g_losses)))
 

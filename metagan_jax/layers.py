@@ -1,4 +1,4 @@
-"""4x4 stride-2 convolutions written as matrix products.
+"""Convolutions written as matrix products, and spectral normalisation.
 
 Meta-learning ``vmap``s the models over per-task weights. XLA turns a
 convolution with a batched kernel into a *grouped* convolution (one group per
@@ -16,6 +16,13 @@ The layers keep flax's parameter layout and numerics:
   kernel ``[4, 4, C_in, C_out]``. It is computed in the "scatter" form: every
   input pixel times the kernel, overlap-added into the output, so no
   multiplications by inserted zeros.
+* :class:`Conv3x3` equals ``nn.Conv(features, (3, 3))`` (stride 1, SAME padding).
+* :class:`Dense` equals ``nn.Dense``.
+
+Every layer takes ``spectral=True`` for spectral normalisation (Miyato et al.,
+2018) computed as a pure function of the kernel (:func:`spectral_normalize`):
+no power-iteration state is carried, so the layers stay pure pytrees functions
+that the inner loop can differentiate to any order.
 """
 
 from __future__ import annotations
@@ -58,29 +65,106 @@ def conv_transpose4x4s2(x_NxHxWxC: jax.Array, kernel_4x4xCxO: jax.Array) -> jax.
   return out[:, 1:-1, 1:-1, :]
 
 
-class _Conv4x4s2Layer(nn.Module):
-  """A 4x4 stride-2 layer with flax's ``kernel [4, 4, C_in, C_out]`` and ``bias`` params."""
+def conv3x3(x_NxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array) -> jax.Array:
+  """Conv 3x3, stride 1, padding 1 as im2col + one matmul (== ``nn.Conv(O, (3, 3))``)."""
+  n, h, w, c = x_NxHxWxC.shape
+  xp = jnp.pad(x_NxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  patches = jnp.concatenate([xp[:, a:a + h, b:b + w, :] for a in range(3) for b in range(3)],
+                            axis=-1)
+  y = patches.reshape(n * h * w, 9 * c) @ kernel_3x3xCxO.reshape(9 * c, -1)
+  return y.reshape(n, h, w, -1)
+
+
+# --- spectral normalisation, as a pure function of the weights -------------------
+
+
+def _power_start(n: int, dtype) -> jax.Array:
+  # A fixed pseudo-random start: no state to carry, and (almost surely) not
+  # orthogonal to the top singular vector.
+  v = jax.random.normal(jax.random.key(20_240_601), (n,), jnp.float32).astype(dtype)
+  return v / jnp.linalg.norm(v)
+
+
+def top_singular_value(w_IxO: jax.Array, n_iter: int = 10) -> jax.Array:
+  """Largest singular value of a matrix by ``n_iter`` power iterations.
+
+  Stateless (the iteration starts from the same fixed vector every call) and
+  differentiable to any order: derivatives flow through the iterations, so
+  they are the exact derivatives of this estimate, which converges to the SVD
+  value at rate ``(s2 / s1) ** (2 * n_iter)``.
+  """
+  v = _power_start(w_IxO.shape[1], w_IxO.dtype)
+  u = None
+  for _ in range(n_iter):
+    u = w_IxO @ v
+    u = u / jnp.sqrt(jnp.sum(u * u) + 1e-24)
+    v = w_IxO.T @ u
+    v = v / jnp.sqrt(jnp.sum(v * v) + 1e-24)
+  return u @ (w_IxO @ v)
+
+
+def spectral_normalize(kernel: jax.Array, n_iter: int = 10) -> jax.Array:
+  """``kernel / sigma``, sigma the largest singular value of ``kernel.reshape(-1, out)``.
+
+  The kernel's last axis is the output (flax layout); a convolution kernel
+  ``[kh, kw, C_in, C_out]`` is normalised as the ``[kh*kw*C_in, C_out]`` matrix,
+  as in Miyato et al. (2018).
+  """
+  w = kernel.reshape(-1, kernel.shape[-1])
+  if w.shape[1] == 1:  # a vector: the exact norm, no iterations needed
+    sigma = jnp.sqrt(jnp.sum(w * w) + 1e-24)
+  else:
+    sigma = top_singular_value(w, n_iter)
+  return kernel / sigma
+
+
+class _Layer(nn.Module):
+  """A matmul layer with flax's ``kernel`` / ``bias`` params and optional spectral norm."""
 
   features: int
+  spectral: bool = False
+  power_iters: int = 10
   kernel_init: nn.initializers.Initializer = default_kernel_init
   param_dtype: jnp.dtype = jnp.float32
-  # Subclasses set ``op`` (a class attribute, not a module field): the product.
+  # Subclasses set ``op`` and ``taps`` (class attributes, not module fields).
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param("kernel", self.kernel_init, (4, 4, x.shape[-1], self.features),
-                        self.param_dtype)
+    shape = (*self.taps, x.shape[-1], self.features)
+    kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
+    if self.spectral:
+      kernel = spectral_normalize(kernel, self.power_iters)
     return self.op(x, kernel.astype(x.dtype)) + bias.astype(x.dtype)
 
 
-class Conv4x4s2(_Conv4x4s2Layer):
+def _dense(x, kernel):
+  return x @ kernel
+
+
+class Dense(_Layer):
+  """``nn.Dense`` with optional spectral normalisation."""
+
+  op = staticmethod(_dense)
+  taps = ()
+
+
+class Conv3x3(_Layer):
+  """``nn.Conv(features, (3, 3))`` (stride 1, SAME) as im2col + matmul; optional spectral norm."""
+
+  op = staticmethod(conv3x3)
+  taps = (3, 3)
+
+
+class Conv4x4s2(_Layer):
   """``nn.Conv(features, (4, 4), (2, 2), padding=1)`` computed as im2col + matmul."""
 
   op = staticmethod(conv4x4s2)
+  taps = (4, 4)
 
 
-class ConvTranspose4x4s2(_Conv4x4s2Layer):
+class ConvTranspose4x4s2(_Layer):
   """``nn.ConvTranspose(features, (4, 4), (2, 2), padding=((2, 2), (2, 2)))`` in scatter form."""
 
   op = staticmethod(conv_transpose4x4s2)
+  taps = (4, 4)

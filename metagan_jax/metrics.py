@@ -10,7 +10,8 @@ scipy): compute features with any network, then
   of Gaussians fitted to the two sets (FID's formula, biased for small n).
 * :func:`mean_pairwise_distance`, :func:`nearest_neighbour_distance`,
   :func:`nearest_prototype_accuracy`: diversity, memorisation, class fidelity.
-* :func:`bootstrap_ci`, :func:`paired_test`: 95% bootstrap intervals and a
+* :func:`bootstrap_ci`, :func:`hierarchical_bootstrap_ci`, :func:`paired_test`: 95%
+  bootstrap intervals (over classes, or over seeds and classes) and a
   paired sign-flip permutation test.
 """
 
@@ -165,3 +166,26 @@ def paired_test(a, b, n_perm: int = 20000, seed: int = 0) -> dict:
   null = np.abs((signs * d).mean(axis=1))
   p = float((1 + np.sum(null >= abs(d.mean()) - 1e-15)) / (n_perm + 1))
   return {"mean_diff": float(d.mean()), "t": t, "p": p, "n": int(d.size)}
+
+
+def hierarchical_bootstrap_ci(values_SxC, n_boot: int = 2000, level: float = 0.95,
+                              seed: int = 0) -> tuple[float, float]:
+  """Percentile bootstrap interval of the mean of ``values [S, C]`` over seeds and classes.
+
+  Each replicate resamples the ``S`` seeds (rows) and, independently, the ``C``
+  classes (columns) with replacement, so the interval covers the variability
+  of both (training seeds and test classes). With ``S = 1`` it is the ordinary
+  bootstrap over classes.
+  """
+  v = np.asarray(values_SxC, np.float64)
+  if v.ndim != 2 or v.size < 1:
+    raise ValueError(f"hierarchical_bootstrap_ci needs a non-empty [S, C] array, got {v.shape}.")
+  if not 0 < level < 1:
+    raise ValueError(f"hierarchical_bootstrap_ci: level must be in (0, 1), got {level}.")
+  rng = np.random.default_rng(seed)
+  s, c = v.shape
+  si = rng.integers(0, s, (n_boot, s))
+  ci = rng.integers(0, c, (n_boot, c))
+  stats = np.array([v[a][:, b].mean() for a, b in zip(si, ci)])
+  a = (1 - level) / 2 * 100
+  return float(np.percentile(stats, a)), float(np.percentile(stats, 100 - a))

@@ -76,8 +76,10 @@ def _norm(kind: str | None, name: str) -> Callable[[jax.Array], jax.Array]:
     return nn.LayerNorm(name=name)
   if kind == "group":
     return nn.GroupNorm(num_groups=8, name=name)
+  if kind == "pixel":  # PixelNorm (Karras et al., 2018): unit RMS over channels, no params
+    return lambda x: x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-8)
   raise ValueError(
-      f"Unknown normalisation {kind!r}; use 'none', 'layer' or 'group' "
+      f"Unknown normalisation {kind!r}; use 'none', 'layer', 'group' or 'pixel' "
       "(BatchNorm is not offered: its running statistics break a pure inner loop).")
 
 
@@ -154,6 +156,114 @@ def dcgan28(z_dim: int = 64, channels: int = 1, conv_impl: str = "matmul") -> Ga
   return GanModel("dcgan28", z_dim, (28, 28, channels),
                   DCGAN28Generator(channels=channels, conv_impl=conv_impl),
                   DCGAN28Discriminator(conv_impl=conv_impl))
+
+
+# --- fsgan28: the pair that draws Omniglot (few-shot experiments) -------------
+
+
+class Mapping(nn.Module):
+  """Latent mapping ``z -> w``: an MLP of ``layers`` LeakyReLU(0.2) layers (StyleGAN's idea).
+
+  Few-shot adaptation can move only this part (``AdaptConfig.g_trainable="mapping"``):
+  the synthesis network keeps drawing strokes while the mapping moves the samples
+  toward the new class.
+  """
+
+  w_dim: int = 128
+  layers: int = 2
+
+  @nn.compact
+  def __call__(self, z_NxZ):
+    w = z_NxZ
+    for i in range(self.layers):
+      w = nn.leaky_relu(layers.Dense(self.w_dim, name=f"fc{i}")(w), 0.2)
+    return w
+
+
+class FSGAN28Generator(nn.Module):
+  """Mapping -> Dense -> 7x7x2W -> ConvT(W) 14x14 -> ConvT(W/2) 28x28 -> Conv3x3 -> tanh.
+
+  Each hidden layer is followed by a stateless normalisation (``norm``) and ReLU.
+  Parameters: ``{"mapping": ..., "synthesis": ...}``.
+  """
+
+  width: int = 32
+  channels: int = 1
+  w_dim: int = 128
+  mapping_layers: int = 2
+  norm: str | None = "group"
+
+  @nn.compact
+  def __call__(self, z_NxZ):
+    n = z_NxZ.shape[0]
+    w = Mapping(self.w_dim, self.mapping_layers, name="mapping")(z_NxZ) \
+        if self.mapping_layers else z_NxZ
+    return _Synthesis(self.width, self.channels, self.norm, name="synthesis")(w.reshape(n, -1))
+
+
+class _Synthesis(nn.Module):
+  width: int
+  channels: int
+  norm: str | None
+
+  @nn.compact
+  def __call__(self, w_NxW):
+    n, c = w_NxW.shape[0], 2 * self.width
+    h = layers.Dense(7 * 7 * c, name="fc")(w_NxW).reshape(n, 7, 7, c)
+    h = nn.relu(_norm(self.norm, "norm0")(h))
+    for i, width in enumerate((self.width, self.width // 2)):
+      h = layers.ConvTranspose4x4s2(width, name=f"deconv{i + 1}")(h)
+      h = nn.relu(_norm(self.norm, f"norm{i + 1}")(h))
+    return jnp.tanh(layers.Conv3x3(self.channels, name="out")(h))
+
+
+class FSGAN28Discriminator(nn.Module):
+  """Conv(W, 4, s2) -> Conv(2W, 4, s2) -> Conv3x3(2W) -> Dense(1), LeakyReLU(0.2) between.
+
+  No normalisation layers (their statistics would couple the samples, which
+  gradient penalties assume independent); optionally spectral normalisation
+  of every weight, as in SNGAN.
+  """
+
+  width: int = 32
+  spectral: bool = False
+  power_iters: int = 5
+
+  @nn.compact
+  def __call__(self, x_NxHxWxC):
+    sn = dict(spectral=self.spectral, power_iters=self.power_iters)
+    h = nn.leaky_relu(layers.Conv4x4s2(self.width, name="conv1", **sn)(x_NxHxWxC), 0.2)
+    h = nn.leaky_relu(layers.Conv4x4s2(2 * self.width, name="conv2", **sn)(h), 0.2)
+    h = nn.leaky_relu(layers.Conv3x3(2 * self.width, name="conv3", **sn)(h), 0.2)
+    return layers.Dense(1, name="fc", **sn)(h.reshape(h.shape[0], -1))[:, 0]
+
+
+def fsgan28(z_dim: int = 64, channels: int = 1, g_width: int = 32, d_width: int = 32,
+            w_dim: int = 128, mapping_layers: int = 2, g_norm: str | None = "group",
+            spectral: bool = False, power_iters: int = 5) -> GanModel:
+  """The 28x28 pair that draws Omniglot: a latent mapping and a normalised G; a 3-conv D.
+
+  The defaults are the recipe of the few-shot experiments (trained with WGAN-GP,
+  two critic steps per G step; experiments/README.md has the ablation that chose it).
+
+  Args:
+    z_dim: latent size.
+    channels: image channels.
+    g_width: generator channels at 14x14 (twice that at 7x7, half at 28x28).
+    d_width: discriminator channels at 14x14 (twice that at 7x7).
+    w_dim: width of the latent mapping's output.
+    mapping_layers: depth of the latent mapping (0: ``z`` feeds the synthesis directly).
+    g_norm: the generator's normalisation: ``"group"`` (8 groups), ``"layer"``
+      (over channels, per pixel), ``"pixel"`` (no affine) or ``"none"``.
+    spectral: spectral normalisation of every discriminator weight (for
+      hinge / non-saturating losses; WGAN-GP's penalty already bounds the slope).
+    power_iters: power iterations per spectral norm (stateless; see
+      :func:`metagan_jax.layers.spectral_normalize`).
+  """
+  _norm(g_norm, "check")
+  return GanModel("fsgan28", z_dim, (28, 28, channels),
+                  FSGAN28Generator(g_width, channels, w_dim, mapping_layers, g_norm),
+                  FSGAN28Discriminator(d_width, spectral, power_iters))
 
 
 # --- 32x32 / 64x64 conv pairs for GPU-sized experiments ----------------------
@@ -264,11 +374,11 @@ def mlp(data_dim: int = 2, z_dim: int = 4, hidden: Sequence[int] = (64, 64),
 
 
 _REGISTRY: dict[str, Callable[..., GanModel]] = {
-    "dcgan28": dcgan28, "dcgan32": dcgan32, "dcgan64": dcgan64, "mlp": mlp}
+    "dcgan28": dcgan28, "fsgan28": fsgan28, "dcgan32": dcgan32, "dcgan64": dcgan64, "mlp": mlp}
 
 
 def get_model(name: str, **kwargs) -> GanModel:
-  """Builds a registered model pair by name (``dcgan28``, ``dcgan32``, ``dcgan64``, ``mlp``)."""
+  """Builds a registered model pair by name (``dcgan28``, ``fsgan28``, ``dcgan32``, ``dcgan64``, ``mlp``)."""
   if name not in _REGISTRY:
     raise ValueError(f"Unknown model {name!r}; choose from {sorted(_REGISTRY)}.")
   return _REGISTRY[name](**kwargs)

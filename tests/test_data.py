@@ -404,3 +404,13 @@ def test_class_split_keeps_groups_together():
   groups = {s: {n.split("/")[0] for n in v} for s, v in by.items()}
   assert not (groups["train"] & groups["val"] or groups["train"] & groups["test"]
               or groups["val"] & groups["test"])
+
+
+def test_blur_keeps_a_constant_background_and_the_mean():
+  img = np.full((1, 28, 28, 1), -1.0, np.float32)
+  np.testing.assert_allclose(data.blur(img, 0.7), img, atol=1e-6)  # borders renormalised
+  img[0, 10:18, 14, 0] = 1.0  # a 1-pixel vertical stroke
+  out = data.blur(img, 0.7)
+  assert out[0, 14, 14, 0] < 1.0 and out[0, 14, 13, 0] > -1.0  # softened sideways
+  np.testing.assert_allclose(out.mean(), img.mean(), atol=1e-3)
+  np.testing.assert_array_equal(data.blur(img, 0.0), img)

@@ -17,14 +17,16 @@ def test_protocol_end_to_end_tiny(tmp_path):
   out = omniglot.train_and_evaluate(config, work, progress=False)
   table = out["table"]
   for row in ("| reptile |", "| transfer |", "| scratch |", "| copy (jittered support) |",
-              "| K real images only |", "T=0", "T=2"):
+              "| real (held-out images) |", "| K real images only |", "T=0", "T=2",
+              "Test-time rules (tuned on validation alphabets)"):
     assert row in table, row
   assert "(reference)" in table and "p=" in table
   for f in ("eval/results.json", "eval/results.md", "eval/figures/adaptation_curve.png",
             "eval/figures/samples_reptile.png", "eval/figures/samples_all.png",
+            "eval/figures/headline.png",
             "test_classes.json", "split.json", "config.json"):
     assert os.path.exists(os.path.join(work, f)), f
-  for run in ("reptile_s0", "transfer_s0", "scratch_s0"):
+  for run in ("pretrain_s0", "reptile_s0", "scratch_s0"):
     d = os.path.join(work, "train", run)
     assert os.path.exists(os.path.join(d, "config.json"))
     assert glob.glob(os.path.join(d, "events.out.tfevents.*"))
@@ -33,8 +35,17 @@ def test_protocol_end_to_end_tiny(tmp_path):
   with open(os.path.join(work, "eval", "results.json")) as f:
     res = json.load(f)
   rows = res["per_class"]
-  assert len(rows) == 4 * 2 * 3  # (3 methods + copy) x 2 steps x 3 classes
+  assert len(rows) == 5 * 2 * 3  # (3 methods + copy + real) x 2 steps x 3 classes
   assert all(np.isfinite(r["kid"]) for r in rows)
+  s = res["summary"]
+  for key in ("reptile|2|kid", "transfer|2|fidelity", "real|2|kid", "copy|0|diversity"):
+    assert set(s["metrics"][key]) >= {"mean", "ci", "per_class"}, key
+  assert set(s["vs_transfer"]["reptile|2"]) >= {"mean_diff", "p"}
+  assert "mean" in s["lowdata_real"]
+  # every run tuned over the same 2 x 2 grid, and its rule is the grid's best
+  for run, scores in res["info"]["tuning"].items():
+    assert len(scores) == 4, run
+  assert s["best_method"] == "reptile"
   with open(os.path.join(work, "test_classes.json")) as f:
     tc = json.load(f)
   for idx in tc["indices"]:  # support and held-out never overlap
@@ -59,3 +70,20 @@ def test_copy_baseline_is_deterministic_jitter_of_the_support():
   a, b = protocol.copy_baseline(sup, 5, 0), protocol.copy_baseline(sup, 5, 0)
   assert a.shape == (2, 5, 28, 28, 1)
   np.testing.assert_array_equal(a, b)
+
+
+def test_real_ceiling_scores_held_out_images_as_samples():
+  # Three well-separated classes: the real row must be a perfect ceiling there.
+  config = tiny.get_config()
+  rng = np.random.default_rng(0)
+  centres = 10.0 * np.eye(3, 8)
+  f_held = centres[:, None] + rng.normal(size=(3, 16, 8))
+  f_sup = centres[:, None] + rng.normal(size=(3, 2, 8))
+  per, fd = protocol.real_scores(config, f_sup, f_held)
+  np.testing.assert_array_equal(per["fidelity"], 1.0)
+  assert np.all(np.abs(per["kid"]) < 0.5) and np.all(np.abs(per["diversity"] - 1) < 0.2)
+  assert np.all(np.abs(per["memorisation"] - 1) < 0.5) and np.isfinite(fd)
+  # Leave-one-out: an image whose own class has only it nearby is not its own prototype.
+  f_held[0, 0] = centres[1]
+  per, _ = protocol.real_scores(config, f_sup, f_held)
+  assert per["fidelity"][0] == 15 / 16

@@ -27,6 +27,7 @@ def _config(**train):
   c = tiny.get_config()
   for k, v in train.items():
     c.train[k] = v
+  c.pretrain.steps = c.train.steps  # the pre-training runs below take as many steps
   return c
 
 
@@ -82,19 +83,19 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, split):
 def test_corrupted_latest_checkpoint_falls_back_with_warning(tmp_path, split):
   config = _config(steps=4, ckpt_every=2)
   run_dir = str(tmp_path / "run")
-  final = train_lib.train_run(config, "transfer", 0, run_dir, split, progress=False)
+  final = train_lib.train_run(config, "pretrain", 0, run_dir, split, progress=False)
   with pytest.raises(FileExistsError, match="--resume"):
-    train_lib.train_run(config, "transfer", 0, run_dir, split, progress=False)
+    train_lib.train_run(config, "pretrain", 0, run_dir, split, progress=False)
   latest = os.path.join(run_dir, "checkpoints", "4", "state")
   for dirpath, _, files in os.walk(latest):
     for name in files:
       with open(os.path.join(dirpath, name), "wb") as f:
         f.write(b"garbage")
-  like = train_lib.Run(config, "transfer", 0, split).state0
+  like = train_lib.Run(config, "pretrain", 0, split).state0
   with pytest.warns(RuntimeWarning, match="checkpoint step 4 .* unreadable"):
     state, _, step = train_lib.restore_checkpoint(os.path.join(run_dir, "checkpoints"), 3, like)
   assert step == 2
-  resumed = train_lib.train_run(config, "transfer", 0, run_dir, split, resume=True,
+  resumed = train_lib.train_run(config, "pretrain", 0, run_dir, split, resume=True,
                                 progress=False)
   _assert_trees_equal(resumed.params, final.params)
 
@@ -102,7 +103,7 @@ def test_corrupted_latest_checkpoint_falls_back_with_warning(tmp_path, split):
 def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tmp_path, split):
   config = _config(steps=3, inject_nan_steps="1")
   with pytest.warns(RuntimeWarning, match="non-finite .* step 2; update skipped"):
-    state = train_lib.train_run(config, "transfer", 0, str(tmp_path / "a"), split,
+    state = train_lib.train_run(config, "pretrain", 0, str(tmp_path / "a"), split,
                                 progress=False)
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
   with open(tmp_path / "a" / "metrics.jsonl") as f:
@@ -113,7 +114,7 @@ def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tmp_path, split)
   config = _config(steps=5, inject_nan_steps="1,2,3", max_nonfinite=2)
   with pytest.warns(RuntimeWarning), pytest.raises(train_lib.NonFiniteError,
                                                    match="2 non-finite updates in a row at step 3"):
-    train_lib.train_run(config, "transfer", 0, str(tmp_path / "b"), split, progress=False)
+    train_lib.train_run(config, "pretrain", 0, str(tmp_path / "b"), split, progress=False)
 
 
 def test_unknown_method_is_named():

@@ -80,3 +80,57 @@ def test_dcgan28_maml_meta_gradient_identical_across_conv_impls():
     scale = float(jnp.max(jnp.abs(b)))
     assert scale > 0
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-11 * scale)
+
+
+@_x64
+def test_conv3x3_and_dense_equal_flax():
+  x = jax.random.normal(jax.random.key(0), (2, 7, 7, 5), jnp.float64)
+  ref = nn.Conv(6, (3, 3), param_dtype=jnp.float64)
+  p = ref.init(jax.random.key(1), x)
+  np.testing.assert_allclose(layers.Conv3x3(6).apply(p, x), ref.apply(p, x), rtol=1e-12, atol=1e-12)
+  xd = x.reshape(2, -1)
+  ref = nn.Dense(3, param_dtype=jnp.float64)
+  p = ref.init(jax.random.key(2), xd)
+  np.testing.assert_allclose(layers.Dense(3).apply(p, xd), ref.apply(p, xd), rtol=1e-12)
+
+
+@_x64
+def test_spectral_norm_matches_svd_and_normalises_the_layer():
+  # A conv kernel seen as its [kh * kw * C_in, C_out] matrix, as in SNGAN.
+  # A kernel with a known spectrum (top gap 3 : 2), seen as its [4*4*8, 16] matrix.
+  q1, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(128, 16)))
+  q2, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(16, 16)))
+  spectrum = np.concatenate([[3.0, 2.0], np.linspace(1.5, 0.1, 14)])
+  k = jnp.asarray((q1 * spectrum) @ q2.T).reshape(4, 4, 8, 16)
+  for n_iter, tol in ((5, 1e-2), (40, 1e-12)):  # error ~ (2/3) ** (4 n_iter)
+    est = float(layers.top_singular_value(k.reshape(-1, 16), n_iter))
+    assert abs(est - 3.0) / 3.0 < tol, (n_iter, est)
+  # A random kernel (small gap) against numpy's SVD.
+  k = jax.random.normal(jax.random.key(0), (4, 4, 8, 16), jnp.float64)
+  s_svd = np.linalg.svd(np.asarray(k).reshape(-1, 16), compute_uv=False)
+  est = float(layers.top_singular_value(k.reshape(-1, 16), 200))
+  assert abs(est - s_svd[0]) / s_svd[0] < 1e-9, (est, s_svd[0])
+  sn = layers.spectral_normalize(k, 200)
+  assert abs(np.linalg.svd(np.asarray(sn).reshape(-1, 16), compute_uv=False)[0] - 1) < 1e-10
+  v = jnp.arange(5.0, dtype=jnp.float64).reshape(5, 1) + 1  # a vector: its exact norm
+  np.testing.assert_allclose(layers.spectral_normalize(v), v / jnp.linalg.norm(v), rtol=1e-12)
+  # In a layer: the normalised kernel is what multiplies the input.
+  x = jax.random.normal(jax.random.key(1), (2, 6, 6, 8), jnp.float64)
+  p = {"params": {"kernel": k, "bias": jnp.zeros(16, jnp.float64)}}
+  y = layers.Conv4x4s2(16, spectral=True, power_iters=200).apply(p, x)
+  np.testing.assert_allclose(y, layers.conv4x4s2(x, sn), rtol=1e-12, atol=1e-12)
+
+
+@_x64
+def test_spectral_norm_second_derivatives():
+  # Derivatives flow through the power iterations: exact for the estimate, any order.
+  w = jax.random.normal(jax.random.key(3), (12, 5), jnp.float64)
+  check_grads(lambda w_: layers.top_singular_value(w_, 8), (w,), order=2, modes=["rev"])
+  check_grads(lambda w_: layers.spectral_normalize(w_, 8), (w,), order=2, modes=["rev"])
+  x = jax.random.normal(jax.random.key(4), (2, 4, 4, 3), jnp.float64)
+  k = jax.random.normal(jax.random.key(5), (3, 3, 3, 4), jnp.float64)
+  check_grads(layers.conv3x3, (x, k), order=2, modes=["rev"])
+  # The first derivative of the converged estimate is the SVD's: u1 v1^T.
+  u, s, vt = np.linalg.svd(np.asarray(w), full_matrices=False)
+  g = jax.grad(lambda w_: layers.top_singular_value(w_, 200))(w)
+  np.testing.assert_allclose(g, np.outer(u[:, 0], vt[0]), atol=1e-8)

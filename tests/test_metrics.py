@@ -94,3 +94,16 @@ def test_bootstrap_ci_and_paired_test():
 def test_metric_errors_name_the_bad_value(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+def test_hierarchical_bootstrap_covers_seed_variability():
+  rng = np.random.default_rng(0)
+  classes = rng.normal(size=20)
+  one_seed = metrics.hierarchical_bootstrap_ci(classes[None], 2000)
+  lo, hi = metrics.bootstrap_ci(classes, 2000)
+  assert abs(one_seed[0] - lo) < 0.1 and abs(one_seed[1] - hi) < 0.1  # S = 1: over classes
+  seeds = classes[None] + np.array([[-1.0], [0.0], [1.0]])  # seeds shift every class
+  wide = metrics.hierarchical_bootstrap_ci(seeds, 2000)
+  narrow = metrics.bootstrap_ci(seeds.mean(0), 2000)
+  assert wide[0] < narrow[0] - 0.2 and wide[1] > narrow[1] + 0.2
+  assert wide[0] < seeds.mean() < wide[1]

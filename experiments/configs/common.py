@@ -11,17 +11,41 @@ def base_config() -> ml_collections.ConfigDict:
   c.name = "omniglot"
   c.dataset = "omniglot"          # offline Omniglot if found, else TFDS (see docs/data.md)
   c.data_dir = ""                 # "" = found automatically (METAGAN_OMNIGLOT28_DIR, ../shared/...)
+  # Gaussian blur (pixels) of every image, train and test alike (support, held-out
+  # reference, feature net): it softens Omniglot's 1-pixel binary strokes.
+  c.blur = 0.0
   c.methods = ALL_METHODS         # comma-separated: meta methods, "transfer", "scratch"
   c.meta_seeds = "0,1,2"          # meta-training seeds (one run folder each)
 
-  # The GAN and its adaptation rule: the same for every method (Meta-SGD uses
-  # its meta-learned per-parameter learning rates instead of inner_lr).
-  c.model = "dcgan28"
-  c.loss = "ns"
-  c.inner_steps = 5               # inner steps during meta-training
-  c.d_steps = 1
+  # The GAN pair (metagan_jax.models.get_model(model, **model_kw)) and its loss.
+  c.model = "fsgan28"
+  c.model_kw = ml_collections.ConfigDict()
+  c.loss = "wgan-gp"           # Wasserstein + gradient penalty 10 (FIGR's loss)
+  # The adaptation rule: how every method adapts to a task, in meta-training's inner
+  # loop and (unless tuned, see eval.tune_*) at test time. Meta-SGD uses its
+  # meta-learned per-parameter rates instead of inner_opt / inner_lr.
+  c.inner_steps = 10              # inner steps during meta-training
+  c.d_steps = 2                   # D updates per inner step
   c.g_steps = 1
-  c.inner_lr = 0.05               # SGD
+  c.inner_opt = "adam"            # sgd | adam
+  c.inner_lr = 1e-3
+  c.inner_b1 = 0.0                # Adam's betas (inner_opt = adam)
+  c.inner_b2 = 0.9
+  c.g_trainable = "all"           # which G parameters adapt: all | none | path prefixes
+  c.d_trainable = "all"
+
+  # Where meta-training starts: "random" (model.init) or "pretrained" (the GAN of
+  # the pretrain stage below, which is also what the transfer baseline adapts).
+  c.init = "pretrained"
+  c.pretrain = ml_collections.ConfigDict()
+  c.pretrain.per_seed = True      # one pre-trained GAN per meta seed (False: one per run)
+  c.pretrain.steps = 2000
+  c.pretrain.batch = 64
+  c.pretrain.lr = 1e-4            # Adam, D and G
+  c.pretrain.b1 = 0.0
+  c.pretrain.b2 = 0.9
+  c.pretrain.d_steps = 2
+  c.pretrain.ema = 0.999          # the EMA generator is what adapts and what is sampled
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 2000            # meta-steps (transfer: the same number of "steps", see README)
@@ -29,7 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.k = 4                   # support images per task (= eval.k)
   c.train.q = 4                   # query images per task
   c.train.outer_lr = 1e-3         # Adam, all meta methods
-  c.train.transfer_lr = 2e-4      # Adam(b1=0.5) for the transfer GAN
+  c.train.outer_b1 = 0.9
   c.train.ckpt_every = 200
   c.train.keep_checkpoints = 3
   c.train.log_every = 10
@@ -60,4 +84,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.n_boot = 2000
   c.eval.grid_classes = 6
   c.eval.split_seed = 0
+  # Test-time rule tuning, the same grid for every method: each (method, seed) adapts
+  # with every combination below on eval.tune_classes classes of the validation
+  # alphabets (T = headline) and keeps the one with the lowest mean KID. Empty = no
+  # tuning (the rule above). Meta-SGD's grid multiplies its learned rates instead.
+  c.eval.tune_lrs = ""            # e.g. "0.0003,0.001,0.003"
+  c.eval.tune_g_trainable = ""    # e.g. "all;mapping" (';'-separated: prefixes use ',')
+  c.eval.tune_classes = 20
   return c

@@ -12,8 +12,19 @@ from experiments.configs import omniglot_short
 
 
 def lopt_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  # The learned-optimiser study keeps the benchmark pair and the SGD rule it was
+  # run with (dcgan28, non-saturating loss, one D and one G update per step).
+  c.model = "dcgan28"
+  c.model_kw = ml_collections.ConfigDict()
+  c.loss = "ns"
+  c.blur = 0.0
+  c.d_steps = 1
+  c.g_steps = 1
+  c.inner_opt = "sgd"
+  c.inner_lr = 0.05
+  c.pretrain.d_steps = 1
   c.lopt = ml_collections.ConfigDict()
-  c.lopt.init = "random"          # the shared starting GAN: "random" (seeded) or "transfer"
+  c.lopt.init = "random"          # the shared starting GAN: "random" (seeded) or "pretrained"
   c.lopt.seed = 0
   c.lopt.hidden = "32"            # MLP hidden sizes, comma-separated
   c.lopt.start_lr = 0.0           # SGD rate the optimisers start from; 0 = SGD's tuned rate
@@ -37,7 +48,7 @@ def lopt_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def get_config():
-  c = omniglot_short.get_config()  # the transfer GAN exactly as in the short Omniglot run
+  c = omniglot_short.get_config()
   c.name = "lopt_short"
   c.methods = "transfer"
   c.eval.steps = "5,10,25,50"

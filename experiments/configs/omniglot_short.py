@@ -1,9 +1,11 @@
-"""Short Omniglot run: every method, 1 meta seed x 1 adaptation seed (~15 min on 2 CPU cores).
+"""The main job: pre-train a GAN, meta-train Reptile from it (3 seeds), adapt to unseen classes.
 
-Run:
+Run (~15 min on 2 CPU cores; prints the results table):
   python experiments/omniglot.py --config experiments/configs/omniglot_short.py \
       --workdir runs/omniglot_short
-Resume a killed run by adding --resume. Override any field, e.g. --config.train.steps=100.
+A second run with other seeds: --config.meta_seeds=10,11,12 (the pre-trained GAN is
+seeded by the first). Resume a killed run by adding --resume. Override any field,
+e.g. --config.train.steps=100.
 """
 
 from experiments.configs import common
@@ -12,12 +14,19 @@ from experiments.configs import common
 def get_config():
   c = common.base_config()
   c.name = "omniglot_short"
-  c.meta_seeds = "0"
-  c.inner_steps = 3
-  c.train.steps = 300
+  c.methods = "reptile,transfer"
+  c.meta_seeds = "0,1,2"
+  c.pretrain.per_seed = False     # one pre-trained GAN for the run, seeded by meta_seeds[0]
+  c.pretrain.steps = 1500
+  c.train.steps = 150
   c.train.tasks = 4
-  c.train.ckpt_every = 100
-  c.train.sample_every = 150
+  c.train.outer_lr = 1e-4
+  c.train.outer_b1 = 0.0
+  c.train.ckpt_every = 250
+  c.train.sample_every = 250
+  c.eval.steps = "0,5,10,25"
   c.eval.adapt_seeds = "0"
   c.eval.n_boot = 1000
+  c.eval.tune_lrs = "0.001,0.003"
+  c.eval.tune_g_trainable = "all;mapping"
   return c

@@ -1,4 +1,4 @@
-"""Tiny config for tests: 2 meta-steps, T = 2 tasks, K = 2, 1 inner step, 3 test classes.
+"""Tiny config for tests: 3 pre-training steps, 2 meta-steps, T = 2 tasks, K = 2, 3 test classes.
 
 Run:
   python experiments/omniglot.py --config experiments/configs/tiny.py --workdir /tmp/tiny
@@ -13,6 +13,11 @@ def get_config():
   c.methods = "reptile,transfer,scratch"
   c.meta_seeds = "0"
   c.inner_steps = 1
+  c.model_kw.g_width = 16
+  c.model_kw.d_width = 8
+  c.model_kw.w_dim = 16
+  c.pretrain.steps = 3
+  c.pretrain.batch = 8
   c.train.steps = 2
   c.train.tasks = 2
   c.train.k = 2
@@ -33,4 +38,7 @@ def get_config():
   c.eval.classifier_steps = 10
   c.eval.n_boot = 50
   c.eval.grid_classes = 2
+  c.eval.tune_lrs = "0.001,0.01"
+  c.eval.tune_g_trainable = "all;mapping"
+  c.eval.tune_classes = 3
   return c

@@ -31,6 +31,7 @@ def _kind(dataset: str) -> str:
 
 def load_split(dataset: str = "omniglot", split: str = "train", *, data_dir=None,
                image_size: int = 28, channels: int = 1, invert: bool | None = None,
+               blur: float = 0.0,
                rotations: bool | None = None, split_seed: int = 0,
                fractions: Sequence[float] = splits.DEFAULT_FRACTIONS,
                val_alphabets: Sequence[str] = splits.OMNIGLOT_VAL_ALPHABETS,
@@ -49,6 +50,8 @@ def load_split(dataset: str = "omniglot", split: str = "train", *, data_dir=None
     image_size, channels: the model's image side and channels (1 or 3).
     invert: ``1 - x`` before scaling; default True for Omniglot (strokes +1 on
       a -1 background), else False.
+    blur: Gaussian blur sigma in pixels after resizing (0 = none); see
+      :func:`metagan_jax.data.preprocess.blur`.
     rotations: add 90/180/270-degree rotations as new classes; default True for
       Omniglot's ``train`` split only.
     split_seed, fractions: the seeded class split of non-Omniglot datasets.
@@ -112,13 +115,15 @@ def load_split(dataset: str = "omniglot", split: str = "train", *, data_dir=None
   data = full.select(by_split[split], source=f"{part_source} [{split}]")
   if invert is None:
     invert = is_omniglot
-  data = pp.preprocess_dataset(data, image_size=image_size, channels=channels, invert=invert)
+  data = pp.preprocess_dataset(data, image_size=image_size, channels=channels, invert=invert,
+                               blur_sigma=blur)
   if rotations is None:
     rotations = is_omniglot and split == "train"
   if rotations:
     data = pp.add_rotations(data)
   announce(f"{dataset} split {split!r}: {len(data)} classes, images {data.image_shape} "
-           f"in [-1, 1] (invert={invert}, rotations={rotations}) from {data.source}", verbose)
+           f"in [-1, 1] (invert={invert}, blur={blur}, rotations={rotations}) from {data.source}",
+           verbose)
   return data
 
 

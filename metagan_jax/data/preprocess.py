@@ -112,8 +112,31 @@ def as_nhwc(imgs: np.ndarray, what: str) -> np.ndarray:
                   f"(channels-last); got shape {imgs.shape}.")
 
 
+@functools.lru_cache(maxsize=16)
+def _gaussian_matrix(n: int, sigma: float) -> np.ndarray:
+  """``[n, n]`` Gaussian blur along one axis; rows renormalised at the borders."""
+  i = np.arange(n)
+  m = np.exp(-0.5 * ((i[:, None] - i[None, :]) / sigma) ** 2)
+  return (m / m.sum(1, keepdims=True)).astype(np.float32)
+
+
+def blur(imgs_NxHxWxC: np.ndarray, sigma: float) -> np.ndarray:
+  """Separable Gaussian blur of float images (``sigma`` in pixels; 0 = unchanged).
+
+  At the border the kernel is renormalised over the pixels inside the image, so
+  a constant background stays constant.
+  """
+  if sigma < 0:
+    raise DataError(f"blur sigma must be >= 0 pixels, got {sigma!r}.")
+  if sigma == 0:
+    return imgs_NxHxWxC
+  _, h, w, _ = imgs_NxHxWxC.shape
+  out = np.einsum("oh,nhwc->nowc", _gaussian_matrix(h, float(sigma)), imgs_NxHxWxC, optimize=True)
+  return np.einsum("pw,nowc->nopc", _gaussian_matrix(w, float(sigma)), out, optimize=True)
+
+
 def preprocess_images(imgs: np.ndarray, *, image_size: int, channels: int, invert: bool,
-                      what: str = "images") -> np.ndarray:
+                      blur_sigma: float = 0.0, what: str = "images") -> np.ndarray:
   """Raw images -> float32 ``[N, image_size, image_size, channels]`` in [-1, 1].
 
   Args:
@@ -121,11 +144,13 @@ def preprocess_images(imgs: np.ndarray, *, image_size: int, channels: int, inver
     image_size: the model's side length; non-square images are centre-cropped.
     channels: 1 (grayscale) or 3 (RGB).
     invert: map ``x -> 1 - x`` first (Omniglot: strokes bright on a dark background).
+    blur_sigma: Gaussian blur (pixels, at ``image_size``) after resizing; it
+      softens 1-pixel binary strokes into something a small GAN can draw.
     what: names the images in error messages.
   """
   x = to_unit_range(as_nhwc(np.asarray(imgs), what), what)
   x = to_channels(x, channels, what)
-  x = resize(x, image_size)
+  x = blur(resize(x, image_size), blur_sigma)
   if invert:
     x = 1.0 - x
   x = np.clip(x * 2.0 - 1.0, -1.0, 1.0).astype(np.float32)
@@ -134,10 +159,10 @@ def preprocess_images(imgs: np.ndarray, *, image_size: int, channels: int, inver
 
 
 def preprocess_dataset(data: ClassDataset, *, image_size: int, channels: int,
-                       invert: bool) -> ClassDataset:
+                       invert: bool, blur_sigma: float = 0.0) -> ClassDataset:
   """Applies :func:`preprocess_images` to every class of ``data``."""
   images = [preprocess_images(x, image_size=image_size, channels=channels, invert=invert,
-                              what=f"class {n!r} of {data.source}")
+                              blur_sigma=blur_sigma, what=f"class {n!r} of {data.source}")
             for n, x in zip(data.names, data.images)]
   return ClassDataset(list(data.names), images, list(data.groups), data.source)
 
