@@ -166,10 +166,10 @@ def finish(record: dict, w: Workload, algorithm: str) -> dict:
   return record
 
 
-def emit(record: dict) -> None:
-  """Prints one JSON line (floats rounded for reading)."""
+def emit(record: dict, required: tuple[str, ...] = REQUIRED_FIELDS) -> None:
+  """Prints one JSON line (floats rounded for reading); ``required`` fields must be there."""
   out = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()}
-  missing = [f for f in REQUIRED_FIELDS if f not in out]
+  missing = [f for f in required if f not in out]
   if missing:
     raise RuntimeError(f"benchmark record lacks fields {missing}")
   print(json.dumps(out), flush=True)

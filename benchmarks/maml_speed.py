@@ -53,9 +53,10 @@ def build(w: common.Workload, args) -> tuple:
   model = mg.models.dcgan28(z_dim=w.z_dim, channels=w.channels, conv_impl=args.conv_impl)
   adapt = mg.AdaptConfig(model, inner_steps=w.inner_steps, inner_lr=w.inner_lr, loss="ns",
                          unroll=args.loop == "unroll", remat=args.remat)
+  mesh = (mg.parallel.task_mesh(jax.devices()[:args.devices]) if args.devices else None)
   config = mg.MetaConfig(adapt, algorithm=args.algorithm, outer_lr=w.outer_lr,
                          vectorize=args.vectorize, map_batch=args.map_batch,
-                         meta_backward=args.meta_backward)
+                         meta_backward=args.meta_backward, mesh=mesh)
   state = mg.init(jax.random.key(0), config)
   state = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
                        state)
@@ -106,9 +107,12 @@ def run(args) -> dict:
                 if jax.devices()[0].platform == "cpu" else str(jax.devices()[0].device_kind),
       "workload": w.name, "algorithm": args.algorithm, "T": w.T, "K": w.K, "Q": w.Q,
       "inner_steps": w.inner_steps, "dtype": args.dtype, "loop": args.loop, "remat": args.remat,
-      "vectorize": args.vectorize, "map_batch": args.map_batch, "conv_impl": args.conv_impl,
+      "vectorize": args.vectorize, "vectorize_resolved": config.resolved_vectorize(),
+      "map_batch": args.map_batch, "conv_impl": args.conv_impl,
+      "conv_impl_resolved": mg.backend.resolve_conv_impl(args.conv_impl),
       "meta_backward": args.meta_backward, "jax": jax.__version__,
-      "num_devices": jax.device_count(), "num_processes": jax.process_count(),
+      "num_devices": mesh.size, "devices_available": jax.device_count(),
+      "num_processes": jax.process_count(),
       "compile_s": compile_s, **stats, **mem,
       "matmul_gflops_per_s": matmul_gflops() if not args.no_matmul else None,
   }
@@ -127,11 +131,14 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
   p.add_argument("--loop", default="scan", choices=["scan", "unroll"])
   p.add_argument("--remat", action="store_true", help="jax.checkpoint each inner step")
-  p.add_argument("--vectorize", default=None, choices=["map", "vmap"],
+  p.add_argument("--vectorize", default=None, choices=["auto", "map", "vmap"],
                  help="how tasks are vectorised (default: the library's default)")
   p.add_argument("--map-batch", type=int, default=None)
   p.add_argument("--meta-backward", default=None, choices=["batched", "sequential"])
-  p.add_argument("--conv-impl", default="matmul", choices=["matmul", "xla"])
+  p.add_argument("--conv-impl", default="auto", choices=["auto", "matmul", "xla"],
+                 help="auto: matmul on CPU, xla on accelerators (metagan_jax/backend.py)")
+  p.add_argument("--devices", type=int, default=None,
+                 help="split the tasks over the first N devices (default: all)")
   p.add_argument("--steps", type=int, default=20, help="timed meta-steps (>= 20 for reports)")
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--no-matmul", action="store_true", help="skip the matmul reference")

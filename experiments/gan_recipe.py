@@ -1,10 +1,13 @@
 r"""Which GAN draws Omniglot? Pre-train one recipe on the meta-training classes and score it.
 
-Run one recipe (a named variant of RECIPES, plus overrides):
-  python experiments/gan_recipe.py --variant sngan --steps 3000 --out runs/recipe
-Every variant writes <out>/<variant>/{samples.png, result.json}. Scores: KID x1e3 and
-FD between 1,000 EMA-generator samples and 1,000 images of the validation alphabets
-(unseen classes), in the protocol's feature space (experiments/protocol.py).
+Run one recipe (a named variant of RECIPES, plus overrides), or the whole ablation:
+  python experiments/gan_recipe.py --variant final --steps 1500 --out runs/recipe
+  python experiments/gan_recipe.py --variant all --out runs/recipe     # prints the table
+Every variant writes <out>/<variant>/{samples.png, raw_samples.png, result.json,
+params.msgpack}. Scores: KID x1e3, FD and diversity between 1,000 samples of the EMA
+generator (the raw one for no_ema) and 1,000 images of the validation alphabets (unseen
+classes), in the protocol's feature space (experiments/protocol.py; the blur variant
+is scored in the feature space of blurred images, so compare it by eye).
 """
 
 from __future__ import annotations
@@ -31,32 +34,26 @@ from metagan_jax import metrics as M  # pylint: disable=g-import-not-at-top
 from experiments import protocol, train_lib  # pylint: disable=g-import-not-at-top
 from experiments.configs import common  # pylint: disable=g-import-not-at-top
 
-BASE = dict(model="fsgan28", model_kw=dict(g_width=32, d_width=32, spectral=False),
-            loss=dict(kind="wasserstein", gp_weight=10.0), d_lr=1e-4, g_lr=1e-4, b1=0.0, b2=0.9,
-            d_steps=1, ema=0.999, blur=0.0, batch=64, rotations=True)
+# The recipe of the few-shot experiments (experiments/configs/common.py: fsgan28's
+# defaults, WGAN-GP, two critic steps, Adam(1e-4, 0, 0.9), EMA of G) ...
+BASE = dict(model="fsgan28", model_kw={}, loss=dict(kind="wasserstein", gp_weight=10.0),
+            d_lr=1e-4, g_lr=1e-4, b1=0.0, b2=0.9, d_steps=2, ema=0.999, blur=0.0, batch=64,
+            rotations=True, sample="ema")
+# ... and one change at a time.
 RECIPES = {
-    "dcgan28_ns": dict(model="dcgan28", model_kw={}, loss=dict(kind="ns"), d_lr=2e-4, g_lr=2e-4,
-                       b1=0.5, b2=0.999),
-    "sngan_hinge": dict(model_kw=dict(g_width=32, d_width=32), loss=dict(kind="hinge"), d_lr=2e-4,
-                        g_lr=2e-4, b1=0.5, b2=0.999),
-    "ns_r1": dict(loss=dict(kind="ns", r1_weight=1.0), d_lr=2e-4, g_lr=2e-4, b1=0.5, b2=0.999),
-    "wgp": {},
-    "wgp_d2": dict(d_steps=2),
-    "wgp_d2_blur": dict(d_steps=2, blur=0.7),
-    "wgp_d2_group": dict(d_steps=2, model_kw=dict(g_width=32, d_width=32, spectral=False,
-                                                  g_norm="group")),
-    "wgp_d2_nonorm": dict(d_steps=2, model_kw=dict(g_width=32, d_width=32, spectral=False,
-                                                   g_norm="none")),
-    "wgp_d2_group_blur": dict(d_steps=2, blur=0.5, model_kw=dict(g_width=32, d_width=32,
-                                                                 spectral=False, g_norm="group")),
-    "wgp_blur": dict(blur=0.7),
-    "wgp_noema": dict(ema=0.0),
-    "wgp_nomap": dict(model_kw=dict(g_width=32, d_width=32, spectral=False, mapping_layers=0)),
-    "wgp_pixel": dict(model_kw=dict(g_width=32, d_width=32, spectral=False, g_norm="pixel")),
-    "wgp_nonorm": dict(model_kw=dict(g_width=32, d_width=32, spectral=False, g_norm="none")),
-    "wgp_wide": dict(model_kw=dict(g_width=64, d_width=64, spectral=False)),
-    "wgp_sn": dict(model_kw=dict(g_width=32, d_width=32, spectral=True)),
-    "wgp_dcgan28": dict(model="dcgan28", model_kw={}),
+    "final": {},
+    "layer_norm": dict(model_kw=dict(g_norm="layer")),
+    "no_norm": dict(model_kw=dict(g_norm="none")),
+    "no_mapping": dict(model_kw=dict(mapping_layers=0)),
+    "wide_d": dict(model_kw=dict(d_width=64)),
+    "no_ema": dict(sample="raw"),
+    "one_d_step": dict(d_steps=1),
+    "hinge_sn": dict(model_kw=dict(spectral=True), loss=dict(kind="hinge"), d_lr=2e-4,
+                     g_lr=2e-4, b1=0.5, b2=0.999, d_steps=1),
+    "ns_r1": dict(loss=dict(kind="ns", r1_weight=1.0), d_lr=2e-4, g_lr=2e-4, b1=0.0, b2=0.99,
+                  d_steps=1),
+    "blur": dict(blur=0.5),
+    "dcgan28": dict(model="dcgan28"),
 }
 
 
@@ -103,7 +100,8 @@ def run(variant: str, steps: int, out: str, overrides: dict, seed: int = 0) -> d
   train_s = time.perf_counter() - t0
   gen = jax.jit(tc.model.generate)
   z = tc.model.sample_z(jax.random.key(99), 1000)
-  x_gen = np.asarray(gen(state.ema_g, z))
+  g_eval = state.ema_g if r["sample"] == "ema" else state.params.g
+  x_gen = np.asarray(gen(g_eval, z))
   x_raw = np.asarray(gen(state.params.g, z[:64]))
   f_gen, f_val = feats(x_gen), feats(x_val)
   scale = float(np.sqrt(np.mean(f_val ** 2)))
@@ -130,14 +128,26 @@ def run(variant: str, steps: int, out: str, overrides: dict, seed: int = 0) -> d
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--variant", default="sngan")
-  p.add_argument("--steps", type=int, default=3000)
+  p.add_argument("--variant", default="final", help=f"one of {sorted(RECIPES)}, or all")
+  p.add_argument("--steps", type=int, default=1500)
   p.add_argument("--out", default="runs/recipe")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--set", nargs="*", default=[], help="overrides key=json, e.g. d_lr=1e-4")
   a = p.parse_args()
   overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
-  run(a.variant, a.steps, a.out, overrides, a.seed)
+  variants = list(RECIPES) if a.variant == "all" else [a.variant]
+  results = [run(v, a.steps, a.out, overrides, a.seed) for v in variants]
+  if len(results) > 1:
+    print(table(results))
+
+
+def table(results) -> str:
+  """The ablation as markdown: one row per recipe."""
+  lines = ["| recipe | KID x1e3 | FD | diversity | ms / step |", "|---|---|---|---|---|"]
+  for r in results:
+    lines.append(f"| {r['variant']} | {r['kid_x1e3']:.0f} | {r['fd']:.2f} | "
+                 f"{r['diversity']:.2f} | {r['ms_per_step']:.0f} |")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

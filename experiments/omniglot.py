@@ -26,6 +26,7 @@ test_classes.json (the test classes and their support / held-out indices).
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import sys
@@ -143,6 +144,9 @@ def train_and_evaluate(config, workdir: str, resume: bool = False, mode: str = "
       "rules": {f"{m}_s{x}": protocol.rule_name(r) for (m, x), r in tuning["rules"].items()}
                if tuning["scores"] else {},
       "tuning": tuning["scores"],
+      # the test-time rule of every run, as metagan_jax.recipes.adapt_config takes it
+      "rule_dicts": {f"{m}_s{x}": r for (m, x), r in tuning["rules"].items()},
+      "health": train_lib.run_health(sorted(glob.glob(os.path.join(workdir, "train", "*")))),
   }
   table = protocol.markdown_table(config, summary, info)
   with open(os.path.join(workdir, "test_classes.json"), "w") as f:

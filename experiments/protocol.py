@@ -210,15 +210,6 @@ def _generate(config_json: str, per_class: bool):
   return jax.jit(jax.vmap(model.generate, in_axes=(0 if per_class else None, 0)))
 
 
-def _with_rule(meta_params, rule: dict):
-  """Meta-SGD's rule scales its learned rates by ``lr_mult``; other rules need nothing here."""
-  if isinstance(meta_params, mg.MetaSGDParams):
-    mult = float(rule.get("lr_mult", 1.0))
-    return mg.MetaSGDParams(init=meta_params.init,
-                            lr=jax.tree.map(lambda x: x * mult, meta_params.lr))
-  return meta_params
-
-
 def adapt_and_generate(config, meta_params, support_CxK, steps: list[int], key: jax.Array,
                        n_gen: int, rule: dict | None = None) -> dict[int, np.ndarray]:
   """Adapts ``meta_params`` to each class for every T in ``steps``; samples ``n_gen`` per class.
@@ -238,7 +229,7 @@ def adapt_and_generate(config, meta_params, support_CxK, steps: list[int], key: 
   rj = json.dumps({k: v for k, v in rule.items() if k not in ("lr", "lr_mult")}, sort_keys=True)
   C = support_CxK.shape[0]
   model = train_lib.get_model(config)
-  params = _with_rule(meta_params, rule)
+  params = mg.recipes.with_rule(meta_params, rule)
   sup = jnp.asarray(support_CxK)
   out = {}
   for t in sorted(steps):
@@ -643,6 +634,10 @@ def markdown_table(config, summary: dict, info: dict) -> str:
             f"{info['num_test_classes']} test classes its nearest-prototype accuracy on real "
             f"held-out images (the `real` row's fidelity) is "
             f"{s['metrics'][f'real|{t}|fidelity']['mean']:.3f}. {info['training']}"]
+  if info.get("health"):
+    h = info["health"]
+    lines += ["", f"Training health: {h['nonfinite_skipped']} non-finite updates skipped over "
+              f"{h['runs']} training runs; largest |loss| logged {h['max_abs_loss']:.3g}."]
   if info.get("rules"):
     lines += ["", "Test-time rules (tuned on validation alphabets): " + "; ".join(
         f"{run}: {rule}" for run, rule in info["rules"].items()) + "."]

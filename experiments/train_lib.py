@@ -43,7 +43,7 @@ import numpy as np
 import optax
 
 import metagan_jax as mg
-from metagan_jax import gan
+from metagan_jax import gan, recipes
 
 META_METHODS = mg.ALGORITHMS
 BASELINES = ("transfer", "scratch")
@@ -90,64 +90,14 @@ def check_methods(methods: list[str]) -> None:
                      f"{list(META_METHODS + BASELINES)}.")
 
 
-@functools.lru_cache(maxsize=None)
-def _model(name: str, kwargs_json: str = "{}") -> mg.GanModel:
-  return mg.get_model(name, **json.loads(kwargs_json))
-
-
-def get_model(config) -> mg.GanModel:
-  """The config's GAN pair (one object per name and kwargs, so jitted functions are reused)."""
-  kw = config.get("model_kw")
-  kw = kw.to_dict() if hasattr(kw, "to_dict") else dict(kw or {})
-  return _model(config.model, json.dumps(kw, sort_keys=True))
-
-
-# --- the adaptation rule ----------------------------------------------------------
-
-
-def default_rule(config) -> dict:
-  """The config's adaptation rule: ``{"opt", "lr", "g_trainable", "d_trainable"}``."""
-  return {"opt": config.inner_opt, "lr": float(config.inner_lr),
-          "g_trainable": config.g_trainable, "d_trainable": config.d_trainable}
-
-
-def inner_optimizer(kind: str, lr: float, b1: float = 0.0, b2: float = 0.9):
-  """``sgd`` or ``adam`` as an inner optimiser (Adam with ``eps_root`` for second order)."""
-  if kind == "sgd":
-    return optax.sgd(lr)
-  if kind == "adam":
-    return optax.adam(lr, b1=b1, b2=b2, eps_root=1e-12)
-  raise ValueError(f"inner optimiser {kind!r} is not 'sgd' or 'adam'.")
-
-
-def adapt_config(config, inner_steps: int | None = None, rule: dict | None = None
-                 ) -> mg.AdaptConfig:
-  """The adaptation rule as an :class:`AdaptConfig` (the config's rule unless ``rule``)."""
-  rule = dict(default_rule(config), **(rule or {}))
-  trainable = lambda v: None if v in (None, "", "all") else v
-  return mg.AdaptConfig(get_model(config), inner_steps=inner_steps or config.inner_steps,
-                        d_steps=config.d_steps, g_steps=config.g_steps, inner_lr=rule["lr"],
-                        inner_opt=inner_optimizer(rule["opt"], rule["lr"], config.inner_b1,
-                                                  config.inner_b2),
-                        loss=config.loss, g_trainable=trainable(rule["g_trainable"]),
-                        d_trainable=trainable(rule["d_trainable"]))
-
-
-def meta_config(config, algorithm: str) -> mg.MetaConfig:
-  return mg.MetaConfig(adapt_config(config), algorithm=algorithm,
-                       outer_opt=optax.adam(config.train.outer_lr,
-                                            b1=config.train.get("outer_b1", 0.9)))
-
-
-# --- pre-training: one GAN on all meta-training classes --------------------------
-
-
-def pretrain_config(config) -> gan.GanTrainConfig:
-  """The pre-training recipe: the config's model and loss, Adam for both players, an EMA of G."""
-  pc = config.pretrain
-  opt = optax.adam(pc.lr, b1=pc.b1, b2=pc.b2)
-  return gan.GanTrainConfig(get_model(config), loss=config.loss, d_opt=opt, g_opt=opt,
-                            d_steps=pc.d_steps, ema=pc.ema)
+# The config -> library objects mapping lives in the library (load_run uses it too).
+get_model = recipes.model
+default_rule = recipes.default_rule
+inner_optimizer = recipes.inner_optimizer
+adapt_config = recipes.adapt_config
+meta_config = recipes.meta_config
+pretrain_config = recipes.pretrain_config
+pretrained_params = recipes.pretrained_params
 
 
 def pretrain_seed(config, meta_seed: int) -> int:
@@ -155,11 +105,6 @@ def pretrain_seed(config, meta_seed: int) -> int:
   if config.pretrain.per_seed:
     return meta_seed
   return min(parse_list(config.meta_seeds, int))
-
-
-def pretrained_params(state: gan.GanTrainState) -> mg.GanParams:
-  """What adapts after pre-training: the EMA generator and the discriminator."""
-  return mg.GanParams(g=state.ema_g, d=state.params.d)
 
 
 def _pretrain_step(train_step, state, batch: mg.Tasks, key):
@@ -260,6 +205,21 @@ class Run:
       return pretrained_params(state)
     p = state.params
     return p.init if isinstance(p, mg.MetaSGDParams) else p
+
+
+def run_health(run_dirs: list[str]) -> dict:
+  """Non-finite updates skipped and the largest |loss| logged, over the runs' metrics.jsonl."""
+  skipped, worst = 0, 0.0
+  for d in run_dirs:
+    path = os.path.join(d, "metrics.jsonl")
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      rows = [json.loads(l) for l in f if l.strip()]
+    skipped += max((int(r.get("nonfinite_skipped", 0)) for r in rows), default=0)
+    worst = max([worst] + [abs(v) for r in rows for k, v in r.items()
+                           if "loss" in k and isinstance(v, (int, float))])
+  return {"nonfinite_skipped": skipped, "max_abs_loss": worst, "runs": len(run_dirs)}
 
 
 @jax.jit
@@ -440,10 +400,13 @@ def train_run(config, method: str, seed: int, run_dir: str, train_split, resume:
     counts = {"in_a_row": int(restored[1].get("nonfinite_in_a_row", 0)),
               "total": int(restored[1].get("nonfinite_total", 0))}
   main = is_main_process()
+  resolved = ({"vectorize": meta_config(config, method).resolved_vectorize()}
+              if method in META_METHODS else {})
   if main:
     with open(os.path.join(run_dir, "config.json"), "w") as f:
       json.dump({"method": method, "seed": seed, "processes": jax.process_count(),
-                 "devices": jax.device_count(), "config": config.to_dict()}, f, indent=1)
+                 "devices": jax.device_count(), "platform": mg.backend.platform(),
+                 **resolved, "config": config.to_dict()}, f, indent=1)
   if restored and start >= run.total:
     return state
   mngr = _manager(ckpt_dir, tc.keep_checkpoints)
@@ -495,7 +458,8 @@ def train_run(config, method: str, seed: int, run_dir: str, train_split, resume:
         time.sleep(tc.step_sleep)
       if done % tc.log_every == 0 or done == run.total:
         vals = {k: float(v) for k, v in mg.parallel.to_host(metrics).items()}
-        vals.update(nonfinite_skipped=counts["total"], elapsed_s=round(time.perf_counter() - t0, 2))
+        vals.update(nonfinite_skipped=counts["total"], elapsed_s=round(time.perf_counter() - t0, 2),
+                    **resolved)
         log.scalars(done, vals)
         shown = {k.replace("_inner_loss", "").replace("_loss", ""): f"{v:.3f}"
                  for k, v in vals.items() if "loss" in k and "first" not in k}

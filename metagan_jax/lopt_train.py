@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from metagan_jax import backend
 from metagan_jax.inner import AdaptConfig, inner_noise, inner_step
 from metagan_jax.lopt import LOptMetaParams, init_lopt_params
 from metagan_jax.models import GanParams
@@ -68,7 +69,8 @@ class LOptTrainConfig:
     bandwidths: Gaussian kernel widths of the MMD meta-loss, as multiples of the
       data dimension (``k(x, y) = sum_s exp(-|x - y|^2 / (2 s D))``).
     vectorize: ``"map"`` (tasks one after another inside the step; faster on
-      CPU, less memory) or ``"vmap"``.
+      CPU, less memory), ``"vmap"``, or ``"auto"`` (default: by the default
+      backend's platform, :mod:`metagan_jax.backend`).
   """
 
   adapt: AdaptConfig
@@ -82,7 +84,7 @@ class LOptTrainConfig:
   clip_norm: float = 1.0
   outer_opt: optax.GradientTransformation | None = None
   bandwidths: tuple[float, ...] = (0.05, 0.2, 1.0)
-  vectorize: str = "map"
+  vectorize: str = "auto"
 
   def __post_init__(self):
     if not isinstance(self.adapt, AdaptConfig):
@@ -100,8 +102,12 @@ class LOptTrainConfig:
     if self.train_init and self.estimator != "tbptt":
       raise ValueError("train_init=True needs estimator='tbptt' (ES over every GAN weight "
                        "would be hopelessly noisy).")
-    if self.vectorize not in ("map", "vmap"):
-      raise ValueError(f"vectorize must be 'map' or 'vmap', got {self.vectorize!r}.")
+    if self.vectorize not in ("auto", "map", "vmap"):
+      raise ValueError(f"vectorize must be 'auto', 'map' or 'vmap', got {self.vectorize!r}.")
+
+  def resolved_vectorize(self) -> str:
+    """``vectorize`` with ``"auto"`` resolved from the default backend's platform."""
+    return backend.resolve_vectorize(self.vectorize, backend.platform())
 
   @property
   def optimizer(self) -> optax.GradientTransformation:
@@ -224,7 +230,7 @@ def unroll_run(meta: LOptMetaParams, run: InnerRun, fresh: Tasks, key: jax.Array
 
 
 def _over_tasks(fn: Callable, config: LOptTrainConfig, *xs):
-  if config.vectorize == "vmap":
+  if config.resolved_vectorize() == "vmap":
     return jax.vmap(fn)(*xs)
   return jax.lax.map(lambda a: fn(*a), xs)
 

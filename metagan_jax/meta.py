@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from metagan_jax import parallel
+from metagan_jax import backend, parallel
 from metagan_jax.inner import (AdaptConfig, MetaSGDParams, adapt_with_aux,
                                check_samples)
 from metagan_jax.lopt import LOptMetaParams
@@ -46,7 +46,8 @@ class MetaConfig:
       ``theta + beta * (mean theta' - theta)``.
     vectorize: ``"vmap"`` evaluates all tasks at once (batched matmuls);
       ``"map"`` runs them ``map_batch`` at a time inside the compiled step
-      (``lax.map``), which on CPU is often faster and always uses less memory.
+      (``lax.map``), which on CPU is often faster and always uses less memory;
+      ``"auto"`` (default) picks by the mesh's platform (:mod:`metagan_jax.backend`).
     map_batch: tasks per ``lax.map`` iteration when ``vectorize="map"``.
     meta_backward: ``"batched"`` computes both players' meta-gradients in one
       backward pass vmapped over the two cotangents; ``"sequential"`` runs two
@@ -61,7 +62,7 @@ class MetaConfig:
   algorithm: str = "maml"
   outer_lr: float = 1e-4
   outer_opt: optax.GradientTransformation | None = None
-  vectorize: str = "map"
+  vectorize: str = "auto"
   map_batch: int = 1
   meta_backward: str = "batched"
   mesh: jax.sharding.Mesh | None = None
@@ -70,8 +71,9 @@ class MetaConfig:
   def __post_init__(self):
     if self.algorithm not in ALGORITHMS:
       raise ValueError(f"Unknown algorithm {self.algorithm!r}; choose from {list(ALGORITHMS)}.")
-    if self.vectorize not in ("vmap", "map"):
-      raise ValueError(f"MetaConfig.vectorize must be 'vmap' or 'map', got {self.vectorize!r}.")
+    if self.vectorize not in ("auto", "vmap", "map"):
+      raise ValueError(f"MetaConfig.vectorize must be 'auto', 'vmap' or 'map', got "
+                       f"{self.vectorize!r}.")
     if self.meta_backward not in ("batched", "sequential"):
       raise ValueError(f"MetaConfig.meta_backward must be 'batched' or 'sequential', got "
                        f"{self.meta_backward!r}.")
@@ -85,6 +87,11 @@ class MetaConfig:
   def task_mesh(self) -> jax.sharding.Mesh:
     """The mesh the task batch is split over."""
     return self.mesh if self.mesh is not None else parallel.task_mesh(axis=self.mesh_axis)
+
+  def resolved_vectorize(self) -> str:
+    """``vectorize`` with ``"auto"`` resolved from the task mesh's platform."""
+    return backend.resolve_vectorize(self.vectorize,
+                                     backend.platform(list(self.task_mesh().devices.flat)))
 
   @property
   def inner(self) -> AdaptConfig:
@@ -241,6 +248,7 @@ def meta_gradients(meta_params, tasks: Tasks, key: jax.Array, config: MetaConfig
   parallel.check_divisible(tasks.support.shape[0], mesh, axis)
   keys = jax.random.split(key, tasks.support.shape[0])
   fn = functools.partial(per_task_gradient, config=config)
+  vectorize = config.resolved_vectorize()
 
   def local(params, support, query, keys):
     # This device's share of the tasks. The replicated meta-parameters are
@@ -249,7 +257,7 @@ def meta_gradients(meta_params, tasks: Tasks, key: jax.Array, config: MetaConfig
     # the implicit broadcast. The mean over all tasks is then the mean of the
     # equal-sized per-device means.
     params = jax.lax.pcast(params, axis, to="varying")
-    if config.vectorize == "vmap":
+    if vectorize == "vmap":
       grads_T, q_T, aux_T = jax.vmap(fn, in_axes=(None, 0, 0, 0))(params, support, query, keys)
     else:
       grads_T, q_T, aux_T = jax.lax.map(

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from metagan_jax import layers
+from metagan_jax import backend, layers
 
 PyTree = Any
 
@@ -83,7 +83,7 @@ def _norm(kind: str | None, name: str) -> Callable[[jax.Array], jax.Array]:
       "(BatchNorm is not offered: its running statistics break a pure inner loop).")
 
 
-CONV_IMPLS = ("matmul", "xla")
+CONV_IMPLS = backend.CONV_IMPLS
 
 
 def _conv(impl: str, features: int, name: str) -> nn.Module:
@@ -102,9 +102,9 @@ def _deconv(impl: str, features: int, name: str) -> nn.Module:
   return nn.ConvTranspose(features, (4, 4), (2, 2), padding=((2, 2), (2, 2)), name=name)
 
 
-def _check_impl(conv_impl: str) -> None:
-  if conv_impl not in CONV_IMPLS:
-    raise ValueError(f"Unknown conv_impl {conv_impl!r}; choose from {CONV_IMPLS}.")
+def _check_impl(conv_impl: str) -> str:
+  """Validates ``conv_impl`` and resolves ``"auto"`` for the default backend."""
+  return backend.resolve_conv_impl(conv_impl)
 
 
 # --- dcgan28: the standard benchmark config "omniglot28-dcgan" --------------
@@ -142,17 +142,18 @@ class DCGAN28Discriminator(nn.Module):
     return nn.Dense(1, name="fc")(h)[:, 0]
 
 
-def dcgan28(z_dim: int = 64, channels: int = 1, conv_impl: str = "matmul") -> GanModel:
+def dcgan28(z_dim: int = 64, channels: int = 1, conv_impl: str = "auto") -> GanModel:
   """The ``omniglot28-dcgan`` pair (28x28xC images, z_dim 64, no normalisation).
 
   Args:
     z_dim: latent size.
     channels: image channels.
-    conv_impl: ``"matmul"`` (default; convolutions as im2col + matmul, which
-      stays fast when vmapped over per-task weights) or ``"xla"`` (flax's
-      ``nn.Conv``/``nn.ConvTranspose``). Same parameters, same numbers.
+    conv_impl: ``"matmul"`` (convolutions as im2col + matmul, which stays
+      fast on CPU when vmapped over per-task weights), ``"xla"`` (flax's
+      ``nn.Conv``/``nn.ConvTranspose``) or ``"auto"`` (default: matmul on CPU,
+      xla on accelerators; :mod:`metagan_jax.backend`). Same parameters, same numbers.
   """
-  _check_impl(conv_impl)
+  conv_impl = _check_impl(conv_impl)
   return GanModel("dcgan28", z_dim, (28, 28, channels),
                   DCGAN28Generator(channels=channels, conv_impl=conv_impl),
                   DCGAN28Discriminator(conv_impl=conv_impl))
@@ -315,7 +316,7 @@ class ConvDiscriminator(nn.Module):
 
 
 def dcgan(size: int, channels: int = 3, z_dim: int = 128, base: int = 64,
-          norm: str | None = "layer", conv_impl: str = "matmul") -> GanModel:
+          norm: str | None = "layer", conv_impl: str = "auto") -> GanModel:
   """A 32x32 or 64x64 DCGAN pair with optional stateless normalisation.
 
   ``norm`` is ``"layer"``, ``"group"`` or ``"none"``; ``conv_impl`` as in :func:`dcgan28`.
@@ -323,7 +324,7 @@ def dcgan(size: int, channels: int = 3, z_dim: int = 128, base: int = 64,
   if size not in (32, 64):
     raise ValueError(f"dcgan size must be 32 or 64, got {size!r}; use dcgan28() for 28x28.")
   _norm(norm, "check")  # validates the name early
-  _check_impl(conv_impl)
+  conv_impl = _check_impl(conv_impl)
   return GanModel(f"dcgan{size}", z_dim, (size, size, channels),
                   ConvGenerator(size, channels, base, norm, conv_impl),
                   ConvDiscriminator(size, base, norm, conv_impl))

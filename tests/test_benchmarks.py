@@ -39,3 +39,22 @@ def test_useful_flop_formula_by_hand():
   # Second order adds two reverse passes through the inner loop at 2x its forward cost.
   assert common.useful_gflop(w, "maml") > 4 * common.useful_gflop(w, "reptile")
   assert common.useful_gflop(w, "reptile") < first
+
+
+def test_device_check_quick_writes_one_json_line_per_configuration(tmp_path):
+  out = tmp_path / "device_check.jsonl"
+  proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "device_check.sh"), "--quick",
+                         "--out", str(out), "--python", sys.executable],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = [json.loads(l) for l in out.read_text().splitlines()]
+  names = [l["config"] for l in lines]
+  assert sorted(names) == sorted(["std_fomaml_map_matmul", "std_fomaml_vmap_xla",
+                                  "main_reptile_auto", "main_pretrain"]), names
+  for l in lines:
+    assert "error" not in l, l
+    assert l["median_ms"] > 0 and l["compile_s"] > 0
+  std = {l["config"]: l for l in lines if l["config"].startswith("std_")}
+  assert std["std_fomaml_vmap_xla"]["vectorize_resolved"] == "vmap"
+  assert std["std_fomaml_map_matmul"]["conv_impl_resolved"] == "matmul"
+  assert {l["config"]: l for l in lines}["main_reptile_auto"]["vectorize_resolved"] == "map"

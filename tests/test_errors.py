@@ -1,6 +1,7 @@
 """Bad input raises a clear error at construction or trace time, before any compute."""
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -66,3 +67,70 @@ def test_errors_come_before_compute(monkeypatch):
   with pytest.raises(ValueError):
     _step(_tasks(support_shape=(2, 4, 3)))
   assert not calls
+
+
+# --- `metagan generate` (python -m metagan_jax generate): bad input, before any compute ---
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+  """A tiny trained run (pre-training + Reptile, no evaluation) and broken copies of it."""
+  import json  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  from experiments import omniglot  # pylint: disable=g-import-not-at-top
+  from experiments.configs import tiny  # pylint: disable=g-import-not-at-top
+  from tests.test_cli import _strokes, write_pngs  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("cli")
+  c = tiny.get_config()
+  c.methods = "reptile,transfer"
+  c.features.cache_dir = str(root / "cache")
+  omniglot.train_and_evaluate(c, str(root / "run"), mode="train", progress=False)
+  no_ckpt = root / "no_ckpt"
+  shutil.copytree(root / "run", no_ckpt)
+  shutil.rmtree(no_ckpt / "train" / "reptile_s0" / "checkpoints")
+  other = root / "other_model"
+  shutil.copytree(root / "run", other)
+  cfg = json.loads((other / "config.json").read_text())
+  cfg["model_kw"]["g_width"] = 32
+  (other / "config.json").write_text(json.dumps(cfg))
+  write_pngs(str(root / "good"), _strokes(0, 3))
+  write_pngs(str(root / "one"), _strokes(0, 1))
+  write_pngs(str(root / "bad"), _strokes(0, 2))
+  (root / "bad" / "broken.png").write_bytes(b"\x89PNG truncated")
+  (root / "only_bad").mkdir()
+  (root / "only_bad" / "broken.png").write_bytes(b"\x89PNG truncated")
+  (root / "empty").mkdir()
+  (root / "full_out").mkdir()
+  (root / "full_out" / "x.txt").write_text("keep me")
+  return root
+
+
+def _gen(run, images, *extra, out="out"):
+  return ["generate", str(run), "--images", str(images), "--out", out, "--steps", "1",
+          "--num", "2", "--quiet", *extra]
+
+
+CLI_CASES = [
+    ("empty image folder", lambda r: _gen(r / "run", r / "empty", "--method", "reptile"), "no image files"),
+    ("no readable image", lambda r: _gen(r / "run", r / "only_bad", "--method", "reptile", "--skip-bad"), "none of its 1 image files is readable"),
+    ("corrupt file is named", lambda r: _gen(r / "run", r / "bad", "--method", "reptile"), "broken.png is not a readable image"),
+    ("one image", lambda r: _gen(r / "run", r / "one", "--method", "reptile"), "1 usable image; the adaptation needs at least 2"),
+    ("no checkpoint", lambda r: _gen(r / "no_ckpt", r / "good", "--method", "reptile"), "no checkpoint in"),
+    ("checkpoint of another model", lambda r: _gen(r / "other_model", r / "good", "--method", "reptile"), "holds another model or shape"),
+    ("unknown method", lambda r: _gen(r / "run", r / "good", "--method", "mamll"), "unknown method 'mamll'"),
+    ("no evaluation to pick the best", lambda r: _gen(r / "run", r / "good"), "has no evaluation"),
+    ("not a run folder", lambda r: _gen(r / "good", r / "good"), "has no config.json"),
+    ("out exists and is not empty", lambda r: _gen(r / "run", r / "good", "--method", "reptile", out=str(r / "full_out")), "--overwrite"),
+]
+
+
+@pytest.mark.parametrize("argv,match", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
+def test_generate_bad_input_is_a_clear_error(trained_run, argv, match, capsys, monkeypatch):
+  from metagan_jax import cli  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(trained_run)
+  monkeypatch.setattr(mg.LoadedRun, "generate", lambda *a, **k: pytest.fail("computed"))
+  assert cli.main(argv(trained_run)) == 2
+  err = capsys.readouterr().err
+  assert match in err, err
+  assert not os.path.exists(trained_run / "out")  # nothing half-written
+  assert (trained_run / "full_out" / "x.txt").read_text() == "keep me"

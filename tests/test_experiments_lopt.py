@@ -6,6 +6,7 @@ import os
 import jax
 import numpy as np
 
+import metagan_jax as mg
 from experiments import lopt_omniglot
 from experiments.configs import lopt_tiny
 
@@ -43,3 +44,12 @@ def test_tiny_lopt_experiment_tunes_trains_scores_and_reuses(tmp_path):
   del rows
   for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(out["lopt_params"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # The learned optimiser (and the tuned baselines) load in one line and adapt.
+  run = mg.load_run(work, method="lopt")
+  assert isinstance(run.meta_params, mg.LOptMetaParams) and run.headline == 2
+  support = mg.data.load_split("omniglot", "test", verbose=False).images[0][:2]
+  assert np.isfinite(run.generate(support, 3, seed=0)).all()
+  adam = mg.load_run(work, method="adam")
+  assert adam.rule == {"opt": "adam", "lr": best["adam|2"]}
+  best_kid = min(("lopt", "sgd", "adam"), key=lambda k: s["metrics"][f"{k}|2|kid"]["mean"])
+  assert mg.load_run(work).method == best_kid

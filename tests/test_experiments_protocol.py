@@ -3,11 +3,18 @@
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 
+import metagan_jax as mg
 from experiments import omniglot, protocol
 from experiments.configs import tiny
+from metagan_jax import cli
+from tests.test_cli import write_pngs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_protocol_end_to_end_tiny(tmp_path):
@@ -54,6 +61,37 @@ def test_protocol_end_to_end_tiny(tmp_path):
   # cached feature net: a second call loads it instead of training
   _, info = protocol.feature_net(config, verbose=False)
   assert os.path.exists(info["cache"] + ".msgpack")
+  _generate_from_own_images(tmp_path, work, res)
+
+
+def _generate_from_own_images(tmp_path, work, res):
+  """load_run picks the evaluation's best method; the command equals load_run + generate."""
+  kid = {m: res["summary"]["metrics"][f"{m}|2|kid"]["mean"] for m in ("reptile", "transfer",
+                                                                        "scratch")}
+  run = mg.load_run(work)
+  assert run.method == min(kid, key=kid.get) and run.headline == 2
+  assert run.rule == res["info"]["rule_dicts"][f"{run.method}_s0"]
+  # A user's images: an unseen class as raw PNGs (dark strokes on white).
+  test = mg.data.load_split("omniglot", "test", verbose=False)
+  folder = write_pngs(str(tmp_path / "mine"), 1.0 - (test.images[0][:3, :, :, 0] + 1) / 2)
+  out = tmp_path / "out"
+  cmd = [sys.executable, "-m", "metagan_jax", "generate", work, "--images", folder, "--steps",
+         "2", "--num", "5", "--out", str(out), "--seed", "7", "--quiet"]
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert str(out) in proc.stdout and "5 samples of" in proc.stdout
+  samples = np.load(out / "samples.npz")["samples"]
+  assert samples.shape == (5, 28, 28, 1) and samples.dtype == np.float32
+  assert len(os.listdir(out / "samples")) == 5 and (out / "grid.png").exists()
+  with open(out / "report.json") as f:
+    report = json.load(f)
+  assert report["method"] == run.method and report["steps"] == 2 and report["images"] == 3
+  assert report["inverted"] is True  # dark-on-light input, detected
+  assert "more than the 2 per class" in report["notes"][0]  # 3 images, trained with K = 2
+  support, _ = cli.prepare(cli.read_images(folder)[0], run.preprocessing, "auto")
+  np.testing.assert_allclose(samples, run.generate(support, 5, seed=7, steps=2), atol=1e-5)
+  again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 2 and "--overwrite" in again.stderr  # out exists: refused
 
 
 def test_test_classes_are_fixed_and_from_evaluation_alphabets():

@@ -1,0 +1,67 @@
+"""Defaults that depend on the hardware, resolved in one place.
+
+Every setting below accepts ``"auto"`` (the default) and resolves it from the
+platform of the devices that run the computation; an explicit value always
+wins. The rules:
+
+=====================================  ===========  ==============  ==========================
+setting                                CPU          GPU / TPU       why
+=====================================  ===========  ==============  ==========================
+``MetaConfig.vectorize``               ``"map"``    ``"vmap"``      one task's small matmuls
+``LOptTrainConfig.vectorize``                                       already keep 2-16 CPU
+                                                                    cores busy, and ``map``
+                                                                    needs less memory; an
+                                                                    accelerator is mostly idle
+                                                                    unless the tasks run at once
+``models.*(conv_impl=...)``            ``"matmul"`` ``"xla"``       XLA:CPU runs the grouped
+                                                                    convolutions of vmapped
+                                                                    per-task weights far below
+                                                                    its matmul rate (23x slower
+                                                                    meta-steps, measured); GPU
+                                                                    and TPU compilers have fast
+                                                                    native convolutions
+=====================================  ===========  ==============  ==========================
+
+The CPU column is measured (``benchmarks/README.md``); the accelerator column is
+the rule's hypothesis until ``benchmarks/device_check.sh`` has been run on one
+(``benchmarks/README.md`` says what has been).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+
+ACCELERATORS = ("gpu", "tpu", "cuda", "rocm")
+VECTORIZE = ("map", "vmap")
+CONV_IMPLS = ("matmul", "xla")
+
+
+def platform(devices: Sequence[jax.Device] | None = None) -> str:
+  """The platform (``"cpu"``, ``"gpu"``, ``"tpu"``, ...) of ``devices`` (default: jax's default)."""
+  if devices:
+    return devices[0].platform
+  return jax.default_backend()
+
+
+def is_accelerator(platform_name: str) -> bool:
+  return platform_name.lower() in ACCELERATORS
+
+
+def resolve_vectorize(value: str, platform_name: str | None = None) -> str:
+  """``"auto"`` -> ``"map"`` on CPU, ``"vmap"`` on accelerators; explicit values unchanged."""
+  if value in VECTORIZE:
+    return value
+  if value != "auto":
+    raise ValueError(f"vectorize must be 'auto', 'map' or 'vmap', got {value!r}.")
+  return "vmap" if is_accelerator(platform_name or platform()) else "map"
+
+
+def resolve_conv_impl(value: str, platform_name: str | None = None) -> str:
+  """``"auto"`` -> ``"matmul"`` on CPU, ``"xla"`` on accelerators; explicit values unchanged."""
+  if value in CONV_IMPLS:
+    return value
+  if value != "auto":
+    raise ValueError(f"Unknown conv_impl {value!r}; choose from {('auto',) + CONV_IMPLS}.")
+  return "xla" if is_accelerator(platform_name or platform()) else "matmul"

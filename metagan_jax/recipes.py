@@ -1,0 +1,100 @@
+"""From an experiment config to the library's objects: model, adaptation rule, meta-step, GAN step.
+
+An experiment config (``experiments/configs/*.py``, saved with every run as
+``config.json``) is a nested mapping; these functions read it with ``cfg[key]``
+and ``cfg.get(key)``, so an ``ml_collections.ConfigDict`` and the plain dict of
+a run's ``config.json`` work alike. The experiments and :func:`metagan_jax.load_run`
+both build their objects here, so a loaded run adapts exactly as its evaluation did.
+
+A *rule* is how a model adapts at test time: ``{"opt": "sgd" | "adam", "lr",
+"g_trainable", "d_trainable"}`` (plus ``"lr_mult"`` for Meta-SGD, which scales
+its learned rates).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Mapping
+
+import jax
+import optax
+
+from metagan_jax import gan
+from metagan_jax.inner import AdaptConfig, MetaSGDParams
+from metagan_jax.meta import MetaConfig
+from metagan_jax.models import GanModel, GanParams, get_model
+
+Config = Mapping[str, Any]
+
+
+def _plain(x) -> Any:
+  return x.to_dict() if hasattr(x, "to_dict") else (dict(x) if isinstance(x, Mapping) else x)
+
+
+@functools.lru_cache(maxsize=None)
+def _model(name: str, kwargs_json: str) -> GanModel:
+  return get_model(name, **json.loads(kwargs_json))
+
+
+def model(cfg: Config) -> GanModel:
+  """The config's GAN pair (one object per name and kwargs, so jitted functions are reused)."""
+  return _model(cfg["model"], json.dumps(_plain(cfg.get("model_kw")) or {}, sort_keys=True))
+
+
+def default_rule(cfg: Config) -> dict:
+  """The config's adaptation rule: ``{"opt", "lr", "g_trainable", "d_trainable"}``."""
+  return {"opt": cfg["inner_opt"], "lr": float(cfg["inner_lr"]),
+          "g_trainable": cfg["g_trainable"], "d_trainable": cfg["d_trainable"]}
+
+
+def inner_optimizer(kind: str, lr, b1: float = 0.0, b2: float = 0.9) -> optax.GradientTransformation:
+  """``sgd`` or ``adam`` as an inner optimiser (Adam with ``eps_root`` for second order)."""
+  if kind == "sgd":
+    return optax.sgd(lr)
+  if kind == "adam":
+    return optax.adam(lr, b1=b1, b2=b2, eps_root=1e-12)
+  raise ValueError(f"inner optimiser {kind!r} is not 'sgd' or 'adam'.")
+
+
+def adapt_config(cfg: Config, inner_steps: int | None = None, rule: dict | None = None
+                 ) -> AdaptConfig:
+  """The adaptation rule as an :class:`AdaptConfig` (the config's rule unless ``rule``)."""
+  rule = dict(default_rule(cfg), **(rule or {}))
+  trainable = lambda v: None if v in (None, "", "all") else v
+  return AdaptConfig(model(cfg), inner_steps=int(inner_steps or cfg["inner_steps"]),
+                     d_steps=int(cfg["d_steps"]), g_steps=int(cfg["g_steps"]),
+                     inner_lr=rule["lr"],
+                     inner_opt=inner_optimizer(rule["opt"], rule["lr"], cfg["inner_b1"],
+                                               cfg["inner_b2"]),
+                     loss=cfg["loss"], g_trainable=trainable(rule["g_trainable"]),
+                     d_trainable=trainable(rule["d_trainable"]))
+
+
+def meta_config(cfg: Config, algorithm: str) -> MetaConfig:
+  """The meta-learning step of ``algorithm`` with the config's rule and outer Adam."""
+  tc = cfg["train"]
+  return MetaConfig(adapt_config(cfg), algorithm=algorithm,
+                    outer_opt=optax.adam(tc["outer_lr"], b1=tc.get("outer_b1", 0.9)))
+
+
+def pretrain_config(cfg: Config) -> gan.GanTrainConfig:
+  """The pre-training recipe: the config's model and loss, Adam for both players, an EMA of G."""
+  pc = cfg["pretrain"]
+  opt = optax.adam(pc["lr"], b1=pc["b1"], b2=pc["b2"])
+  return gan.GanTrainConfig(model(cfg), loss=cfg["loss"], d_opt=opt, g_opt=opt,
+                            d_steps=int(pc["d_steps"]), ema=float(pc["ema"]))
+
+
+def pretrained_params(state: gan.GanTrainState) -> GanParams:
+  """What adapts after pre-training: the EMA generator and the discriminator."""
+  return GanParams(g=state.ema_g, d=state.params.d)
+
+
+def with_rule(meta_params, rule: dict):
+  """Meta-SGD's rule scales its learned rates by ``lr_mult``; other rules need nothing here."""
+  if isinstance(meta_params, MetaSGDParams):
+    mult = float(rule.get("lr_mult", 1.0))
+    return MetaSGDParams(init=meta_params.init, lr=jax.tree.map(lambda x: x * mult,
+                                                                meta_params.lr))
+  return meta_params

@@ -1,0 +1,298 @@
+"""Loading a trained meta-GAN: ``load_run(path)`` -> model, meta-parameters, adaptation rule.
+
+A run folder of ``experiments/omniglot.py`` holds ``config.json``, one training
+folder per method and seed (``train/<method>_s<seed>/`` with orbax
+checkpoints) and, after its evaluation, ``eval/results.json`` (the tuned
+test-time rule of every run and the table that ranks the methods). A run
+folder of ``experiments/lopt_omniglot.py`` holds ``lopt/params.msgpack`` (the
+learned optimisers and the initialisation they adapt) and ``tuning.json``.
+:func:`load_run` rebuilds everything from those files, so that::
+
+    run = metagan_jax.load_run("runs/omniglot_short")        # the best method
+    support = run.preprocessing.apply(my_images)               # [K, 28, 28, 1] in [-1, 1]
+    samples = run.generate(support, n=64, seed=0)              # adapt, then sample
+
+adapts exactly as the run's own evaluation did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from metagan_jax import gan, recipes
+from metagan_jax.inner import AdaptConfig, adapt
+from metagan_jax.lopt import LOptMetaParams, LOptSpec, init_lopt_params
+from metagan_jax.meta import ALGORITHMS, init as meta_init
+from metagan_jax.models import GanModel
+
+GAN_METHODS = ALGORITHMS + ("transfer", "scratch")
+LOPT_METHODS = ("lopt", "sgd", "adam")
+
+
+class RunError(ValueError):
+  """A run folder that cannot be loaded; the message names the file and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+  """How a run's images were prepared: size, channels, polarity, blur.
+
+  Attributes:
+    image_size: side length of the model's square images.
+    channels: 1 (grey) or 3 (RGB).
+    invert: the raw images had dark strokes on a light background and were
+      inverted (Omniglot), so the model draws light strokes on a dark one.
+    blur: Gaussian blur sigma in pixels after resizing (0: none).
+  """
+
+  image_size: int
+  channels: int
+  invert: bool
+  blur: float = 0.0
+
+  def apply(self, imgs, invert: bool | None = None) -> np.ndarray:
+    """Raw images (uint8 0..255 or float 0..1, any size) -> float32 ``[N, S, S, C]`` in [-1, 1].
+
+    ``invert`` overrides the run's own polarity handling (``None``: the run's).
+    """
+    from metagan_jax.data import preprocess  # pylint: disable=g-import-not-at-top
+    return preprocess.preprocess_images(
+        imgs, image_size=self.image_size, channels=self.channels,
+        invert=self.invert if invert is None else invert, blur_sigma=self.blur,
+        what="images")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LoadedRun:
+  """A trained meta-GAN and the rule it adapts with at test time.
+
+  Attributes:
+    path: the run folder.
+    method, seed: which training run was loaded.
+    model: the generator/discriminator pair.
+    meta_params: ``GanParams`` (an initialisation), ``MetaSGDParams`` or
+      ``LOptMetaParams`` -- whatever :func:`metagan_jax.adapt` takes.
+    adapt_config: the test-time rule, ``inner_steps`` = the run's headline T.
+    preprocessing: how the run's training images were prepared.
+    headline: the run's headline number of adaptation steps.
+    train_k: support images per task the run was meta-trained with.
+    config: the experiment config (a plain dict, from ``config.json``).
+    rule: the rule's description (optimiser, rate, what adapts).
+  """
+
+  path: str
+  method: str
+  seed: int
+  model: GanModel
+  meta_params: Any
+  adapt_config: AdaptConfig
+  preprocessing: Preprocessing
+  headline: int
+  train_k: int
+  config: dict
+  rule: dict
+
+  def adapt_config_for(self, steps: int | None = None) -> AdaptConfig:
+    """The test-time rule with ``steps`` adaptation steps (default: the headline)."""
+    steps = self.headline if steps is None else int(steps)
+    if steps < 1:
+      raise ValueError(f"steps must be >= 1, got {steps}.")
+    return dataclasses.replace(self.adapt_config, inner_steps=steps)
+
+  def keys(self, seed: int) -> tuple[jax.Array, jax.Array]:
+    """``(adaptation key, latent key)`` that :meth:`generate` uses for ``seed``."""
+    k_adapt, k_z = jax.random.split(jax.random.key(seed))
+    return k_adapt, k_z
+
+  def generate(self, support, n: int, seed: int = 0, steps: int | None = None) -> np.ndarray:
+    """Adapts to ``support [K, *data_shape]`` (in [-1, 1]) and draws ``n`` samples.
+
+    Equal to ``model.generate(adapt(meta_params, support, k_adapt, rule).g,
+    model.sample_z(k_z, n))`` with ``k_adapt, k_z = keys(seed)``.
+    """
+    k_adapt, k_z = self.keys(seed)
+    ac = self.adapt_config_for(steps)
+    adapted = jax.jit(lambda p, s, k: adapt(p, s, k, ac))(self.meta_params, support, k_adapt)
+    return np.asarray(jax.jit(self.model.generate)(adapted.g, self.model.sample_z(k_z, n)))
+
+
+def _read_json(path: str, what: str) -> dict:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise RunError(f"{what}: {path} does not exist.") from None
+  except json.JSONDecodeError as e:
+    raise RunError(f"{what}: {path} is not valid JSON ({e}).") from None
+
+
+def _find_root(path: str) -> tuple[str, dict | None]:
+  """The run folder of ``path`` (itself, or two levels up for a training folder)."""
+  path = os.path.abspath(os.path.expanduser(str(path)))
+  if not os.path.isdir(path):
+    raise RunError(f"run folder {path} does not exist; pass the --workdir of "
+                   f"experiments/omniglot.py (or one of its train/<method>_s<seed> folders).")
+  cfg_path = os.path.join(path, "config.json")
+  if not os.path.exists(cfg_path):
+    raise RunError(f"{path} is not a run folder: it has no config.json (a run of "
+                   f"experiments/omniglot.py or experiments/lopt_omniglot.py writes one).")
+  cfg = _read_json(cfg_path, "run config")
+  if "method" in cfg and "config" in cfg:  # a training folder: train/<method>_s<seed>
+    return os.path.dirname(os.path.dirname(path)), cfg
+  return path, None
+
+
+def _restore_leaves(ckpt_dir: str, like, what: str):
+  """The newest checkpoint in ``ckpt_dir`` as a pytree shaped like ``like``."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  steps = sorted((int(d) for d in os.listdir(ckpt_dir) if d.isdigit()), reverse=True) \
+      if os.path.isdir(ckpt_dir) else []
+  if not steps:
+    raise RunError(f"{what}: no checkpoint in {ckpt_dir}; train it first (or finish the "
+                   f"run with --resume).")
+  mngr = ocp.CheckpointManager(os.path.abspath(ckpt_dir), item_names=("state", "meta"))
+  out = mngr.restore(steps[0], args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  got = out["state"]
+  leaves_like, treedef = jax.tree.flatten(like)
+  if len(got) != len(leaves_like):
+    raise RunError(f"{what}: the checkpoint in {ckpt_dir} has {len(got)} arrays but the "
+                   f"run's config builds {len(leaves_like)}: it holds another model; load "
+                   f"it with the config it was trained with.")
+  leaves = []
+  for i, b in enumerate(leaves_like):
+    a = np.asarray(got[f"leaf_{i:05d}"])
+    if a.shape != np.shape(b):
+      raise RunError(f"{what}: array {i} of the checkpoint in {ckpt_dir} has shape {a.shape}, "
+                     f"but the run's config.json builds {np.shape(b)}: the checkpoint holds "
+                     f"another model or shape; load it with the config it was trained with.")
+    leaves.append(a.astype(np.asarray(b).dtype))
+  return jax.tree.unflatten(treedef, leaves)
+
+
+def _seeds(cfg: dict) -> list[int]:
+  return [int(x) for x in str(cfg["meta_seeds"]).split(",") if x.strip()]
+
+
+def _best_method(root: str, candidates, headline: int) -> str:
+  """The candidate with the lowest mean KID at the headline T in the run's own evaluation."""
+  res_path = os.path.join(root, "eval", "results.json")
+  if not os.path.exists(res_path):
+    raise RunError(f"{root} has no evaluation ({res_path} is missing), so there is no ranking "
+                   f"to pick the best method from; pass method= one of {list(candidates)} "
+                   f"(or run the evaluation: experiments/omniglot.py --resume).")
+  metrics = _read_json(res_path, "run evaluation")["summary"]["metrics"]
+  ranked = {m: metrics[f"{m}|{headline}|kid"]["mean"] for m in candidates
+            if f"{m}|{headline}|kid" in metrics}
+  if not ranked:
+    raise RunError(f"{res_path} ranks none of {list(candidates)} at T={headline}; pass method=.")
+  return min(ranked, key=ranked.get)
+
+
+def load_run(path: str | os.PathLike, method: str | None = None,
+             seed: int | None = None) -> LoadedRun:
+  """Loads a trained meta-GAN with its test-time rule and preprocessing.
+
+  Args:
+    path: a run folder of ``experiments/omniglot.py`` or ``lopt_omniglot.py``,
+      or one method's training folder (``<run>/train/<method>_s<seed>``).
+    method: which method to load (``maml``, ``fomaml``, ``reptile``,
+      ``metasgd``, ``transfer``, ``scratch``; ``lopt``, ``sgd``, ``adam`` for a
+      learned-optimiser run). ``None``: the training folder's own, else the
+      method the run's evaluation ranked best (lowest KID at the headline T).
+    seed: the meta-training seed (default: the folder's own, else the first).
+
+  Raises:
+    RunError: missing files, no checkpoint, a checkpoint of another model or
+      shape, an unknown method, or no evaluation to rank methods by.
+  """
+  root, folder_cfg = _find_root(path)
+  cfg = folder_cfg["config"] if folder_cfg else _read_json(os.path.join(root, "config.json"),
+                                                           "run config")
+  if folder_cfg:
+    m0 = folder_cfg["method"]
+    method = method or ("transfer" if m0 == "pretrain" else m0)
+    seed = int(folder_cfg["seed"]) if seed is None else seed
+  is_lopt = "lopt" in cfg
+  candidates = LOPT_METHODS if is_lopt else tuple(
+      m for m in GAN_METHODS if m in str(cfg.get("methods", "")).split(","))
+  headline = int(cfg["eval"]["headline"])
+  if method is None:
+    method = _best_method(root, candidates, headline)
+  if method not in candidates:
+    raise RunError(f"unknown method {method!r} for {root}: this run has {list(candidates)}.")
+  model = recipes.model(cfg)
+  prep = Preprocessing(image_size=int(model.data_shape[0]), channels=int(model.data_shape[-1]),
+                       invert=bool(cfg.get("invert", str(cfg["dataset"]).startswith(
+                           ("omniglot", "tfds:omniglot")))),
+                       blur=float(cfg.get("blur", 0.0)))
+  train_k = int(cfg["lopt"]["k"] if is_lopt else cfg["train"]["k"])
+  if is_lopt:
+    meta, ac, rule, seed = _load_lopt(root, cfg, method, headline, model)
+  else:
+    seed = min(_seeds(cfg)) if seed is None else int(seed)
+    meta, rule = _load_gan(root, cfg, method, seed, model)
+    ac = recipes.adapt_config(cfg, headline, rule)
+    meta = recipes.with_rule(meta, rule)
+  return LoadedRun(path=root, method=method, seed=seed, model=model, meta_params=meta,
+                   adapt_config=ac, preprocessing=prep, headline=headline, train_k=train_k,
+                   config=cfg, rule=rule)
+
+
+def _load_gan(root: str, cfg: dict, method: str, seed: int, model: GanModel):
+  """Meta-parameters and test-time rule of one run of experiments/omniglot.py."""
+  train = os.path.join(root, "train")
+  if method in ALGORITHMS:
+    mc = recipes.meta_config(cfg, method)
+    like = meta_init(jax.random.key(0), mc)
+    folder = os.path.join(train, f"{method}_s{seed}")
+    params = _restore_leaves(os.path.join(folder, "checkpoints"), like, f"{method} seed {seed}"
+                             ).params
+  else:
+    like = gan.init(jax.random.key(0), recipes.pretrain_config(cfg))
+    pseed = seed if cfg["pretrain"]["per_seed"] or method == "scratch" else min(_seeds(cfg))
+    name = "pretrain" if method == "transfer" else "scratch"
+    folder = os.path.join(train, f"{name}_s{pseed}")
+    params = recipes.pretrained_params(_restore_leaves(os.path.join(folder, "checkpoints"),
+                                                       like, f"{method} seed {seed}"))
+  rule = recipes.default_rule(cfg)
+  res_path = os.path.join(root, "eval", "results.json")
+  if os.path.exists(res_path):
+    rules = _read_json(res_path, "run evaluation").get("info", {}).get("rule_dicts", {})
+    rule = rules.get(f"{method}_s{seed}", rule)
+  return params, rule
+
+
+def _load_lopt(root: str, cfg: dict, method: str, headline: int, model: GanModel):
+  """The learned optimisers (or tuned SGD / Adam) of a run of experiments/lopt_omniglot.py."""
+  import flax.serialization  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  lc = cfg["lopt"]
+  spec = LOptSpec(step_mult=float(lc["step_mult"]))
+  hidden = tuple(int(h) for h in str(lc["hidden"]).split(",") if h.strip())
+  path = os.path.join(root, "lopt", "params.msgpack")
+  if not os.path.exists(path):
+    raise RunError(f"learned-optimiser run {root}: {path} is missing; run "
+                   f"experiments/lopt_omniglot.py to the end first.")
+  like = LOptMetaParams(model.init(jax.random.key(0)),
+                        *(init_lopt_params(jax.random.key(0), hidden, 0.01, spec)
+                          for _ in range(2)))
+  with open(path, "rb") as f:
+    try:
+      meta = flax.serialization.from_bytes(like, f.read())
+    except (ValueError, KeyError) as e:
+      raise RunError(f"{path} holds another model or optimiser shape ({e}).") from None
+  base = dict(model=model, inner_steps=headline, d_steps=int(cfg["d_steps"]),
+              g_steps=int(cfg["g_steps"]), loss=cfg["loss"], lopt_spec=spec)
+  if method == "lopt":
+    return meta, AdaptConfig(**base), {"opt": "learned optimiser"}, int(lc["seed"])
+  best = _read_json(os.path.join(root, "tuning.json"), "tuning")["best"]
+  lr = float(best[f"{method}|{headline}"])
+  opt = optax.sgd(lr) if method == "sgd" else optax.adam(lr, b1=float(lc["adam_b1"]))
+  return (meta.init, AdaptConfig(**base, inner_lr=lr, inner_opt=opt),
+          {"opt": method, "lr": lr}, int(lc["seed"]))
