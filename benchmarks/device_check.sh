@@ -19,9 +19,9 @@
 set -u
 cd "$(dirname "$0")/.."
 QUICK=0
-OUT=benchmarks/results/device_check.jsonl
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] && PY=.venv/bin/python
+OUT=""
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
+else PY=python3; fi
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -31,6 +31,9 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+# --quick never overwrites the accelerator's results.
+[ -z "$OUT" ] && { [ $QUICK = 1 ] && OUT=benchmarks/results/device_check_quick.jsonl \
+                                 || OUT=benchmarks/results/device_check.jsonl; }
 mkdir -p "$(dirname "$OUT")"
 : > "$OUT"
 
@@ -47,26 +50,36 @@ else
   FULLCFG=experiments/configs/omniglot_full.py
 fi
 START=$(date +%s)
-BUDGET=270  # seconds: stop starting new configurations after this
+BUDGET=280  # seconds: no configuration starts or runs past this
+
+error_line() {  # NAME MESSAGE -> one valid JSON line, whatever the message holds
+  "$PY" -c 'import json, sys; print(json.dumps({"config": sys.argv[1], "error": sys.argv[2]}))' \
+    "$1" "$2" >> "$OUT"
+}
 
 run() {  # run NAME TIMEOUT CMD...
   local name=$1 limit=$2; shift 2
-  if [ $(( $(date +%s) - START )) -gt $BUDGET ]; then
-    printf '{"config": "%s", "error": "skipped: the 5-minute budget is spent"}\n' "$name" >> "$OUT"
+  local left=$(( BUDGET - ($(date +%s) - START) ))
+  if [ $left -lt 15 ]; then
+    error_line "$name" "skipped: the 5-minute budget is spent"
     return
   fi
+  [ $left -lt "$limit" ] && limit=$left  # no configuration runs past the budget
   local log; log=$(mktemp)
-  if timeout "$limit" "$@" > "$log" 2> "$log.err"; then
+  if timeout -k 5 "$limit" "$@" > "$log" 2> "$log.err"; then
     local line; line=$(grep '^{' "$log" | tail -n 1)
     if [ -n "$line" ]; then
       printf '{"config": "%s", %s\n' "$name" "${line#\{}" >> "$OUT"
     else
-      printf '{"config": "%s", "error": "no JSON line"}\n' "$name" >> "$OUT"
+      error_line "$name" "no JSON line in the output"
     fi
   else
-    local rc=$? msg
-    msg=$(tail -c 300 "$log.err" | tr '\n"\\' '   ')
-    printf '{"config": "%s", "error": "exit %s: %s"}\n' "$name" "$rc" "$msg" >> "$OUT"
+    local rc=$?
+    if [ $rc = 124 ] || [ $rc = 137 ]; then
+      error_line "$name" "timeout after ${limit} s"
+    else
+      error_line "$name" "exit $rc: $(tail -c 400 "$log.err" | tr -d '\000-\010\013-\037')"
+    fi
   fi
   echo "[device_check] $name ($(( $(date +%s) - START )) s)" >&2
   rm -f "$log" "$log.err"
@@ -77,6 +90,16 @@ launch() {  # like run, at most PAR at a time
   run "$@" &
 }
 
+# The main job's steps first: they are what a 15-minute device lease is for.
+for vec in auto map vmap; do
+  [ $QUICK = 1 ] && [ $vec != auto ] && continue
+  launch "main_reptile_$vec" $LIMIT $PY benchmarks/main_job_step.py $MAIN --config $MAINCFG \
+    --method reptile --vectorize $vec
+done
+launch "main_pretrain" $LIMIT $PY benchmarks/main_job_step.py $MAIN --config $MAINCFG \
+  --method pretrain
+[ -n "$FULLCFG" ] && launch "full_fomaml_auto" $LIMIT $PY benchmarks/main_job_step.py $MAIN \
+  --config $FULLCFG --method fomaml
 for alg in $ALGS; do
   for vec in map vmap; do
     for conv in matmul xla; do
@@ -90,14 +113,5 @@ for alg in $ALGS; do
   [ $QUICK = 0 ] && launch "std_${alg}_auto_auto_1device" $LIMIT $PY benchmarks/maml_speed.py $STD \
     --algorithm $alg --devices 1
 done
-for vec in auto map vmap; do
-  [ $QUICK = 1 ] && [ $vec != auto ] && continue
-  launch "main_reptile_$vec" $LIMIT $PY benchmarks/main_job_step.py $MAIN --config $MAINCFG \
-    --method reptile --vectorize $vec
-done
-launch "main_pretrain" $LIMIT $PY benchmarks/main_job_step.py $MAIN --config $MAINCFG \
-  --method pretrain
-[ -n "$FULLCFG" ] && launch "full_fomaml_auto" $LIMIT $PY benchmarks/main_job_step.py $MAIN \
-  --config $FULLCFG --method fomaml
 wait
 echo "[device_check] $(wc -l < "$OUT") lines in $OUT ($(( $(date +%s) - START )) s)" >&2

@@ -209,8 +209,7 @@ def evaluate(config, init_params, lopt_params, best: dict, features_fn) -> dict:
   ec = config.eval
   steps = train_lib.parse_list(ec.steps, int)
   tc = protocol.test_classes(config, verbose=False)
-  scale = float(np.sqrt(np.mean(features_fn(tc["heldout"]) ** 2))) or 1.0
-  feats = lambda x: features_fn(x) / scale
+  feats = protocol.scaled_features(features_fn, tc["heldout"])
   f_sup, f_held = feats(tc["support"]), feats(tc["heldout"])
   per, images = {}, {}
   for kind in OPTIMIZERS:

@@ -83,8 +83,8 @@ def is_dark_on_light(img_HxWxC: np.ndarray) -> bool:
   return float(np.median(border)) > 0.5
 
 
-def prepare(images: list[np.ndarray], prep, invert: str) -> tuple[np.ndarray, bool]:
-  """Images in [0, 1] -> the run's ``[K, S, S, C]`` in [-1, 1]; returns (support, inverted).
+def prepare(images: list[np.ndarray], prep, invert: str) -> tuple[np.ndarray, list[bool]]:
+  """Images in [0, 1] -> the run's ``[K, S, S, C]`` in [-1, 1]; returns (support, inverted per image).
 
   The run's model draws in its training polarity: with ``prep.invert`` (Omniglot,
   whose raw images are dark strokes on white) light strokes on a dark
@@ -103,7 +103,7 @@ def prepare(images: list[np.ndarray], prep, invert: str) -> tuple[np.ndarray, bo
     x = preprocess.to_channels(img[None], prep.channels, "image")
     out.append(prep.apply(x, invert=flip)[0])
     flips.append(flip)
-  return np.stack(out), bool(np.mean(flips) > 0.5)
+  return np.stack(out), flips
 
 
 def image_grid(x_NxHxWxC: np.ndarray, cols: int) -> np.ndarray:
@@ -124,6 +124,12 @@ def save_png(path: str, img01: np.ndarray, scale: int = 1) -> None:
   if scale > 1:
     arr = np.repeat(np.repeat(arr, scale, axis=0), scale, axis=1)
   Image.fromarray(arr).save(path)
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 class _NoBar:
@@ -153,18 +159,20 @@ def generate(args) -> dict:
     raise UsageError(f"--num must be >= 1, got {args.num}.")
   if args.steps is not None and args.steps < 1:
     raise UsageError(f"--steps must be >= 1, got {args.steps}.")
-  run = mg.load_run(args.run_dir, method=args.method)
-  steps = run.headline if args.steps is None else args.steps
+  parent = os.path.dirname(out) or "."
+  if os.path.exists(parent) and not os.access(parent, os.W_OK):
+    raise UsageError(f"--out {args.out}: cannot write into {parent}.")
   images, names, skipped = read_images(args.images, args.skip_bad)
   if len(images) < MIN_IMAGES:
     raise UsageError(f"--images {args.images}: {len(images)} usable image; the adaptation needs "
-                     f"at least {MIN_IMAGES} (with one image a GAN can only copy it). The run "
-                     f"was meta-trained on {run.train_k} per class.")
+                     f"at least {MIN_IMAGES} (with one image a GAN can only copy it).")
+  run = mg.load_run(args.run_dir, method=args.method)
+  steps = run.headline if args.steps is None else args.steps
   notes = []
   if len(images) > run.train_k:
     notes.append(f"{len(images)} images, more than the {run.train_k} per class the run was "
                  f"meta-trained on: every adaptation step uses all of them as one batch.")
-  support, inverted = prepare(images, run.preprocessing, args.invert)
+  support, flips = prepare(images, run.preprocessing, args.invert)
   bar = tqdm(total=3, desc="generate", file=sys.stderr, disable=args.quiet)
   bar.set_postfix_str(f"adapting {run.method} for {steps} steps")
   t0 = time.perf_counter()
@@ -176,9 +184,9 @@ def generate(args) -> dict:
                              "--steps or another --method.")
   # 2. Written to a temporary folder first, then renamed into place.
   bar.set_postfix_str("writing")
-  parent = os.path.dirname(out) or "."
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".metagan-", dir=parent)
+  os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; OUT gets the usual mode
   try:
     np.savez(os.path.join(tmp, "samples.npz"), samples=samples)
     cols = max(len(support), min(8, args.num))
@@ -194,15 +202,25 @@ def generate(args) -> dict:
     bar.update(1)
     report = {"run": run.path, "method": run.method, "meta_seed": run.seed, "steps": steps,
               "seed": args.seed, "num": args.num, "images": len(images), "image_files": names,
-              "skipped": skipped, "inverted": inverted, "rule": run.rule,
+              "skipped": skipped, "inverted": flips, "rule": run.rule,
               "polarity": "light strokes on dark" if run.preprocessing.invert else "as trained",
               "adapt_and_sample_s": round(t_adapt, 2), "notes": notes,
               "total_s": round(time.perf_counter() - t_start, 2)}
     with open(os.path.join(tmp, "report.json"), "w") as f:
       json.dump(report, f, indent=1)
+    # The old output (--overwrite) moves aside first and goes only once the new one is in place.
+    old = None
     if os.path.exists(out):
-      shutil.rmtree(out) if os.path.isdir(out) else os.remove(out)
-    os.replace(tmp, out)
+      old = tempfile.mkdtemp(prefix=".metagan-old-", dir=parent)
+      os.replace(out, os.path.join(old, "out"))
+    try:
+      os.replace(tmp, out)
+    except BaseException:
+      if old:
+        os.replace(os.path.join(old, "out"), out)
+      raise
+    if old:
+      shutil.rmtree(old, ignore_errors=True)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise

@@ -199,6 +199,9 @@ def trainable_mask(params: PyTree, spec: str | None, what: str = "trainable") ->
   if spec == "none":
     return jax.tree.map(lambda _: False, params)
   prefixes = [p.strip().strip("/") for p in spec.split(",") if p.strip()]
+  if not prefixes:
+    raise ValueError(f"AdaptConfig.{what}={spec!r} names no parameter; use None or 'all' "
+                     f"(every parameter), 'none', or comma-separated path prefixes.")
   names = [_path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   for pre in prefixes:
     if not any(n == pre or n.startswith(pre + "/") for n in names):

@@ -3,7 +3,8 @@
 Every algorithm is one pure function ``(state, tasks, key, config) -> (state,
 metrics)``: the per-task computation is written once, the task axis is split
 over a device mesh with ``jax.shard_map`` and each device's share runs through
-``lax.map`` (default) or ``jax.vmap``; the outer update is any optax
+``lax.map`` or ``jax.vmap`` (by default ``map`` on CPU, ``vmap`` on accelerators:
+:mod:`metagan_jax.backend`); the outer update is any optax
 transformation. ``meta_step`` dispatches on ``config.algorithm``; wrap it
 with ``jax.jit`` outermost::
 

@@ -262,6 +262,10 @@ def fsgan28(z_dim: int = 64, channels: int = 1, g_width: int = 32, d_width: int 
       :func:`metagan_jax.layers.spectral_normalize`).
   """
   _norm(g_norm, "check")
+  if g_norm == "group" and (g_width // 2) % 8:
+    raise ValueError(f"fsgan28: g_norm='group' uses 8 groups, so the 28x28 layer's "
+                     f"g_width // 2 = {g_width // 2} channels must be a multiple of 8; "
+                     f"use g_width = 16, 32, 48, ... or another g_norm.")
   return GanModel("fsgan28", z_dim, (28, 28, channels),
                   FSGAN28Generator(g_width, channels, w_dim, mapping_layers, g_norm),
                   FSGAN28Discriminator(d_width, spectral, power_iters))

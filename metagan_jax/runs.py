@@ -97,12 +97,20 @@ class LoadedRun:
   train_k: int
   config: dict
   rule: dict
+  per_steps: dict = dataclasses.field(default_factory=dict)
 
   def adapt_config_for(self, steps: int | None = None) -> AdaptConfig:
-    """The test-time rule with ``steps`` adaptation steps (default: the headline)."""
+    """The test-time rule with ``steps`` adaptation steps (default: the headline).
+
+    Runs whose evaluation tuned a rule per T (the SGD / Adam baselines of a
+    learned-optimiser run) use that T's rule; otherwise the headline's rule
+    with ``steps`` steps, as the evaluation did for every T.
+    """
     steps = self.headline if steps is None else int(steps)
     if steps < 1:
       raise ValueError(f"steps must be >= 1, got {steps}.")
+    if steps in self.per_steps:
+      return self.per_steps[steps]
     return dataclasses.replace(self.adapt_config, inner_steps=steps)
 
   def keys(self, seed: int) -> tuple[jax.Array, jax.Array]:
@@ -205,12 +213,22 @@ def load_run(path: str | os.PathLike, method: str | None = None,
       ``metasgd``, ``transfer``, ``scratch``; ``lopt``, ``sgd``, ``adam`` for a
       learned-optimiser run). ``None``: the training folder's own, else the
       method the run's evaluation ranked best (lowest KID at the headline T).
-    seed: the meta-training seed (default: the folder's own, else the first).
+    seed: the meta-training seed (default: the folder's own, else the smallest).
 
   Raises:
     RunError: missing files, no checkpoint, a checkpoint of another model or
-      shape, an unknown method, or no evaluation to rank methods by.
+      shape, an unknown method or seed, a config.json of another version, or no
+      evaluation to rank methods by.
   """
+  try:
+    return _load_run(path, method, seed)
+  except KeyError as e:
+    raise RunError(f"run folder {path}: its config.json lacks the field {e}; it was written "
+                   f"by another version of experiments/ (load it with that version, or "
+                   f"re-run it).") from None
+
+
+def _load_run(path, method, seed) -> LoadedRun:
   root, folder_cfg = _find_root(path)
   cfg = folder_cfg["config"] if folder_cfg else _read_json(os.path.join(root, "config.json"),
                                                            "run config")
@@ -220,7 +238,7 @@ def load_run(path: str | os.PathLike, method: str | None = None,
     seed = int(folder_cfg["seed"]) if seed is None else seed
   is_lopt = "lopt" in cfg
   candidates = LOPT_METHODS if is_lopt else tuple(
-      m for m in GAN_METHODS if m in str(cfg.get("methods", "")).split(","))
+      m for m in GAN_METHODS if m in [x.strip() for x in str(cfg.get("methods", "")).split(",")])
   headline = int(cfg["eval"]["headline"])
   if method is None:
     method = _best_method(root, candidates, headline)
@@ -232,16 +250,19 @@ def load_run(path: str | os.PathLike, method: str | None = None,
                            ("omniglot", "tfds:omniglot")))),
                        blur=float(cfg.get("blur", 0.0)))
   train_k = int(cfg["lopt"]["k"] if is_lopt else cfg["train"]["k"])
+  per_steps = {}
   if is_lopt:
-    meta, ac, rule, seed = _load_lopt(root, cfg, method, headline, model)
+    meta, ac, rule, seed, per_steps = _load_lopt(root, cfg, method, headline, model)
   else:
     seed = min(_seeds(cfg)) if seed is None else int(seed)
+    if seed not in _seeds(cfg):
+      raise RunError(f"seed {seed} is not a meta seed of {root} (its seeds: {_seeds(cfg)}).")
     meta, rule = _load_gan(root, cfg, method, seed, model)
     ac = recipes.adapt_config(cfg, headline, rule)
     meta = recipes.with_rule(meta, rule)
   return LoadedRun(path=root, method=method, seed=seed, model=model, meta_params=meta,
                    adapt_config=ac, preprocessing=prep, headline=headline, train_k=train_k,
-                   config=cfg, rule=rule)
+                   config=cfg, rule=rule, per_steps=per_steps)
 
 
 def _load_gan(root: str, cfg: dict, method: str, seed: int, model: GanModel):
@@ -287,12 +308,18 @@ def _load_lopt(root: str, cfg: dict, method: str, headline: int, model: GanModel
       meta = flax.serialization.from_bytes(like, f.read())
     except (ValueError, KeyError) as e:
       raise RunError(f"{path} holds another model or optimiser shape ({e}).") from None
-  base = dict(model=model, inner_steps=headline, d_steps=int(cfg["d_steps"]),
-              g_steps=int(cfg["g_steps"]), loss=cfg["loss"], lopt_spec=spec)
+  base = dict(model=model, d_steps=int(cfg["d_steps"]), g_steps=int(cfg["g_steps"]),
+              loss=cfg["loss"], lopt_spec=spec)
   if method == "lopt":
-    return meta, AdaptConfig(**base), {"opt": "learned optimiser"}, int(lc["seed"])
+    return (meta, AdaptConfig(**base, inner_steps=headline), {"opt": "learned optimiser"},
+            int(lc["seed"]), {})
   best = _read_json(os.path.join(root, "tuning.json"), "tuning")["best"]
-  lr = float(best[f"{method}|{headline}"])
-  opt = optax.sgd(lr) if method == "sgd" else optax.adam(lr, b1=float(lc["adam_b1"]))
-  return (meta.init, AdaptConfig(**base, inner_lr=lr, inner_opt=opt),
-          {"opt": method, "lr": lr}, int(lc["seed"]))
+
+  def tuned(t: int) -> AdaptConfig:  # the evaluation tuned one rate per T
+    lr = float(best[f"{method}|{t}"])
+    opt = optax.sgd(lr) if method == "sgd" else optax.adam(lr, b1=float(lc["adam_b1"]))
+    return AdaptConfig(**base, inner_steps=t, inner_lr=lr, inner_opt=opt)
+  per_steps = {int(k.split("|")[1]): tuned(int(k.split("|")[1])) for k in best
+               if k.startswith(f"{method}|")}
+  return (meta.init, per_steps[headline], {"opt": method, "lr": float(best[f"{method}|{headline}"])},
+          int(lc["seed"]), per_steps)

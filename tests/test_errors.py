@@ -5,6 +5,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import metagan_jax as mg
@@ -37,6 +38,8 @@ CASES = [
     ("unknown norm", lambda: mg.models.dcgan32(norm="batch"), ValueError, "BatchNorm is not offered"),
     ("unknown fsgan28 norm", lambda: mg.models.fsgan28(g_norm="batch"), ValueError, "BatchNorm is not offered"),
     ("trainable prefix matches nothing", lambda: mg.AdaptConfig(mg.models.fsgan28(), g_trainable="maping"), ValueError, "prefix 'maping' matches no parameter; top-level names are ['mapping', 'synthesis']"),
+    ("empty trainable spec", lambda: mg.AdaptConfig(mg.models.fsgan28(), d_trainable=" , "), ValueError, "names no parameter"),
+    ("fsgan28 groups do not divide", lambda: mg.models.fsgan28(g_width=20), ValueError, "multiple of 8"),
     ("gan d_steps=0", lambda: mg.gan.GanTrainConfig(mg.models.fsgan28(), d_steps=0), ValueError, "d_steps must be an integer >= 1, got 0"),
     ("gan ema=1", lambda: mg.gan.GanTrainConfig(mg.models.fsgan28(), ema=1.0), ValueError, "ema must be in [0, 1)"),
     ("blur sigma < 0", lambda: mg.data.blur(jnp.zeros((1, 4, 4, 1)), -1.0), mg.data.DataError, "blur sigma must be >= 0"),
@@ -82,7 +85,7 @@ def trained_run(tmp_path_factory):
   from tests.test_cli import _strokes, write_pngs  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("cli")
   c = tiny.get_config()
-  c.methods = "reptile,transfer"
+  c.methods = "reptile,metasgd,transfer"
   c.features.cache_dir = str(root / "cache")
   omniglot.train_and_evaluate(c, str(root / "run"), mode="train", progress=False)
   no_ckpt = root / "no_ckpt"
@@ -124,6 +127,20 @@ CLI_CASES = [
 ]
 
 
+def test_load_run_of_every_kind_of_meta_parameters(trained_run):
+  run = mg.load_run(trained_run / "run" / "train" / "metasgd_s0")  # a training folder
+  assert run.method == "metasgd" and isinstance(run.meta_params, mg.MetaSGDParams)
+  lrs = jax.tree.leaves(run.meta_params.lr)
+  # the meta-learned rates (they start at inner_lr = 1e-3 and moved), not the initial ones
+  assert any(not np.allclose(np.asarray(x), 1e-3) for x in lrs)
+  transfer = mg.load_run(trained_run / "run" / "train" / "pretrain_s0")
+  assert transfer.method == "transfer" and isinstance(transfer.meta_params, mg.GanParams)
+  reptile = mg.load_run(trained_run / "run", method="reptile", seed=0)
+  assert isinstance(reptile.meta_params, mg.GanParams)
+  with pytest.raises(mg.RunError, match="seed 3 is not a meta seed"):
+    mg.load_run(trained_run / "run", method="reptile", seed=3)
+
+
 @pytest.mark.parametrize("argv,match", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
 def test_generate_bad_input_is_a_clear_error(trained_run, argv, match, capsys, monkeypatch):
   from metagan_jax import cli  # pylint: disable=g-import-not-at-top
@@ -133,4 +150,5 @@ def test_generate_bad_input_is_a_clear_error(trained_run, argv, match, capsys, m
   err = capsys.readouterr().err
   assert match in err, err
   assert not os.path.exists(trained_run / "out")  # nothing half-written
+  assert not [f for f in os.listdir(trained_run) if f.startswith(".metagan-")]
   assert (trained_run / "full_out" / "x.txt").read_text() == "keep me"

@@ -52,7 +52,11 @@ def test_protocol_end_to_end_tiny(tmp_path):
   # every run tuned over the same 2 x 2 grid, and its rule is the grid's best
   for run, scores in res["info"]["tuning"].items():
     assert len(scores) == 4, run
-  assert s["best_method"] == "reptile"
+    m, seed = run.split("|")
+    chosen = protocol.rule_name(res["info"]["rule_dicts"][f"{m}_s{seed}"])
+    assert scores[chosen] == min(scores.values()), run
+  assert s["best_method"] == "reptile"  # the only meta method of the tiny config
+  _load_run_adapts_as_the_evaluation_did(config, work, res)
   with open(os.path.join(work, "test_classes.json")) as f:
     tc = json.load(f)
   for idx in tc["indices"]:  # support and held-out never overlap
@@ -62,6 +66,23 @@ def test_protocol_end_to_end_tiny(tmp_path):
   _, info = protocol.feature_net(config, verbose=False)
   assert os.path.exists(info["cache"] + ".msgpack")
   _generate_from_own_images(tmp_path, work, res)
+
+
+def _load_run_adapts_as_the_evaluation_did(config, work, res):
+  """load_run's params and rule, adapted by hand, equal the protocol's adaptation."""
+  import jax  # pylint: disable=g-import-not-at-top
+  params = omniglot.train_all(config, work, resume=True, progress=False)  # loads, no training
+  sup = protocol.test_classes(config, verbose=False)["support"]
+  key, t = jax.random.key(5), 2
+  for method in ("reptile", "transfer"):
+    ref = protocol.adapt_and_generate(config, params[(method, 0)], sup, [t], key, 4,
+                                      res["info"]["rule_dicts"][f"{method}_s0"])[t]
+    run = mg.load_run(work, method=method)
+    z = jax.random.normal(jax.random.fold_in(key, 1_000_000 + t), (len(sup), 4, run.model.z_dim))
+    for c in range(len(sup)):
+      k = jax.random.fold_in(jax.random.fold_in(key, c), t)
+      g = mg.adapt(run.meta_params, sup[c], k, run.adapt_config_for(t)).g
+      np.testing.assert_allclose(run.model.generate(g, z[c]), ref[c], atol=1e-5)
 
 
 def _generate_from_own_images(tmp_path, work, res):
@@ -86,7 +107,7 @@ def _generate_from_own_images(tmp_path, work, res):
   with open(out / "report.json") as f:
     report = json.load(f)
   assert report["method"] == run.method and report["steps"] == 2 and report["images"] == 3
-  assert report["inverted"] is True  # dark-on-light input, detected
+  assert report["inverted"] == [True] * 3  # dark-on-light input, detected
   assert "more than the 2 per class" in report["notes"][0]  # 3 images, trained with K = 2
   support, _ = cli.prepare(cli.read_images(folder)[0], run.preprocessing, "auto")
   np.testing.assert_allclose(samples, run.generate(support, 5, seed=7, steps=2), atol=1e-5)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import metagan_jax as mg
-from experiments import train_lib
+from experiments import omniglot, train_lib
 from experiments.configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,11 +23,12 @@ def split():
   return mg.data.load_split("omniglot", "train", verbose=False)
 
 
-def _config(**train):
+def _config(pretrain=False, **train):
   c = tiny.get_config()
   for k, v in train.items():
     c.train[k] = v
-  c.pretrain.steps = c.train.steps  # the pre-training runs below take as many steps
+  if pretrain:  # the test trains a pre-training run for train.steps steps
+    c.pretrain.steps = c.train.steps
   return c
 
 
@@ -72,8 +73,8 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, split):
   resumed, step = _final_params(config, "reptile", os.path.join(work, "train", "reptile_s0"),
                                 split)
   assert step == steps
-  reference = train_lib.train_run(config, "reptile", 0, str(tmp_path / "ref"), split,
-                                  progress=False).params
+  # The uninterrupted reference: the same pre-training, then the same Reptile run.
+  reference = omniglot.train_all(config, str(tmp_path / "ref"), progress=False)[("reptile", 0)]
   _assert_trees_equal(resumed, reference)
   with open(os.path.join(work, "train", "reptile_s0", "metrics.jsonl")) as f:
     logged = [json.loads(l)["step"] for l in f]
@@ -81,7 +82,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, split):
 
 
 def test_corrupted_latest_checkpoint_falls_back_with_warning(tmp_path, split):
-  config = _config(steps=4, ckpt_every=2)
+  config = _config(pretrain=True, steps=4, ckpt_every=2)
   run_dir = str(tmp_path / "run")
   final = train_lib.train_run(config, "pretrain", 0, run_dir, split, progress=False)
   with pytest.raises(FileExistsError, match="--resume"):
@@ -101,7 +102,7 @@ def test_corrupted_latest_checkpoint_falls_back_with_warning(tmp_path, split):
 
 
 def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tmp_path, split):
-  config = _config(steps=3, inject_nan_steps="1")
+  config = _config(pretrain=True, steps=3, inject_nan_steps="1")
   with pytest.warns(RuntimeWarning, match="non-finite .* step 2; update skipped"):
     state = train_lib.train_run(config, "pretrain", 0, str(tmp_path / "a"), split,
                                 progress=False)
@@ -111,7 +112,7 @@ def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tmp_path, split)
   assert skipped == [0, 1, 1]
   assert int(state.step) == 2  # two updates applied, one skipped
 
-  config = _config(steps=5, inject_nan_steps="1,2,3", max_nonfinite=2)
+  config = _config(pretrain=True, steps=5, inject_nan_steps="1,2,3", max_nonfinite=2)
   with pytest.warns(RuntimeWarning), pytest.raises(train_lib.NonFiniteError,
                                                    match="2 non-finite updates in a row at step 3"):
     train_lib.train_run(config, "pretrain", 0, str(tmp_path / "b"), split, progress=False)

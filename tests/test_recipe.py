@@ -35,8 +35,8 @@ def test_trainable_mask_freezes_what_it_names_and_meta_gradients_still_reach_it(
     np.testing.assert_array_equal(a, b)  # G's synthesis frozen
   assert all(not np.array_equal(a, b) for a, b in zip(_leaves(out.g, "mapping"),
                                                       _leaves(params.g, "mapping")))
-  # Second-order MAML: the frozen synthesis still gets a meta-gradient through
-  # the adapted mapping (and only the adapted part moves in the inner loop).
+  # Second-order MAML: the synthesis, frozen in the inner loop, still gets a
+  # meta-gradient (it draws every adapted sample the meta-losses score).
   cfg = mg.MetaConfig(dataclasses.replace(ac, d_trainable=None), algorithm="maml")
   tasks = mg.Tasks(support[None], support[None])
   grads, _ = jax.jit(functools.partial(mg.meta_gradients, config=cfg))(params, tasks,
