@@ -41,8 +41,8 @@ if [ $QUICK = 1 ]; then
   # The same machinery on CPU in under a minute: the tiny workload, first-order
   # meta-steps only (second-order compiles take ~10 s each here), the two formulations,
   # no matmul reference, 2 processes at once.
-  STD="--workload tiny --steps 2 --warmup 1 --no-matmul"; MAIN="--steps 2 --warmup 1"; LIMIT=60
-  PAR=2
+  STD="--workload tiny --steps 2 --warmup 1 --no-matmul"; MAIN="--steps 2 --warmup 1"; LIMIT=120
+  PAR=2  # about 45 s alone on 2 cores; the long timeout is for a machine busy with other tests
   ALGS="fomaml"; MAINCFG=experiments/configs/tiny.py; FULLCFG=""
 else
   STD="--steps 10 --warmup 2"; MAIN="--steps 5 --warmup 1"; LIMIT=120; PAR=1

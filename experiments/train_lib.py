@@ -118,7 +118,7 @@ def _step_key(config) -> str:
                                      "g_trainable", "d_trainable")}
   kw = config.get("model_kw")
   keep["model_kw"] = kw.to_dict() if hasattr(kw, "to_dict") else dict(kw or {})
-  keep["train"] = {k: config.train.get(k) for k in ("outer_lr", "outer_b1")}
+  keep["train"] = {k: config.train.get(k) for k in ("outer_lr", "outer_b1", "outer_eps")}
   keep["pretrain"] = config.pretrain.to_dict()
   return json.dumps(keep, sort_keys=True)
 

@@ -75,7 +75,8 @@ def meta_config(cfg: Config, algorithm: str) -> MetaConfig:
   """The meta-learning step of ``algorithm`` with the config's rule and outer Adam."""
   tc = cfg["train"]
   return MetaConfig(adapt_config(cfg), algorithm=algorithm,
-                    outer_opt=optax.adam(tc["outer_lr"], b1=tc.get("outer_b1", 0.9)))
+                    outer_opt=optax.adam(tc["outer_lr"], b1=tc.get("outer_b1", 0.9),
+                                         eps=tc.get("outer_eps", 1e-8)))
 
 
 def pretrain_config(cfg: Config) -> gan.GanTrainConfig:

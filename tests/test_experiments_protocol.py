@@ -33,12 +33,13 @@ def test_protocol_end_to_end_tiny(tmp_path):
             "eval/figures/headline.png",
             "test_classes.json", "split.json", "config.json"):
     assert os.path.exists(os.path.join(work, f)), f
+  last = {"pretrain_s0": config.pretrain.steps, "reptile_s0": config.train.steps, "scratch_s0": 0}
   for run in ("pretrain_s0", "reptile_s0", "scratch_s0"):
     d = os.path.join(work, "train", run)
     assert os.path.exists(os.path.join(d, "config.json"))
     assert glob.glob(os.path.join(d, "events.out.tfevents.*"))
     assert glob.glob(os.path.join(d, "samples", "*.png"))
-    assert os.path.isdir(os.path.join(d, "checkpoints", "0"))
+    assert os.path.isdir(os.path.join(d, "checkpoints", str(last[run]))), run  # the final step
   with open(os.path.join(work, "eval", "results.json")) as f:
     res = json.load(f)
   rows = res["per_class"]
@@ -82,7 +83,8 @@ def _load_run_adapts_as_the_evaluation_did(config, work, res):
     for c in range(len(sup)):
       k = jax.random.fold_in(jax.random.fold_in(key, c), t)
       g = mg.adapt(run.meta_params, sup[c], k, run.adapt_config_for(t)).g
-      np.testing.assert_allclose(run.model.generate(g, z[c]), ref[c], atol=1e-5)
+      # float32: one class at a time here, all classes batched in the protocol
+      np.testing.assert_allclose(run.model.generate(g, z[c]), ref[c], atol=1e-4)
 
 
 def _generate_from_own_images(tmp_path, work, res):
@@ -140,7 +142,10 @@ def test_real_ceiling_scores_held_out_images_as_samples():
   f_sup = centres[:, None] + rng.normal(size=(3, 2, 8))
   per, fd = protocol.real_scores(config, f_sup, f_held)
   np.testing.assert_array_equal(per["fidelity"], 1.0)
-  assert np.all(np.abs(per["kid"]) < 0.5) and np.all(np.abs(per["diversity"] - 1) < 0.2)
+  # KID between halves of a class: within noise of 0, far below KID across classes
+  across = [mg.metrics.kid(f_held[c, :8], f_held[(c + 1) % 3, 8:]) for c in range(3)]
+  assert np.all(np.abs(per["kid"]) < 0.05 * np.min(across)), (per["kid"], across)
+  assert np.all(np.abs(per["diversity"] - 1) < 0.2)
   assert np.all(np.abs(per["memorisation"] - 1) < 0.5) and np.isfinite(fd)
   # Leave-one-out: an image whose own class has only it nearby is not its own prototype.
   f_held[0, 0] = centres[1]

@@ -31,12 +31,13 @@ def test_dcgan28_is_exactly_the_benchmark_architecture():
 @pytest.mark.parametrize("name,shape", [("dcgan32", (32, 32, 3)), ("dcgan64", (64, 64, 3)), ("mlp", (2,))])
 def test_other_models_shapes_and_no_state(name, shape):
   model = mg.get_model(name)
-  variables = model.generator.init(jax.random.key(0), jnp.zeros((1, model.z_dim)))
+  # jitted: flax's eager init and the matmul convs op by op take ~10 s a model here
+  variables = jax.jit(model.generator.init)(jax.random.key(0), jnp.zeros((1, model.z_dim)))
   assert set(variables) == {"params"}  # no batch_stats: the inner loop stays pure
-  p = model.init(jax.random.key(0))
-  x = model.generate(p.g, model.sample_z(jax.random.key(1), 2))
+  p = jax.jit(model.init)(jax.random.key(0))
+  x = jax.jit(model.generate)(p.g, model.sample_z(jax.random.key(1), 2))
   assert x.shape == (2, *shape)
-  assert model.discriminate(p.d, x).shape == (2,)
+  assert jax.jit(model.discriminate)(p.d, x).shape == (2,)
 
 
 def test_plain_loss_values():

@@ -78,9 +78,16 @@ def test_two_processes_end_identical_and_equal_one_process(tmp_path):
 
 _OMNIGLOT = [sys.executable, os.path.join(ROOT, "experiments", "omniglot.py"),
              "--config", os.path.join(ROOT, "experiments", "configs", "tiny.py"),
-             "--mode", "train", "--config.methods=maml",
-             # second-order MAML through WGAN-GP would compile for minutes in 5 processes
-             "--config.loss=ns", "--config.d_steps=1", "--config.pretrain.d_steps=1"]
+             "--mode", "train", "--config.methods=fomaml",
+             "--config.init=random",  # no pre-training stage: meta-training is what shards
+             # first order and the NS loss: 5 processes compile this step on 2 cores
+             # (second-order sharding is tested in-process: test_sharding.py)
+             "--config.loss=ns",
+             # Adam's first steps move every weight by about +-lr whatever its gradient's
+             # size, so the sign of a ~1e-9 gradient (which the order of a sum over
+             # devices decides) would decide a difference of 2 lr: compare a
+             # well-conditioned update instead (SGD inside, Adam with a larger eps outside)
+             "--config.inner_opt=sgd", "--config.inner_lr=0.05", "--config.train.outer_eps=1e-3"]
 
 # Resumes a run through train_and_evaluate (jax.distributed from the METAGAN_*
 # environment variables) and saves this process's final meta-parameters.
@@ -94,10 +101,12 @@ _RESUME = textwrap.dedent("""
     workdir, steps, streams, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     mg.parallel.initialize_distributed()
     c = tiny.get_config()
-    c.methods, c.train.steps, c.train.sample_streams = "maml", steps, streams
-    c.loss, c.d_steps, c.pretrain.d_steps = "ns", 1, 1
+    c.methods, c.train.steps, c.train.sample_streams = "fomaml", steps, streams
+    c.init = "random"
+    c.loss = "ns"
+    c.inner_opt, c.inner_lr, c.train.outer_eps = "sgd", 0.05, 1e-3  # as in _OMNIGLOT
     params = omniglot.train_and_evaluate(c, workdir, resume=True, mode="train",
-                                         progress=False)["params"][("maml", 0)]
+                                         progress=False)["params"][("fomaml", 0)]
     np.savez(out, *jax.tree.leaves(params), processes=jax.process_count())
 """)
 
@@ -115,7 +124,7 @@ def test_two_process_experiment_checkpoints_resume_and_match_one_process(tmp_pat
   # One CPU device per process: 2 devices in all, T = 2 tasks, one per process.
   env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   work = str(tmp_path / "two")
-  run_dir = os.path.join(work, "train", "maml_s0")
+  run_dir = os.path.join(work, "train", "fomaml_s0")
   # Steps 1-2 through the command line's --coordinator / --num_processes / --process_id.
   coord = f"localhost:{_free_port()}"
   _run_two([_OMNIGLOT + ["--workdir", work, "--config.train.steps=2", "--coordinator", coord,

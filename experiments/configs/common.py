@@ -54,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.q = 4                   # query images per task
   c.train.outer_lr = 1e-3         # Adam, all meta methods
   c.train.outer_b1 = 0.9
+  c.train.outer_eps = 1e-8        # Adam's epsilon (larger: tiny gradients move less than outer_lr)
   c.train.ckpt_every = 200
   c.train.keep_checkpoints = 3
   c.train.log_every = 10

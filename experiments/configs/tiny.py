@@ -1,5 +1,7 @@
 """Tiny config for tests: 3 pre-training steps, 2 meta-steps, T = 2 tasks, K = 2, 3 test classes.
 
+The main job's recipe at toy widths (one critic step per inner step).
+
 Run:
   python experiments/omniglot.py --config experiments/configs/tiny.py --workdir /tmp/tiny
 """
@@ -13,6 +15,7 @@ def get_config():
   c.methods = "reptile,transfer,scratch"
   c.meta_seeds = "0"
   c.inner_steps = 1
+  c.d_steps = 1  # one critic step per inner step: half the unrolled graph to compile
   c.model_kw.g_width = 16
   c.model_kw.d_width = 8
   c.model_kw.w_dim = 16
