@@ -49,19 +49,24 @@ def is_accelerator(platform_name: str) -> bool:
   return platform_name.lower() in ACCELERATORS
 
 
-def resolve_vectorize(value: str, platform_name: str | None = None) -> str:
-  """``"auto"`` -> ``"map"`` on CPU, ``"vmap"`` on accelerators; explicit values unchanged."""
-  if value in VECTORIZE:
+def _resolve(value: str, choices: tuple, cpu: str, accelerator: str, error: str,
+             platform_name: str | None) -> str:
+  """An explicit value in ``choices`` as is; ``"auto"`` by platform; anything else ``error``."""
+  if value in choices:
     return value
   if value != "auto":
-    raise ValueError(f"vectorize must be 'auto', 'map' or 'vmap', got {value!r}.")
-  return "vmap" if is_accelerator(platform_name or platform()) else "map"
+    raise ValueError(error)
+  return accelerator if is_accelerator(platform_name or platform()) else cpu
+
+
+def resolve_vectorize(value: str, platform_name: str | None = None) -> str:
+  """``"auto"`` -> ``"map"`` on CPU, ``"vmap"`` on accelerators; explicit values unchanged."""
+  return _resolve(value, VECTORIZE, "map", "vmap",
+                  f"vectorize must be 'auto', 'map' or 'vmap', got {value!r}.", platform_name)
 
 
 def resolve_conv_impl(value: str, platform_name: str | None = None) -> str:
   """``"auto"`` -> ``"matmul"`` on CPU, ``"xla"`` on accelerators; explicit values unchanged."""
-  if value in CONV_IMPLS:
-    return value
-  if value != "auto":
-    raise ValueError(f"Unknown conv_impl {value!r}; choose from {('auto',) + CONV_IMPLS}.")
-  return "xla" if is_accelerator(platform_name or platform()) else "matmul"
+  return _resolve(value, CONV_IMPLS, "matmul", "xla",
+                  f"Unknown conv_impl {value!r}; choose from {('auto',) + CONV_IMPLS}.",
+                  platform_name)
