@@ -144,6 +144,7 @@ def train_and_evaluate(config, workdir: str, resume: bool = False, mode: str = "
       "rules": {f"{m}_s{x}": protocol.rule_name(r) for (m, x), r in tuning["rules"].items()}
                if tuning["scores"] else {},
       "tuning": tuning["scores"],
+      "tuning_by_method": tuning["method_scores"],  # mean over seeds: what chose each rule
       # the test-time rule of every run, as metagan_jax.recipes.adapt_config takes it
       "rule_dicts": {f"{m}_s{x}": r for (m, x), r in tuning["rules"].items()},
       "health": train_lib.run_health(sorted(glob.glob(os.path.join(workdir, "train", "*")))),

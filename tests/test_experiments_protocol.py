@@ -50,12 +50,15 @@ def test_protocol_end_to_end_tiny(tmp_path):
     assert set(s["metrics"][key]) >= {"mean", "ci", "per_class"}, key
   assert set(s["vs_transfer"]["reptile|2"]) >= {"mean_diff", "p"}
   assert "mean" in s["lowdata_real"]
-  # every run tuned over the same 2 x 2 grid, and its rule is the grid's best
+  # every run tuned over the same 2 x 2 grid; each method's rule is the best of its
+  # seed-pooled scores, and all its seeds use it
   for run, scores in res["info"]["tuning"].items():
     assert len(scores) == 4, run
     m, seed = run.split("|")
+    pooled = res["info"]["tuning_by_method"][m]
+    assert pooled == scores  # one seed: the pooled score is the seed's
     chosen = protocol.rule_name(res["info"]["rule_dicts"][f"{m}_s{seed}"])
-    assert scores[chosen] == min(scores.values()), run
+    assert pooled[chosen] == min(pooled.values()), run
   assert s["best_method"] == "reptile"  # the only meta method of the tiny config
   _load_run_adapts_as_the_evaluation_did(config, work, res)
   with open(os.path.join(work, "test_classes.json")) as f:
@@ -151,3 +154,41 @@ def test_real_ceiling_scores_held_out_images_as_samples():
   f_held[0, 0] = centres[1]
   per, _ = protocol.real_scores(config, f_sup, f_held)
   assert per["fidelity"][0] == 15 / 16
+
+
+def test_tuning_pools_seeds_so_one_noisy_seed_cannot_flip_a_method(monkeypatch):
+  # Validation KID per (params, lr): seed 1 alone prefers lr 0.01 by a hair, the
+  # mean over the method's seeds prefers 0.001, and every seed gets that rule.
+  config = tiny.get_config()
+  rng = np.random.default_rng(0)
+  val = {"names": ["a", "b"], "support": np.zeros((2, 2, 28, 28, 1)),
+         "heldout": rng.normal(size=(2, 6, 4))}
+  kid = {("p0", 0.001): 1.0, ("p0", 0.01): 2.0, ("p1", 0.001): 1.1, ("p1", 0.01): 1.0,
+         ("q", 0.001): 3.0, ("q", 0.01): 2.5}
+  monkeypatch.setattr(protocol, "val_classes", lambda config: val)
+  monkeypatch.setattr(protocol, "adapt_and_generate", lambda config, p, sup, steps, key, n, rule:
+                      {steps[0]: (p, rule["lr"])})
+  monkeypatch.setattr(protocol.M, "kid", lambda f_gen, f_held: kid[f_gen])
+  seen = []
+  class Gen:  # stands for the generated images: carries (params, lr) to the KID
+    def __init__(self, tag):
+      self.tag = tag
+    def __len__(self):
+      return 2
+    def __getitem__(self, c):
+      return self.tag
+    def __truediv__(self, scale):  # scaled_features divides by one constant
+      return self
+  def features(x):
+    if isinstance(x, tuple):
+      seen.append(x)
+      return Gen(x)
+    return np.asarray(x)
+  params = {("reptile", 0): "p0", ("reptile", 1): "p1", ("transfer", 0): "q",
+            ("transfer", 1): "q"}
+  out = protocol.tune_rules(config, params, features, verbose=False)
+  assert {r["lr"] for run, r in out["rules"].items() if run[0] == "reptile"} == {0.001}
+  assert {r["lr"] for run, r in out["rules"].items() if run[0] == "transfer"} == {0.01}
+  assert out["scores"]["reptile|1"][protocol.rule_name(out["rules"][("reptile", 1)])] == 1.1
+  np.testing.assert_allclose(sorted(out["method_scores"]["reptile"].values()), [1.05, 1.05, 1.5, 1.5])
+  assert len(seen) == 2 * 3 * 2  # 2 grid g_trainables x (2 reptile + 1 shared transfer) x 2 lrs

@@ -87,8 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.split_seed = 0
   # Test-time rule tuning, the same grid for every method: each (method, seed) adapts
   # with every combination below on eval.tune_classes classes of the validation
-  # alphabets (T = headline) and keeps the one with the lowest mean KID. Empty = no
-  # tuning (the rule above). Meta-SGD's grid multiplies its learned rates instead.
+  # alphabets (T = headline); each method keeps the rule with the lowest validation
+  # KID averaged over its seeds, for all its seeds. Empty = no tuning (the rule
+  # above). Meta-SGD's grid multiplies its learned rates instead.
   c.eval.tune_lrs = ""            # e.g. "0.0003,0.001,0.003"
   c.eval.tune_g_trainable = ""    # e.g. "all;mapping" (';'-separated: prefixes use ',')
   c.eval.tune_classes = 20
