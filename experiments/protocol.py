@@ -320,9 +320,9 @@ def tune_rules(config, params_by_run: dict, features_fn, verbose: bool = True) -
   features_fn = scaled_features(features_fn, vc["heldout"])
   f_held = features_fn(vc["heldout"])
   t = int(config.eval.headline)
-  done, grids, t0 = {}, {}, {}  # runs sharing one parameter object (transfer of one GAN) run once
+  done, grids, secs = {}, {}, {}  # runs sharing one parameter object (transfer of one GAN) run once
   for (method, seed), params in params_by_run.items():
-    t0.setdefault(method, time.perf_counter())
+    t0 = time.perf_counter()
     grids[(method, seed)] = {rule_name(r): r for r in rule_grid(config, params)}
     if (method, id(params)) not in done:
       scores = {}
@@ -333,6 +333,7 @@ def tune_rules(config, params_by_run: dict, features_fn, verbose: bool = True) -
         scores[name] = float(np.mean([M.kid(f_gen[c], f_held[c]) for c in range(len(f_gen))]))
       done[(method, id(params))] = scores
     out["scores"][f"{method}|{seed}"] = done[(method, id(params))]
+    secs[method] = secs.get(method, 0.0) + time.perf_counter() - t0
   for method in dict.fromkeys(m for m, _ in params_by_run):
     runs = [r for r in params_by_run if r[0] == method]
     names = list(grids[runs[0]])
@@ -343,7 +344,7 @@ def tune_rules(config, params_by_run: dict, features_fn, verbose: bool = True) -
       out["rules"][run] = grids[run][best]
     if verbose:
       print(f"[tune] {method} ({len(runs)} seed(s)): {best} (mean validation KID x1e3 "
-            f"{1e3 * pooled[best]:.3g}; {time.perf_counter() - t0[method]:.1f}s)", flush=True)
+            f"{1e3 * pooled[best]:.3g}; {secs[method]:.1f}s)", flush=True)
   return out
 
 
