@@ -323,10 +323,12 @@ def tune_rules(config, params_by_run: dict, features_fn, verbose: bool = True) -
   done, grids, secs = {}, {}, {}  # runs sharing one parameter object (transfer of one GAN) run once
   for (method, seed), params in params_by_run.items():
     t0 = time.perf_counter()
-    grids[(method, seed)] = {rule_name(r): r for r in rule_grid(config, params)}
+    # a method's seeds share one grid: it depends on the config and the parameters' type only
+    if method not in grids:
+      grids[method] = {rule_name(r): r for r in rule_grid(config, params)}
     if (method, id(params)) not in done:
       scores = {}
-      for name, rule in grids[(method, seed)].items():
+      for name, rule in grids[method].items():
         gen = adapt_and_generate(config, params, vc["support"], [t], jax.random.key(20_000),
                                  config.eval.n_gen, rule)[t]
         f_gen = features_fn(gen)
@@ -334,14 +336,13 @@ def tune_rules(config, params_by_run: dict, features_fn, verbose: bool = True) -
       done[(method, id(params))] = scores
     out["scores"][f"{method}|{seed}"] = done[(method, id(params))]
     secs[method] = secs.get(method, 0.0) + time.perf_counter() - t0
-  for method in dict.fromkeys(m for m, _ in params_by_run):
+  for method, grid in grids.items():
     runs = [r for r in params_by_run if r[0] == method]
-    names = list(grids[runs[0]])
-    pooled = {n: float(np.mean([out["scores"][f"{m}|{s}"][n] for m, s in runs])) for n in names}
-    best = min(names, key=pooled.get)
+    pooled = {n: float(np.mean([out["scores"][f"{m}|{s}"][n] for m, s in runs])) for n in grid}
+    best = min(pooled, key=pooled.get)
     out["method_scores"][method] = pooled
     for run in runs:
-      out["rules"][run] = grids[run][best]
+      out["rules"][run] = grid[best]
     if verbose:
       print(f"[tune] {method} ({len(runs)} seed(s)): {best} (mean validation KID x1e3 "
             f"{1e3 * pooled[best]:.3g}; {secs[method]:.1f}s)", flush=True)
