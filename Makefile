@@ -19,7 +19,7 @@ $(VENV)/.stamp-demo: pyproject.toml | $(PY)
 
 .PHONY: test demo lopt
 test: $(VENV)/.stamp-test
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 demo: $(VENV)/.stamp-demo
 	$(PY) experiments/omniglot.py --config experiments/configs/omniglot_short.py --workdir runs/omniglot_short

@@ -8,6 +8,8 @@
 # benchmarks/results/device_check.jsonl). --quick runs the same matrix on the tiny
 # workload with 2 timed steps and a reduced matrix (CPU, CI: under a minute). A configuration that fails
 # or times out writes {"config": ..., "error": ...} and the others go on.
+# DEVICE_CHECK_LIMIT_S (default 120) and DEVICE_CHECK_BUDGET_S (default 280) set
+# the per-configuration and total deadlines in seconds.
 #
 # Measured, per configuration (each line names its own):
 #   standard workload (omniglot28-dcgan) maml and fomaml x vectorize map/vmap x
@@ -49,8 +51,11 @@ else
   ALGS="maml fomaml"; MAINCFG=experiments/configs/omniglot_short.py
   FULLCFG=experiments/configs/omniglot_full.py
 fi
+# Deadlines (seconds), settable for slow or busy machines: DEVICE_CHECK_LIMIT_S per
+# configuration, DEVICE_CHECK_BUDGET_S for the whole check (none starts or runs past it).
+LIMIT=${DEVICE_CHECK_LIMIT_S:-$LIMIT}
 START=$(date +%s)
-BUDGET=280  # seconds: no configuration starts or runs past this
+BUDGET=${DEVICE_CHECK_BUDGET_S:-280}
 
 error_line() {  # NAME MESSAGE -> one valid JSON line, whatever the message holds
   "$PY" -c 'import json, sys; print(json.dumps({"config": sys.argv[1], "error": sys.argv[2]}))' \

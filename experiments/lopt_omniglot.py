@@ -18,6 +18,12 @@ as in experiments/omniglot.py):
 
 Outputs in the workdir: tuning.json, lopt/ (metrics.jsonl, params.msgpack),
 eval/results.json, eval/results.md, eval/figures/lopt_curve.png.
+
+Several processes (the same flags and environment variables as
+experiments/omniglot.py): every process runs every step (the learned
+optimiser's meta-training is not split over hosts) and gets the same numbers;
+process 0 alone writes the outputs, and all processes wait for each other at a
+last barrier (``mg.parallel.distributed``) before they shut down together.
 """
 
 from __future__ import annotations
@@ -104,13 +110,15 @@ def meta_train(config, init_params, split, out_dir: str, progress: bool = True,
   sampler = mg.data.TaskSampler(split, lc.tasks, lc.k, lc.q, seed=lc.seed)
   state = LT.init(jax.random.key(lc.seed), sampler.batch(0), tcfg, init_params=init_params,
                   hidden=hidden, lr=start_lr)
+  main = train_lib.is_main_process()  # the others compute the same and write nothing
   os.makedirs(out_dir, exist_ok=True)
   step = jax.jit(functools.partial(LT.meta_step, config=tcfg))
   key = jax.random.key(lc.seed + 1)
   rows, t0 = [], time.perf_counter()
   acc = []
   log_path = os.path.join(out_dir, "metrics.jsonl")
-  open(log_path, "w").close()
+  if main:
+    open(log_path, "w").close()
   for i in tqdm(range(lc.steps), desc=f"lopt ({lc.estimator})", disable=not progress,
                 file=sys.stderr, mininterval=1.0):
     state, metrics = step(state, sampler.batch(i + 1), jax.random.fold_in(key, i))
@@ -119,14 +127,16 @@ def meta_train(config, init_params, split, out_dir: str, progress: bool = True,
       row = {"step": i + 1, **{k: float(np.mean([a[k] for a in acc])) for k in acc[0]},
              "elapsed_s": round(time.perf_counter() - t0, 1)}
       rows.append(row)
-      with open(log_path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+      if main:
+        with open(log_path, "a") as f:
+          f.write(json.dumps(row) + "\n")
       acc = []
   if not all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params)):
     raise FloatingPointError("the learned optimiser's parameters became non-finite; lower "
                              "lopt.outer_lr or lopt.step_mult.")
-  with open(path, "wb") as f:
-    f.write(flax.serialization.to_bytes(state.params))
+  if main:
+    with open(path, "wb") as f:
+      f.write(flax.serialization.to_bytes(state.params))
   return state.params, rows
 
 
@@ -298,15 +308,18 @@ def plot(summary: dict, rows: list, path: str) -> None:
 def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
   """The whole learned-optimiser experiment; returns ``{"table", "summary", "tuning", ...}``."""
   t_start = time.perf_counter()
+  main = train_lib.is_main_process()
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config.to_dict(), f, indent=1)
+  if main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(config.to_dict(), f, indent=1)
   features_fn, feat_info = protocol.feature_net(config, verbose=False)
   split = train_lib.load_split(config, "train", verbose=False)
   init_params = initialisation(config, workdir, split, progress)
   tuning = tune(config, init_params, features_fn)
-  with open(os.path.join(workdir, "tuning.json"), "w") as f:
-    json.dump(tuning, f, indent=1)
+  if main:
+    with open(os.path.join(workdir, "tuning.json"), "w") as f:
+      json.dump(tuning, f, indent=1)
   # The learned optimiser starts as the tuned SGD (at the longest T within its horizon).
   steps = train_lib.parse_list(config.eval.steps, int)
   t_start_lr = max([t for t in steps if t <= config.lopt.horizon] or steps[:1])
@@ -326,6 +339,10 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
           f"meta-loss, starting as SGD({start_lr:g}) ({t_meta:.0f} s). SGD/Adam learning rates tuned per T on "
           f"{lc.n_val} validation-alphabet classes.")
   table = markdown_table(config, res["summary"], tuning["best"], info)
+  out = {"table": table, "summary": res["summary"], "tuning": tuning, "rows": rows,
+         "workdir": workdir, "lopt_params": lopt_params}
+  if not main:
+    return {**out, "table": None, "wall_s": time.perf_counter() - t_start}
   eval_dir = os.path.join(workdir, "eval")
   plot(res["summary"], rows, os.path.join(eval_dir, "figures", "lopt_curve.png"))
   grid_t = max(res["summary"]["steps"])
@@ -339,8 +356,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
                                  "meta_training": rows, "featnet": feat_info, "wall_s": total}), f)
   with open(os.path.join(eval_dir, "results.md"), "w") as f:
     f.write(table + f"\n\nWall time: {total:.0f} s (meta-training {t_meta:.0f} s).\n")
-  return {"table": table, "summary": res["summary"], "tuning": tuning, "rows": rows,
-          "workdir": workdir, "wall_s": total, "lopt_params": lopt_params}
+  return {**out, "wall_s": total}
 
 
 def main(argv):
@@ -348,9 +364,11 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   FLAGS = flags.FLAGS
-  out = train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  print(out["table"])
-  print(f"\nWall time {out['wall_s']:.0f} s; outputs in {out['workdir']}/eval/")
+  with mg.parallel.distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id):
+    out = train_and_evaluate(FLAGS.config, FLAGS.workdir, progress=train_lib.is_main_process())
+    if out["table"]:
+      print(out["table"])
+      print(f"\nWall time {out['wall_s']:.0f} s; outputs in {out['workdir']}/eval/")
 
 
 if __name__ == "__main__":
@@ -359,4 +377,10 @@ if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", os.path.join(ROOT, "experiments/configs/lopt_short.py"),
                                   "Experiment config file.")
   flags.DEFINE_string("workdir", "runs/lopt_short", "Output folder.")
+  flags.DEFINE_string("coordinator", None, "Several processes: host:port of process 0 "
+                      "(default $METAGAN_COORDINATOR; unset = one process).")
+  flags.DEFINE_integer("num_processes", None, "Several processes: how many "
+                       "(default $METAGAN_NUM_PROCESSES).")
+  flags.DEFINE_integer("process_id", None, "Several processes: this one's id in "
+                       "[0, num_processes) (default $METAGAN_PROCESS_ID).")
   app.run(main)

@@ -17,7 +17,9 @@ METAGAN_NUM_PROCESSES, METAGAN_PROCESS_ID; see metagan_jax/parallel.py):
 Every meta-step spreads its T tasks over all devices of all processes, each
 process drawing its own tasks (distinct sampling streams); checkpoints are
 saved by all processes through orbax; logs, images, and results are written
-by process 0; every process evaluates (the same numbers), so none waits.
+by process 0; every process evaluates (the same numbers). All processes wait
+for each other at one last barrier (``mg.parallel.distributed``; deadline
+$METAGAN_BARRIER_TIMEOUT_S, default one hour) and shut down together.
 
 The workdir gets one folder per training run (train/<method>_s<seed>/, see
 experiments/train_lib.py), eval/ (results.json, results.md, figures/), and
@@ -168,12 +170,14 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   FLAGS = flags.FLAGS
-  mg.parallel.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-  out = train_and_evaluate(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume, mode=FLAGS.mode,
-                           progress=train_lib.is_main_process())
-  if out.get("table"):
-    print(out["table"])
-    print(f"\nWall time {out['wall_s']:.0f} s; outputs in {out['workdir']}/eval/")
+  # Every process waits at a final barrier before the shutdown: process 0 alone
+  # writes the tables and figures after the others have finished.
+  with mg.parallel.distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id):
+    out = train_and_evaluate(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume, mode=FLAGS.mode,
+                             progress=train_lib.is_main_process())
+    if out.get("table"):
+      print(out["table"])
+      print(f"\nWall time {out['wall_s']:.0f} s; outputs in {out['workdir']}/eval/")
 
 
 if __name__ == "__main__":

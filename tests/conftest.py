@@ -7,18 +7,33 @@ one `pytest` call (workers and the subprocesses they start, which inherit the
 environment) reuse an executable compiled once. It lives in a fresh temporary
 folder for the session, so no test sees a cache from an earlier run; a
 ``JAX_COMPILATION_CACHE_DIR`` set by the user is left as it is.
+
+The suite is compile-bound (tiny configs, many distinct programs), so it also
+asks XLA's CPU backend for its lowest LLVM optimisation level: the same HLO
+programs, compiled about a quarter faster, and slower to run, which tiny
+configs do not notice. A subprocess that sets its own ``XLA_FLAGS`` keeps it
+through ``tests.helpers.xla_flags``.
 """
 
 import os
 import shutil
 import tempfile
 
+import pytest
+
 _OWNED = []
 
 
+TEST_XLA_FLAGS = os.environ.get("METAGAN_TEST_XLA_FLAGS", "--xla_backend_optimization_level=0")
+
+
 def pytest_configure(config):
-  if hasattr(config, "workerinput") or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+  if hasattr(config, "workerinput"):
     return  # an xdist worker inherits the controller's environment
+  if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="metagan_xla_cache_")
   # cache every compilation, not only those over a second: most of the suite's are small
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
@@ -33,3 +48,29 @@ def pytest_unconfigure(config):
   del config
   for d in _OWNED:
     shutil.rmtree(d, ignore_errors=True)
+
+
+# Tests that use `tiny_run` run on one xdist worker (`--dist loadgroup`), so it is trained once.
+TINY_RUN_GROUP = pytest.mark.xdist_group("tiny_run")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+  """The tiny protocol end to end, once per session: pre-training, Reptile, Meta-SGD, scratch.
+
+  The NS loss keeps Meta-SGD's second-order step quick to compile (through WGAN-GP it
+  takes a minute); the WGAN-GP pipeline is covered by the kill/resume and recipe tests.
+
+  Returns:
+    ``{"config", "workdir", "out"}``, ``out`` being ``train_and_evaluate``'s result.
+  """
+  from experiments import omniglot  # pylint: disable=g-import-not-at-top
+  from experiments.configs import tiny  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("tiny_run")
+  config = tiny.get_config()
+  config.methods = "reptile,metasgd,transfer,scratch"
+  config.loss = "ns"
+  config.features.cache_dir = str(root / "cache")
+  work = str(root / "work")
+  out = omniglot.train_and_evaluate(config, work, progress=False)
+  return {"config": config, "workdir": work, "out": out}

@@ -1,5 +1,7 @@
 """Shared fixtures for the core tests: a tiny float64 MLP GAN problem."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,3 +54,20 @@ def tree_allclose(a, b, rtol, atol=0.0):
   assert len(la) == len(lb)
   for x, y in zip(la, lb):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def xla_flags(devices: int | None = None) -> str:
+  """``XLA_FLAGS`` for a subprocess: the suite's own flags, plus ``devices`` host devices."""
+  from tests.conftest import TEST_XLA_FLAGS  # pylint: disable=g-import-not-at-top
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  if TEST_XLA_FLAGS not in flags:
+    flags.append(TEST_XLA_FLAGS)
+  if devices is not None:
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+  return " ".join(flags)
+
+# A deadline that only catches a hang: every subprocess and wait in the suite takes
+# under 3 minutes alone on 2 cores, so this holds on a machine many times slower
+# and busy with the other xdist worker.
+HANG_TIMEOUT_S = 1800

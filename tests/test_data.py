@@ -16,6 +16,7 @@ from metagan_jax import data
 from metagan_jax.data import preprocess as pp
 from metagan_jax.data import splits
 from metagan_jax.tasks import Tasks
+from tests.helpers import HANG_TIMEOUT_S
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +79,7 @@ def test_import_and_offline_sources_do_not_import_tensorflow(tmp_path, omniglot_
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
              JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                       timeout=120)
+                       timeout=HANG_TIMEOUT_S)
   assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
 
 
@@ -293,7 +294,7 @@ def test_prefetch_reraises_worker_errors_and_stops():
   with pytest.raises(RuntimeError, match="boom at 2"):
     next(it)
   assert s.step == 2
-  it._thread.join(timeout=5)
+  it._thread.join(timeout=60)
   assert not it._thread.is_alive()
 
 
@@ -303,7 +304,7 @@ def test_unclosed_prefetcher_stops_when_dropped():
   thread = it._thread
   del it
   gc.collect()
-  thread.join(timeout=5)
+  thread.join(timeout=60)
   assert not thread.is_alive()
 
 

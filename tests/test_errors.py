@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import metagan_jax as mg
+from tests.conftest import TINY_RUN_GROUP
 
 MODEL = mg.models.mlp(data_dim=2, z_dim=3, hidden=(8,))
 
@@ -76,19 +77,14 @@ def test_errors_come_before_compute(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-  """A tiny trained run (pre-training + Reptile, no evaluation) and broken copies of it."""
+def trained_run(tmp_path_factory, tiny_run):
+  """The session's tiny run without its evaluation, broken copies of it, and image folders."""
   import json  # pylint: disable=g-import-not-at-top
   import shutil  # pylint: disable=g-import-not-at-top
-  from experiments import omniglot  # pylint: disable=g-import-not-at-top
-  from experiments.configs import tiny  # pylint: disable=g-import-not-at-top
   from tests.test_cli import _strokes, write_pngs  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("cli")
-  c = tiny.get_config()
-  c.methods = "reptile,metasgd,transfer"
-  c.loss = "ns"  # Meta-SGD is second order: through WGAN-GP it compiles for a minute
-  c.features.cache_dir = str(root / "cache")
-  omniglot.train_and_evaluate(c, str(root / "run"), mode="train", progress=False)
+  shutil.copytree(tiny_run["workdir"], root / "run")  # trained once per session
+  shutil.rmtree(root / "run" / "eval")  # a run that was trained but not evaluated
   no_ckpt = root / "no_ckpt"
   shutil.copytree(root / "run", no_ckpt)
   shutil.rmtree(no_ckpt / "train" / "reptile_s0" / "checkpoints")
@@ -128,6 +124,7 @@ CLI_CASES = [
 ]
 
 
+@TINY_RUN_GROUP
 def test_load_run_of_every_kind_of_meta_parameters(trained_run):
   run = mg.load_run(trained_run / "run" / "train" / "metasgd_s0")  # a training folder
   assert run.method == "metasgd" and isinstance(run.meta_params, mg.MetaSGDParams)
@@ -142,6 +139,7 @@ def test_load_run_of_every_kind_of_meta_parameters(trained_run):
     mg.load_run(trained_run / "run", method="reptile", seed=3)
 
 
+@TINY_RUN_GROUP
 @pytest.mark.parametrize("argv,match", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
 def test_generate_bad_input_is_a_clear_error(trained_run, argv, match, capsys, monkeypatch):
   from metagan_jax import cli  # pylint: disable=g-import-not-at-top

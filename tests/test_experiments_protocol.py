@@ -12,18 +12,18 @@ import metagan_jax as mg
 from experiments import omniglot, protocol
 from experiments.configs import tiny
 from metagan_jax import cli
+from tests.conftest import TINY_RUN_GROUP
+from tests.helpers import HANG_TIMEOUT_S
 from tests.test_cli import write_pngs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_protocol_end_to_end_tiny(tmp_path):
-  config = tiny.get_config()
-  config.features.cache_dir = str(tmp_path / "cache")
-  work = str(tmp_path / "work")
-  out = omniglot.train_and_evaluate(config, work, progress=False)
+@TINY_RUN_GROUP
+def test_protocol_end_to_end_tiny(tmp_path, tiny_run):
+  config, work, out = tiny_run["config"], tiny_run["workdir"], tiny_run["out"]
   table = out["table"]
-  for row in ("| reptile |", "| transfer |", "| scratch |", "| copy (jittered support) |",
+  for row in ("| reptile |", "| metasgd |", "| transfer |", "| scratch |", "| copy (jittered support) |",
               "| real (held-out images) |", "| K real images only |", "T=0", "T=2",
               "Test-time rules (tuned on validation alphabets)"):
     assert row in table, row
@@ -33,8 +33,9 @@ def test_protocol_end_to_end_tiny(tmp_path):
             "eval/figures/headline.png",
             "test_classes.json", "split.json", "config.json"):
     assert os.path.exists(os.path.join(work, f)), f
-  last = {"pretrain_s0": config.pretrain.steps, "reptile_s0": config.train.steps, "scratch_s0": 0}
-  for run in ("pretrain_s0", "reptile_s0", "scratch_s0"):
+  last = {"pretrain_s0": config.pretrain.steps, "reptile_s0": config.train.steps,
+          "metasgd_s0": config.train.steps, "scratch_s0": 0}
+  for run in last:
     d = os.path.join(work, "train", run)
     assert os.path.exists(os.path.join(d, "config.json"))
     assert glob.glob(os.path.join(d, "events.out.tfevents.*"))
@@ -43,12 +44,13 @@ def test_protocol_end_to_end_tiny(tmp_path):
   with open(os.path.join(work, "eval", "results.json")) as f:
     res = json.load(f)
   rows = res["per_class"]
-  assert len(rows) == 5 * 2 * 3  # (3 methods + copy + real) x 2 steps x 3 classes
+  assert len(rows) == 6 * 2 * 3  # (4 methods + copy + real) x 2 steps x 3 classes
   assert all(np.isfinite(r["kid"]) for r in rows)
   s = res["summary"]
-  for key in ("reptile|2|kid", "transfer|2|fidelity", "real|2|kid", "copy|0|diversity"):
+  for key in ("reptile|2|kid", "metasgd|2|kid", "transfer|2|fidelity", "real|2|kid", "copy|0|diversity"):
     assert set(s["metrics"][key]) >= {"mean", "ci", "per_class"}, key
   assert set(s["vs_transfer"]["reptile|2"]) >= {"mean_diff", "p"}
+  assert set(s["vs_transfer"]["metasgd|2"]) >= {"mean_diff", "p"}
   assert "mean" in s["lowdata_real"]
   # every run tuned over the same 2 x 2 grid; each method's rule is the best of its
   # seed-pooled scores, and all its seeds use it
@@ -59,7 +61,8 @@ def test_protocol_end_to_end_tiny(tmp_path):
     assert pooled == scores  # one seed: the pooled score is the seed's
     chosen = protocol.rule_name(res["info"]["rule_dicts"][f"{m}_s{seed}"])
     assert pooled[chosen] == min(pooled.values()), run
-  assert s["best_method"] == "reptile"  # the only meta method of the tiny config
+  meta_kid = {m: s["metrics"][f"{m}|2|kid"]["mean"] for m in ("reptile", "metasgd")}
+  assert s["best_method"] == min(meta_kid, key=meta_kid.get)  # the better meta method
   _load_run_adapts_as_the_evaluation_did(config, work, res)
   with open(os.path.join(work, "test_classes.json")) as f:
     tc = json.load(f)
@@ -92,8 +95,8 @@ def _load_run_adapts_as_the_evaluation_did(config, work, res):
 
 def _generate_from_own_images(tmp_path, work, res):
   """load_run picks the evaluation's best method; the command equals load_run + generate."""
-  kid = {m: res["summary"]["metrics"][f"{m}|2|kid"]["mean"] for m in ("reptile", "transfer",
-                                                                        "scratch")}
+  kid = {m: res["summary"]["metrics"][f"{m}|2|kid"]["mean"] for m in ("reptile", "metasgd",
+                                                                        "transfer", "scratch")}
   run = mg.load_run(work)
   assert run.method == min(kid, key=kid.get) and run.headline == 2
   assert run.rule == res["info"]["rule_dicts"][f"{run.method}_s0"]
@@ -103,7 +106,7 @@ def _generate_from_own_images(tmp_path, work, res):
   out = tmp_path / "out"
   cmd = [sys.executable, "-m", "metagan_jax", "generate", work, "--images", folder, "--steps",
          "2", "--num", "5", "--out", str(out), "--seed", "7", "--quiet"]
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert str(out) in proc.stdout and "5 samples of" in proc.stdout
   samples = np.load(out / "samples.npz")["samples"]
@@ -116,7 +119,7 @@ def _generate_from_own_images(tmp_path, work, res):
   assert "more than the 2 per class" in report["notes"][0]  # 3 images, trained with K = 2
   support, _ = cli.prepare(cli.read_images(folder)[0], run.preprocessing, "auto")
   np.testing.assert_allclose(samples, run.generate(support, 5, seed=7, steps=2), atol=1e-5)
-  again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
   assert again.returncode == 2 and "--overwrite" in again.stderr  # out exists: refused
 
 

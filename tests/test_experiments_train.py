@@ -14,6 +14,7 @@ import pytest
 import metagan_jax as mg
 from experiments import omniglot, train_lib
 from experiments.configs import tiny
+from tests.helpers import HANG_TIMEOUT_S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,7 +57,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, split):
   ckpt = os.path.join(work, "train", "reptile_s0", "checkpoints")
   proc = subprocess.Popen(cmd + ["--config.train.step_sleep=0.5"], env=env, cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  deadline = time.time() + 240
+  deadline = time.time() + HANG_TIMEOUT_S
   while not os.path.exists(os.path.join(ckpt, str(every), "commit_success.txt")):
     assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
     assert time.time() < deadline, "no checkpoint appeared"

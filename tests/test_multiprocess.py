@@ -10,8 +10,11 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
+
+from tests.helpers import HANG_TIMEOUT_S, xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,19 +52,107 @@ def _free_port():
     return s.getsockname()[1]
 
 
+# --- ending a run: process 0 works alone past the shutdown timeout ------------
+
+# One cross-process collective, then process 0 works alone (as it does when it
+# writes tables, figures and checkpoints) for longer than JAX's shutdown barrier
+# waits. "context" ends through mg.parallel.distributed; "plain" only initialises,
+# as the experiment scripts did before, and leaves the shutdown to JAX at exit.
+_ENDING = textwrap.dedent("""
+    import sys, time
+    import jax
+    import numpy as np
+    from metagan_jax import parallel
+    pid, coord, how, extra_s = int(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
+
+    def job():
+      mesh = parallel.task_mesh()
+      x = parallel.shard_tasks(np.full((1,), pid + 1.0, np.float32), mesh)
+      assert float(parallel.to_host(jax.jit(lambda a: a.sum())(x))) == 3.0
+      if pid == 0:
+        time.sleep(extra_s)  # process-0-only work
+      print("work done", flush=True)
+
+    if how == "context":
+      with parallel.distributed(coord, 2, pid, shutdown_timeout_s=2):
+        job()
+    else:
+      parallel.initialize_distributed(coord, 2, pid, shutdown_timeout_s=2)
+      job()
+""")
+
+
+def _start_all(cmds_envs):
+  return [subprocess.Popen(c, cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True) for c, e in cmds_envs]
+
+
+def _wait_all(procs):
+  """``[(returncode, output)]``, every pipe drained at once.
+
+  Reading one process to its end before the next would let a full pipe stall
+  the other process in a write while the first waits for it at a barrier.
+  """
+  outs = [""] * len(procs)
+  def drain(i):
+    outs[i] = procs[i].communicate(timeout=HANG_TIMEOUT_S)[0]
+  threads = [threading.Thread(target=drain, args=(i,)) for i in range(len(procs))]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  return [(p.returncode, o) for p, o in zip(procs, outs)]
+
+
+def test_process_0_working_alone_past_the_shutdown_timeout_ends_cleanly():
+  # JAX's shutdown barrier waits 2 s here; process 0 works alone for 8 s after the others.
+  # The fixed run and its control (the same script without the final barrier) at once.
+  env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": xla_flags(1)}
+  coords = {how: f"localhost:{_free_port()}" for how in ("context", "plain")}
+  procs = _start_all([([sys.executable, "-c", _ENDING, str(i), coords[how], how, "8"], env)
+                      for how in ("context", "plain") for i in range(2)])
+  (c0, o0), (c1, o1), (p0, q0), (p1, q1) = _wait_all(procs)
+  assert [c0, c1] == [0, 0], (o0, o1)
+  assert "work done" in o0 and "work done" in o1
+  # Control: both are aborted at JAX's shutdown barrier (process 0 in the middle of its
+  # work), as the two-process experiment test was on a slow day.
+  assert [p0, p1] != [0, 0], (q0, q1)
+  assert "work done" in q1, q1
+  assert any("Barrier timed out" in q and "Shutdown" in q for q in (q0, q1)), (q0, q1)
+
+
+def test_barrier_names_the_barrier_and_the_setting_after_its_timeout():
+  script = textwrap.dedent("""
+      import sys
+      from metagan_jax import parallel
+      pid, coord = int(sys.argv[1]), sys.argv[2]
+      parallel.initialize_distributed(coord, 2, pid)
+      if pid == 1:  # process 0 never comes to this one
+        try:
+          parallel.barrier("only_one_comes", timeout_s=1)
+        except TimeoutError as e:
+          print("TIMEOUT", e, flush=True)
+      parallel.barrier("both_come")
+  """)
+  env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": xla_flags(1)}
+  coord = f"localhost:{_free_port()}"
+  procs = _start_all([([sys.executable, "-c", script, str(i), coord], env) for i in range(2)])
+  outs = [o for _, o in _wait_all(procs)]
+  assert "TIMEOUT" in outs[1], outs
+  assert "'only_one_comes'" in outs[1] and "METAGAN_BARRIER_TIMEOUT_S" in outs[1], outs
+
+
 def test_two_processes_end_identical_and_equal_one_process(tmp_path):
   env = {**os.environ, "PYTHONPATH": ROOT,
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+         "XLA_FLAGS": xla_flags(2)}
   coord = f"localhost:{_free_port()}"
-  procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(tmp_path / f"p{i}.npz"), str(i),
-                             "2", coord], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for i in range(2)]
-  for p in procs:
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err[-3000:]
+  procs = _start_all([([sys.executable, "-c", _WORKER, str(tmp_path / f"p{i}.npz"), str(i), "2",
+                        coord], env) for i in range(2)])
+  for code, out in _wait_all(procs):
+    assert code == 0, out[-3000:]
   single = subprocess.run([sys.executable, "-c", _WORKER, str(tmp_path / "single.npz"), "0", "1",
-                           "-"], cwd=ROOT, env={**env, "XLA_FLAGS": ""}, capture_output=True,
-                          text=True, timeout=600)
+                           "-"], cwd=ROOT, env={**env, "XLA_FLAGS": xla_flags()}, capture_output=True,
+                          text=True, timeout=HANG_TIMEOUT_S)
   assert single.returncode == 0, single.stderr[-3000:]
 
   p0, p1, s = (np.load(tmp_path / f) for f in ("p0.npz", "p1.npz", "single.npz"))
@@ -112,17 +203,14 @@ _RESUME = textwrap.dedent("""
 
 
 def _run_two(cmds, env):
-  procs = [subprocess.Popen(c, cwd=ROOT, env={**env, "METAGAN_PROCESS_ID": str(i)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i, c in enumerate(cmds)]
-  for p in procs:
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err[-3000:]
+  procs = _start_all([(c, {**env, "METAGAN_PROCESS_ID": str(i)}) for i, c in enumerate(cmds)])
+  for p, (code, out) in zip(procs, _wait_all(procs)):
+    assert code == 0, out[-3000:]
 
 
 def test_two_process_experiment_checkpoints_resume_and_match_one_process(tmp_path):
   # One CPU device per process: 2 devices in all, T = 2 tasks, one per process.
-  env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": xla_flags(1)}
   work = str(tmp_path / "two")
   run_dir = os.path.join(work, "train", "fomaml_s0")
   # Steps 1-2 through the command line's --coordinator / --num_processes / --process_id.
@@ -139,7 +227,7 @@ def test_two_process_experiment_checkpoints_resume_and_match_one_process(tmp_pat
   # The same 3 steps in one process, drawing both processes' task streams.
   single = subprocess.run([sys.executable, "-c", _RESUME, str(tmp_path / "one"), "3", "2",
                            str(tmp_path / "single.npz")], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=HANG_TIMEOUT_S)
   assert single.returncode == 0, single.stderr[-3000:]
 
   p0, p1, s = (np.load(tmp_path / f) for f in ("p0.npz", "p1.npz", "single.npz"))

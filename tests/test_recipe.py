@@ -91,8 +91,9 @@ def _pooled(x):
 def test_pretrained_gan_beats_its_random_init_on_kid(tmp_path):
   """The tiny config's pre-training, run longer, draws closer to real characters than its init."""
   c = tiny.get_config()
-  c.pretrain.steps, c.pretrain.batch = 150, 32
-  c.train.ckpt_every = c.train.sample_every = c.train.log_every = 150
+  # 100 steps: trained KID at most 0.77x the init's in all 8 comparisons (0.91x at 60 steps)
+  c.pretrain.steps, c.pretrain.batch = 100, 32
+  c.train.ckpt_every = c.train.sample_every = c.train.log_every = 100
   split = train_lib.load_split(c, "train", verbose=False)
   val = np.concatenate(train_lib.load_split(c, "val", verbose=False).images)
   model = train_lib.get_model(c)

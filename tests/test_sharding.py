@@ -12,6 +12,8 @@ import textwrap
 
 import pytest
 
+from tests.helpers import HANG_TIMEOUT_S, xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _SCRIPT = textwrap.dedent("""
@@ -62,9 +64,9 @@ _SCRIPT = textwrap.dedent("""
 
 def _run(algorithm, T):
   env = {**os.environ, "PYTHONPATH": ROOT,
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+         "XLA_FLAGS": xla_flags(4)}
   out = subprocess.run([sys.executable, "-c", _SCRIPT, algorithm, str(T)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 
 import metagan_jax as mg  # noqa: E402
 from benchmarks import common, torch_peer  # noqa: E402
+from tests.helpers import HANG_TIMEOUT_S  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T, K, Q, STEPS, LR = 2, 2, 2, 2, 0.05
@@ -127,7 +128,7 @@ def test_naive_total_derivative_differs(problem):
   assert max(errs.values()) > 1e-3, errs
 
 
-def _run_script(*args, timeout=120):
+def _run_script(*args, timeout=HANG_TIMEOUT_S):
   env = dict(os.environ, PYTHONPATH=ROOT)
   out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "torch_peer.py"),
                         "--workload", "tiny", "--steps", "2", "--threads", "1",
