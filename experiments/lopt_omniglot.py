@@ -377,10 +377,5 @@ if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", os.path.join(ROOT, "experiments/configs/lopt_short.py"),
                                   "Experiment config file.")
   flags.DEFINE_string("workdir", "runs/lopt_short", "Output folder.")
-  flags.DEFINE_string("coordinator", None, "Several processes: host:port of process 0 "
-                      "(default $METAGAN_COORDINATOR; unset = one process).")
-  flags.DEFINE_integer("num_processes", None, "Several processes: how many "
-                       "(default $METAGAN_NUM_PROCESSES).")
-  flags.DEFINE_integer("process_id", None, "Several processes: this one's id in "
-                       "[0, num_processes) (default $METAGAN_PROCESS_ID).")
+  train_lib.define_process_flags()
   app.run(main)

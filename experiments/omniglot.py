@@ -188,10 +188,5 @@ if __name__ == "__main__":
   flags.DEFINE_string("workdir", "runs/omniglot_short", "Output folder.")
   flags.DEFINE_bool("resume", False, "Continue a killed run from its newest checkpoint.")
   flags.DEFINE_enum("mode", "all", ["all", "train"], "Run everything, or training only.")
-  flags.DEFINE_string("coordinator", None, "Several processes: host:port of process 0 "
-                      "(default $METAGAN_COORDINATOR; unset = one process).")
-  flags.DEFINE_integer("num_processes", None, "Several processes: how many "
-                       "(default $METAGAN_NUM_PROCESSES).")
-  flags.DEFINE_integer("process_id", None, "Several processes: this one's id in "
-                       "[0, num_processes) (default $METAGAN_PROCESS_ID).")
+  train_lib.define_process_flags()
   app.run(main)

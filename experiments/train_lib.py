@@ -58,6 +58,17 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
+def define_process_flags() -> None:
+  """The absl flags of a run over several processes (read by ``mg.parallel.distributed``)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("coordinator", None, "Several processes: host:port of process 0 "
+                      "(default $METAGAN_COORDINATOR; unset = one process).")
+  flags.DEFINE_integer("num_processes", None, "Several processes: how many "
+                       "(default $METAGAN_NUM_PROCESSES).")
+  flags.DEFINE_integer("process_id", None, "Several processes: this one's id in "
+                       "[0, num_processes) (default $METAGAN_PROCESS_ID).")
+
+
 def sample_streams(config) -> int:
   """Task-sampling streams per meta-step: ``train.sample_streams``, 0 = one per process."""
   s = int(config.train.get("sample_streams", 0)) or jax.process_count()
