@@ -30,7 +30,6 @@ together::
       ...                                           # the whole job
 """
 
-
 from __future__ import annotations
 
 import contextlib

@@ -24,7 +24,7 @@ import pytest
 _OWNED = []
 
 
-TEST_XLA_FLAGS = os.environ.get("METAGAN_TEST_XLA_FLAGS", "--xla_backend_optimization_level=0")
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
 def pytest_configure(config):

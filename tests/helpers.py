@@ -67,6 +67,7 @@ def xla_flags(devices: int | None = None) -> str:
     flags.append(f"--xla_force_host_platform_device_count={devices}")
   return " ".join(flags)
 
+
 # A deadline that only catches a hang: every subprocess and wait in the suite takes
 # under 3 minutes alone on 2 cores, so this holds on a machine many times slower
 # and busy with the other xdist worker.
