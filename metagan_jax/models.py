@@ -10,6 +10,7 @@ pairs offer only stateless normalisation (LayerNorm / GroupNorm / none).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -48,13 +49,9 @@ class GanModel:
 
   def init(self, key: jax.Array) -> GanParams:
     """Returns freshly initialised parameters of both players."""
-    kg, kd = jax.random.split(key)
-    z = jnp.zeros((1, self.z_dim), jnp.float32)
-    x = jnp.zeros((1, *self.data_shape), jnp.float32)
-    return GanParams(
-        g=self.generator.init(kg, z)["params"],
-        d=self.discriminator.init(kd, x)["params"],
-    )
+    # One compiled program: op by op, a first call compiles every initialiser's
+    # primitives one at a time (about 4 s against under 1 s on a 2-core CPU).
+    return _init(self, key)
 
   def generate(self, g_params: PyTree, z_NxZ: jax.Array) -> jax.Array:
     """Samples ``x = G(z)``, shape ``[N, *data_shape]``."""
@@ -67,6 +64,17 @@ class GanModel:
   def sample_z(self, key: jax.Array, n: int, dtype=jnp.float32) -> jax.Array:
     """Draws ``n`` latents ``z ~ N(0, I)``."""
     return jax.random.normal(key, (n, self.z_dim), dtype)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(model: GanModel, key: jax.Array) -> GanParams:
+  kg, kd = jax.random.split(key)
+  z = jnp.zeros((1, model.z_dim), jnp.float32)
+  x = jnp.zeros((1, *model.data_shape), jnp.float32)
+  return GanParams(
+      g=model.generator.init(kg, z)["params"],
+      d=model.discriminator.init(kd, x)["params"],
+  )
 
 
 def _norm(kind: str | None, name: str) -> Callable[[jax.Array], jax.Array]:
