@@ -45,8 +45,24 @@ def load_config(path: str):
   return mod.get_config()
 
 
+def apply_overrides(config, pairs):
+  """``--set a.b=value`` pairs onto the config, each value cast to its field's type."""
+  for pair in pairs or []:
+    key, sep, value = pair.partition("=")
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    if not sep or leaf not in node:
+      raise ValueError(f"--set {pair!r}: expected FIELD=VALUE with FIELD a field of the config "
+                       f"(e.g. loss=ns, inner_opt=sgd, train.tasks=8).")
+    old = node[leaf]
+    node[leaf] = (value.lower() in ("1", "true") if isinstance(old, bool) else type(old)(value))
+  return config
+
+
 def run(args) -> dict:
-  config = load_config(args.config)
+  config = apply_overrides(load_config(args.config), args.set)
   tc = config.train
   shape = train_lib.get_model(config).data_shape
   rng = np.random.default_rng(0)
@@ -60,9 +76,14 @@ def run(args) -> dict:
     asked = resolved = "n/a"
     t, k, q, inner = 1, int(config.pretrain.batch), 0, 1
   else:
+    if args.second_order_steps is not None:
+      config.second_order_steps = str(args.second_order_steps)
     mc = train_lib.meta_config(config, args.method)
     if args.vectorize:
       mc = dataclasses.replace(mc, vectorize=args.vectorize)
+    mc = dataclasses.replace(mc, meta_backward=args.meta_backward, map_batch=args.map_batch,
+                             adapt=dataclasses.replace(mc.adapt, unroll=args.unroll,
+                                                       remat=args.remat))
     asked, resolved = mc.vectorize, mc.resolved_vectorize()
     mesh = mc.task_mesh()
     state = mg.parallel.replicate(mg.init(jax.random.key(0), mc), mesh)
@@ -84,9 +105,11 @@ def run(args) -> dict:
   dev = jax.devices()[0]
   return {
       "benchmark": "main_job_step", "experiment_config": os.path.basename(args.config),
-      "method": args.method, "model": config.model, "loss": config.loss,
+      "method": args.method, "overrides": args.set or [], "model": config.model,
+      "loss": config.loss, "inner_opt": config.inner_opt,
       "vectorize": asked, "vectorize_resolved": resolved, "T": t, "K": k, "Q": q,
-      "inner_steps": inner,
+      "inner_steps": inner, "second_order_steps": config.get("second_order_steps", "all"),
+      "meta_backward": args.meta_backward, "map_batch": args.map_batch, "unroll": args.unroll, "remat": args.remat,
       "d_steps": int(config.pretrain.d_steps if args.method == "pretrain" else config.d_steps),
       "device": f"cpu: {common.cpu_name()}" if dev.platform == "cpu" else str(dev.device_kind),
       "num_devices": jax.device_count(), "jax": jax.__version__, "compile_s": compile_s,
@@ -100,6 +123,14 @@ def main(argv=None) -> None:
   p.add_argument("--config", default=os.path.join(ROOT, "experiments/configs/omniglot_short.py"))
   p.add_argument("--method", default="reptile", choices=list(mg.ALGORITHMS) + ["pretrain"])
   p.add_argument("--vectorize", default=None, choices=["auto", "map", "vmap"])
+  p.add_argument("--second-order-steps", type=int, default=None,
+                 help="maml/metasgd: second order through the last N inner steps only")
+  p.add_argument("--map-batch", type=int, default=1, help="tasks per lax.map iteration (map)")
+  p.add_argument("--meta-backward", default="batched", choices=["batched", "sequential"])
+  p.add_argument("--unroll", action="store_true", help="unroll the inner loop instead of scan")
+  p.add_argument("--remat", action="store_true", help="jax.checkpoint every inner step")
+  p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                 help="override a config field, e.g. --set loss=ns --set inner_opt=sgd")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
   common.emit(run(p.parse_args(argv)), required=REQUIRED)

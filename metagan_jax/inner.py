@@ -75,6 +75,12 @@ class AdaptConfig:
       second-order MAML then grows by one step's carry per step instead of all
       its activations.
     first_order: treat inner gradients as constants (first-order MAML).
+    second_order_steps: differentiate through the inner gradients of only the
+      last ``second_order_steps`` inner steps; the earlier steps' inner gradients
+      are constants, as in first-order MAML, so the backward pass crosses them
+      elementwise. ``None`` (default): every step, exact second order. An
+      approximation of the MAML meta-gradient ("truncated second order");
+      ``0`` is first-order MAML, ``inner_steps`` exact MAML.
     g_trainable / d_trainable: which of each player's parameters adapt:
       ``None`` (all), ``"none"``, or comma-separated path prefixes such as
       ``"mapping"`` or ``"synthesis/out,synthesis/fc"`` (paths join the
@@ -97,6 +103,7 @@ class AdaptConfig:
   unroll: bool = False
   remat: bool = False
   first_order: bool = False
+  second_order_steps: int | None = None
   g_trainable: str | None = None
   d_trainable: str | None = None
   lopt_spec: LOptSpec | None = None
@@ -109,6 +116,11 @@ class AdaptConfig:
       v = getattr(self, name)
       if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"AdaptConfig.{name} must be an integer >= 1, got {v!r}.")
+    n2 = self.second_order_steps
+    if n2 is not None and (not isinstance(n2, int) or isinstance(n2, bool)
+                           or not 0 <= n2 <= self.inner_steps):
+      raise ValueError(f"AdaptConfig.second_order_steps must be None (every step) or an integer "
+                       f"in [0, inner_steps={self.inner_steps}], got {n2!r}.")
     if self.n_fake is not None and (not isinstance(self.n_fake, int) or self.n_fake < 1):
       raise ValueError(f"AdaptConfig.n_fake must be None or an integer >= 1, got {self.n_fake!r}.")
     # Resolve the loss now so a bad name fails at construction, not at trace.
@@ -273,21 +285,31 @@ def adapt_with_aux(meta_params, support: jax.Array, key: jax.Array, config: Adap
   params, d_opt, g_opt = _split_meta_params(meta_params, config)
   n_fake = config.n_fake or support.shape[0]
   noise = inner_noise(key, config, n_fake, support.dtype)
-  step = functools.partial(inner_step, support=support, d_opt=d_opt, g_opt=g_opt, config=config)
-
-  if config.remat:
-    step = jax.checkpoint(step)
+  n_all = config.inner_steps
+  n_first = 0 if config.first_order or config.second_order_steps is None else (
+      n_all - config.second_order_steps)
   carry = (params.g, params.d, g_opt.init(params.g), d_opt.init(params.d))
-  if config.unroll:
-    outs = []
-    for i in range(config.inner_steps):
-      carry, out = step(carry, (noise.z[i], noise.gp_keys[i]))
-      outs.append(out)
-    d_l, g_l = (jnp.stack(o) for o in zip(*outs))
-  else:
-    carry, (d_l, g_l) = jax.lax.scan(step, carry, (noise.z, noise.gp_keys))
+  d_l, g_l = [], []
+  # Steps [0, n_first) first-order, [n_first, n_all) as configured.
+  for lo, hi, first_order in ((0, n_first, True), (n_first, n_all, config.first_order)):
+    if hi == lo:
+      continue
+    cfg = config if first_order == config.first_order else dataclasses.replace(config,
+                                                                                first_order=True)
+    step = functools.partial(inner_step, support=support, d_opt=d_opt, g_opt=g_opt, config=cfg)
+    if config.remat:
+      step = jax.checkpoint(step)
+    if config.unroll:
+      for i in range(lo, hi):
+        carry, (dl, gl) = step(carry, (noise.z[i], noise.gp_keys[i]))
+        d_l.append(dl[None])
+        g_l.append(gl[None])
+    else:
+      carry, (dl, gl) = jax.lax.scan(step, carry, (noise.z[lo:hi], noise.gp_keys[lo:hi]))
+      d_l.append(dl)
+      g_l.append(gl)
   g, d = carry[0], carry[1]
-  return GanParams(g=g, d=d), {"d_loss": d_l, "g_loss": g_l}
+  return GanParams(g=g, d=d), {"d_loss": jnp.concatenate(d_l), "g_loss": jnp.concatenate(g_l)}
 
 
 def adapt(meta_params, support: jax.Array, key: jax.Array, config: AdaptConfig) -> GanParams:

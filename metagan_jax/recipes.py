@@ -13,6 +13,7 @@ its learned rates).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from typing import Any, Mapping
@@ -74,7 +75,11 @@ def adapt_config(cfg: Config, inner_steps: int | None = None, rule: dict | None 
 def meta_config(cfg: Config, algorithm: str) -> MetaConfig:
   """The meta-learning step of ``algorithm`` with the config's rule and outer Adam."""
   tc = cfg["train"]
-  return MetaConfig(adapt_config(cfg), algorithm=algorithm,
+  adapt = adapt_config(cfg)
+  n2 = str(cfg.get("second_order_steps", "all"))
+  if n2 != "all" and algorithm in ("maml", "metasgd"):  # meta-training only: no test-time effect
+    adapt = dataclasses.replace(adapt, second_order_steps=int(n2))
+  return MetaConfig(adapt, algorithm=algorithm,
                     outer_opt=optax.adam(tc["outer_lr"], b1=tc.get("outer_b1", 0.9),
                                          eps=tc.get("outer_eps", 1e-8)))
 

@@ -56,9 +56,9 @@ TINY_RUN_GROUP = pytest.mark.xdist_group("tiny_run")
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-  """The tiny protocol end to end, once per session: pre-training, Reptile, Meta-SGD, scratch.
+  """The tiny protocol end to end, once per session: pre-training, Reptile, MAML, Meta-SGD, scratch.
 
-  The NS loss keeps Meta-SGD's second-order step quick to compile (through WGAN-GP it
+  The NS loss keeps MAML's and Meta-SGD's second-order steps quick to compile (through WGAN-GP it
   takes a minute); the WGAN-GP pipeline is covered by the kill/resume and recipe tests.
 
   Returns:
@@ -68,7 +68,7 @@ def tiny_run(tmp_path_factory):
   from experiments.configs import tiny  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("tiny_run")
   config = tiny.get_config()
-  config.methods = "reptile,metasgd,transfer,scratch"
+  config.methods = "reptile,maml,metasgd,transfer,scratch"
   config.loss = "ns"
   config.features.cache_dir = str(root / "cache")
   work = str(root / "work")

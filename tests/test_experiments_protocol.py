@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_protocol_end_to_end_tiny(tmp_path, tiny_run):
   config, work, out = tiny_run["config"], tiny_run["workdir"], tiny_run["out"]
   table = out["table"]
-  for row in ("| reptile |", "| metasgd |", "| transfer |", "| scratch |", "| copy (jittered support) |",
+  for row in ("| reptile |", "| maml |", "| metasgd |", "| transfer |", "| scratch |", "| copy (jittered support) |",
               "| real (held-out images) |", "| K real images only |", "T=0", "T=2",
               "Test-time rules (tuned on validation alphabets)"):
     assert row in table, row
@@ -34,7 +34,7 @@ def test_protocol_end_to_end_tiny(tmp_path, tiny_run):
             "test_classes.json", "split.json", "config.json"):
     assert os.path.exists(os.path.join(work, f)), f
   last = {"pretrain_s0": config.pretrain.steps, "reptile_s0": config.train.steps,
-          "metasgd_s0": config.train.steps, "scratch_s0": 0}
+          "maml_s0": config.train.steps, "metasgd_s0": config.train.steps, "scratch_s0": 0}
   for run in last:
     d = os.path.join(work, "train", run)
     assert os.path.exists(os.path.join(d, "config.json"))
@@ -44,12 +44,13 @@ def test_protocol_end_to_end_tiny(tmp_path, tiny_run):
   with open(os.path.join(work, "eval", "results.json")) as f:
     res = json.load(f)
   rows = res["per_class"]
-  assert len(rows) == 6 * 2 * 3  # (4 methods + copy + real) x 2 steps x 3 classes
+  assert len(rows) == 7 * 2 * 3  # (5 methods + copy + real) x 2 steps x 3 classes
   assert all(np.isfinite(r["kid"]) for r in rows)
   s = res["summary"]
-  for key in ("reptile|2|kid", "metasgd|2|kid", "transfer|2|fidelity", "real|2|kid", "copy|0|diversity"):
+  for key in ("reptile|2|kid", "maml|2|kid", "metasgd|2|kid", "transfer|2|fidelity", "real|2|kid", "copy|0|diversity"):
     assert set(s["metrics"][key]) >= {"mean", "ci", "per_class"}, key
   assert set(s["vs_transfer"]["reptile|2"]) >= {"mean_diff", "p"}
+  assert set(s["vs_transfer"]["maml|2"]) >= {"mean_diff", "p"}
   assert set(s["vs_transfer"]["metasgd|2"]) >= {"mean_diff", "p"}
   assert "mean" in s["lowdata_real"]
   # every run tuned over the same 2 x 2 grid; each method's rule is the best of its
@@ -61,7 +62,7 @@ def test_protocol_end_to_end_tiny(tmp_path, tiny_run):
     assert pooled == scores  # one seed: the pooled score is the seed's
     chosen = protocol.rule_name(res["info"]["rule_dicts"][f"{m}_s{seed}"])
     assert pooled[chosen] == min(pooled.values()), run
-  meta_kid = {m: s["metrics"][f"{m}|2|kid"]["mean"] for m in ("reptile", "metasgd")}
+  meta_kid = {m: s["metrics"][f"{m}|2|kid"]["mean"] for m in ("reptile", "maml", "metasgd")}
   assert s["best_method"] == min(meta_kid, key=meta_kid.get)  # the better meta method
   _load_run_adapts_as_the_evaluation_did(config, work, res)
   with open(os.path.join(work, "test_classes.json")) as f:
@@ -95,7 +96,7 @@ def _load_run_adapts_as_the_evaluation_did(config, work, res):
 
 def _generate_from_own_images(tmp_path, work, res):
   """load_run picks the evaluation's best method; the command equals load_run + generate."""
-  kid = {m: res["summary"]["metrics"][f"{m}|2|kid"]["mean"] for m in ("reptile", "metasgd",
+  kid = {m: res["summary"]["metrics"][f"{m}|2|kid"]["mean"] for m in ("reptile", "maml", "metasgd",
                                                                         "transfer", "scratch")}
   run = mg.load_run(work)
   assert run.method == min(kid, key=kid.get) and run.headline == 2

@@ -129,6 +129,77 @@ def test_meta_gradient_equals_independent_reference(algorithm):
   assert tree_max_rel_err(grads, ref) < 1e-9
 
 
+def _truncated_surrogate(params, support, query, task_key, config):
+  """``[L_D, L_G](theta)`` whose gradient truncated second order computes, built by hand.
+
+  The first ``S - n`` inner steps move ``theta`` by a displacement (and give the
+  optimiser states) held at their values at ``params``; the last ``n`` steps and
+  the query losses (non-saturating) are functions of ``theta``.
+  """
+  inner = config.inner
+  model, S, n = inner.model, inner.inner_steps, inner.second_order_steps
+  k_adapt, k_query = jax.random.split(task_key)
+  noise = mg.inner_noise(k_adapt, inner, support.shape[0], support.dtype)
+  d_opt, g_opt = inner.optimizers()
+  step = functools.partial(mg.inner.inner_step, support=support, d_opt=d_opt, g_opt=g_opt,
+                           config=inner)
+  c = (params.g, params.d, g_opt.init(params.g), d_opt.init(params.d))
+  for i in range(S - n):
+    c, _ = step(c, (noise.z[i], noise.gp_keys[i]))
+  shift = GanParams(jax.tree.map(jnp.subtract, c[0], params.g),
+                    jax.tree.map(jnp.subtract, c[1], params.d))
+  z = model.sample_z(jax.random.split(k_query)[0], query.shape[0], query.dtype)
+
+  def losses(p):
+    carry = (jax.tree.map(jnp.add, p.g, shift.g), jax.tree.map(jnp.add, p.d, shift.d), c[2], c[3])
+    for i in range(S - n, S):
+      carry, _ = step(carry, (noise.z[i], noise.gp_keys[i]))
+    g, d = carry[0], carry[1]
+    fake = model.generate(g, z)
+    l_d = (jnp.mean(jax.nn.softplus(-model.discriminate(d, query)))
+           + jnp.mean(jax.nn.softplus(model.discriminate(d, fake))))
+    return jnp.stack([l_d, jnp.mean(jax.nn.softplus(-model.discriminate(d, fake)))])
+  return losses
+
+
+def test_truncated_second_order_matches_finite_differences_of_its_surrogate():
+  # Adam inside: the first steps' optimiser state is held fixed too (SGD: the next test)
+  config = _config(inner_opt=optax.adam(0.05, eps_root=1e-12), inner_steps=3,
+                   second_order_steps=1)
+  params, tasks, key = _problem(config)
+  support, query = _single_task(tasks)
+  (task_key,) = jax.random.split(key, 1)
+  grads, _ = jax.jit(functools.partial(mg.meta_gradients, config=config))(params, tasks, key)
+  surrogate = jax.jit(_truncated_surrogate(params, support, query, task_key, config))
+  # The surrogate is the real meta-objective at params (only its derivative differs).
+  exact = mg.maml_objective(params, support, query, task_key, config)[0]
+  assert float(jnp.max(jnp.abs(surrogate(params) - exact))) < 1e-12
+  for row, player in ((0, "d"), (1, "g")):
+    for i in range(3):
+      v = _only(player)(random_direction(jax.random.key(1000 + 10 * row + i), params))
+      fd = central_difference(lambda p: surrogate(p)[row], params, v)
+      an = tree_dot(grads, v)
+      assert abs(fd - an) / abs(an) < 1e-4, (row, i, float(fd), float(an))
+
+
+def test_truncated_second_order_spans_first_order_to_exact():
+  params, tasks, key = _problem(_config(inner_steps=3))
+  grads = lambda algorithm, **kw: jax.jit(functools.partial(
+      mg.meta_gradients, config=_config(algorithm, inner_steps=3, **kw)))(params, tasks, key)[0]
+  exact, first = grads("maml"), grads("fomaml")
+  assert tree_max_rel_err(grads("maml", second_order_steps=3), exact) < 1e-12
+  assert tree_max_rel_err(grads("maml", second_order_steps=0), first) < 1e-12
+  one = grads("maml", second_order_steps=1)
+  assert tree_max_rel_err(one, exact) > 1e-4 and tree_max_rel_err(one, first) > 1e-4
+  # Meta-SGD's learning rates still get a meta-gradient through the last step.
+  sgd_params = to64(mg.init(jax.random.key(0), _config("metasgd", inner_steps=3)).params)
+  lr = jax.jit(functools.partial(mg.meta_gradients, config=_config(
+      "metasgd", inner_steps=3, second_order_steps=1)))(sgd_params, tasks, key)[0].lr
+  assert float(optax.tree.norm(lr)) > 0
+  with pytest.raises(ValueError, match="second_order_steps"):
+    _config(inner_steps=3, second_order_steps=4)
+
+
 def test_fomaml_differs_from_maml():
   params, tasks, key = _problem(_config())
   g2, _ = mg.meta_gradients(params, tasks, key, _config("maml"))

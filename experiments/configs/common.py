@@ -31,6 +31,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.inner_lr = 1e-3
   c.inner_b1 = 0.0                # Adam's betas (inner_opt = adam)
   c.inner_b2 = 0.9
+  # maml / metasgd meta-training: second order through the last n inner steps only
+  # ("all": exact; metagan_jax.AdaptConfig.second_order_steps)
+  c.second_order_steps = "all"
   c.g_trainable = "all"           # which G parameters adapt: all | none | path prefixes
   c.d_trainable = "all"
 
