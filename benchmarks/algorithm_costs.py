@@ -30,9 +30,9 @@ ROWS = [
     ("maml", ["--method", "maml"]),
     ("metasgd", ["--method", "metasgd"]),
     ("maml, second order through the last 2 inner steps", ["--method", "maml",
-                                                          "--second-order-steps", "2"]),
+                                                          "--set", "second_order_steps=2"]),
     ("metasgd, second order through the last 2 inner steps", ["--method", "metasgd",
-                                                             "--second-order-steps", "2"]),
+                                                             "--set", "second_order_steps=2"]),
 ]
 PROFILE = [
     ("maml, NS loss (no gradient penalty)", ["--method", "maml", "--set", "loss=ns"]),

@@ -76,8 +76,6 @@ def run(args) -> dict:
     asked = resolved = "n/a"
     t, k, q, inner = 1, int(config.pretrain.batch), 0, 1
   else:
-    if args.second_order_steps is not None:
-      config.second_order_steps = str(args.second_order_steps)
     mc = train_lib.meta_config(config, args.method)
     if args.vectorize:
       mc = dataclasses.replace(mc, vectorize=args.vectorize)
@@ -109,7 +107,8 @@ def run(args) -> dict:
       "loss": config.loss, "inner_opt": config.inner_opt,
       "vectorize": asked, "vectorize_resolved": resolved, "T": t, "K": k, "Q": q,
       "inner_steps": inner, "second_order_steps": config.get("second_order_steps", "all"),
-      "meta_backward": args.meta_backward, "map_batch": args.map_batch, "unroll": args.unroll, "remat": args.remat,
+      "meta_backward": args.meta_backward, "map_batch": args.map_batch, "unroll": args.unroll,
+      "remat": args.remat,
       "d_steps": int(config.pretrain.d_steps if args.method == "pretrain" else config.d_steps),
       "device": f"cpu: {common.cpu_name()}" if dev.platform == "cpu" else str(dev.device_kind),
       "num_devices": jax.device_count(), "jax": jax.__version__, "compile_s": compile_s,
@@ -123,14 +122,12 @@ def main(argv=None) -> None:
   p.add_argument("--config", default=os.path.join(ROOT, "experiments/configs/omniglot_short.py"))
   p.add_argument("--method", default="reptile", choices=list(mg.ALGORITHMS) + ["pretrain"])
   p.add_argument("--vectorize", default=None, choices=["auto", "map", "vmap"])
-  p.add_argument("--second-order-steps", type=int, default=None,
-                 help="maml/metasgd: second order through the last N inner steps only")
   p.add_argument("--map-batch", type=int, default=1, help="tasks per lax.map iteration (map)")
   p.add_argument("--meta-backward", default="batched", choices=["batched", "sequential"])
   p.add_argument("--unroll", action="store_true", help="unroll the inner loop instead of scan")
   p.add_argument("--remat", action="store_true", help="jax.checkpoint every inner step")
   p.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                 help="override a config field, e.g. --set loss=ns --set inner_opt=sgd")
+                 help="override a config field, e.g. --set loss=ns --set second_order_steps=2")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
   common.emit(run(p.parse_args(argv)), required=REQUIRED)

@@ -289,13 +289,11 @@ def adapt_with_aux(meta_params, support: jax.Array, key: jax.Array, config: Adap
   n_first = 0 if config.first_order or config.second_order_steps is None else (
       n_all - config.second_order_steps)
   carry = (params.g, params.d, g_opt.init(params.g), d_opt.init(params.d))
-  d_l, g_l = [], []
   # Steps [0, n_first) first-order, [n_first, n_all) as configured.
-  for lo, hi, first_order in ((0, n_first, True), (n_first, n_all, config.first_order)):
-    if hi == lo:
-      continue
-    cfg = config if first_order == config.first_order else dataclasses.replace(config,
-                                                                                first_order=True)
+  segments = [(0, n_first, dataclasses.replace(config, first_order=True))] if n_first else []
+  segments += [(n_first, n_all, config)] if n_all > n_first else []
+  d_l, g_l = [], []
+  for lo, hi, cfg in segments:
     step = functools.partial(inner_step, support=support, d_opt=d_opt, g_opt=g_opt, config=cfg)
     if config.remat:
       step = jax.checkpoint(step)

@@ -77,6 +77,9 @@ def meta_config(cfg: Config, algorithm: str) -> MetaConfig:
   tc = cfg["train"]
   adapt = adapt_config(cfg)
   n2 = str(cfg.get("second_order_steps", "all"))
+  if n2 != "all" and not n2.isdigit():
+    raise ValueError(f"config.second_order_steps={n2!r}: use 'all' (exact second order) or an "
+                     f"integer n in [0, inner_steps] (second order through the last n inner steps).")
   if n2 != "all" and algorithm in ("maml", "metasgd"):  # meta-training only: no test-time effect
     adapt = dataclasses.replace(adapt, second_order_steps=int(n2))
   return MetaConfig(adapt, algorithm=algorithm,
