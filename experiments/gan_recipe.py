@@ -6,7 +6,7 @@ Run one recipe (a named variant of RECIPES, plus overrides), or the whole ablati
 Every variant writes <out>/<variant>/{samples.png, raw_samples.png, result.json,
 params.msgpack}. Scores: KID x1e3, FD and diversity between 1,000 samples of the EMA
 generator (the raw one for no_ema) and 1,000 images of the validation alphabets (unseen
-classes), in the protocol's feature space (experiments/protocol.py; the blur variant
+classes), in the protocol's feature space (experiments/protocol/; the blur variant
 is scored in the feature space of blurred images, so compare it by eye).
 """
 

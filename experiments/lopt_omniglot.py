@@ -146,7 +146,7 @@ def meta_train(config, init_params, split, out_dir: str, progress: bool = True,
 @functools.lru_cache(maxsize=None)
 def _adapt_fn(config_json: str, kind: str, steps: int):
   """jit(vmap over classes) of: adapt for ``steps`` with optimiser ``kind``, then generate."""
-  config = protocol._config_from_json(config_json)  # pylint: disable=protected-access
+  config = protocol.scoring._config_from_json(config_json)  # pylint: disable=protected-access
   model = train_lib.get_model(config)
   b1 = config.lopt.adam_b1
 

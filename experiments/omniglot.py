@@ -58,6 +58,9 @@ def train_all(config, workdir: str, resume: bool = False, progress: bool = True)
   split = train_lib.load_split(config, "train", run_dir=workdir if main else None, verbose=main)
   params, timing, pretrained = {}, {}, {}
   meta = [m for m in methods if m in train_lib.META_METHODS]
+  equal_time, ref = train_lib.equal_time_methods(config)
+  if equal_time:  # the reference trains first: its time per step sets the others' budget
+    methods = [ref] + [m for m in methods if m != ref]
   if "transfer" in methods or (meta and config.init == "pretrained"):
     for ps in sorted({train_lib.pretrain_seed(config, s) for s in seeds}):
       t0 = time.perf_counter()
@@ -75,16 +78,37 @@ def train_all(config, workdir: str, resume: bool = False, progress: bool = True)
       init = (pretrained[train_lib.pretrain_seed(config, seed)]
               if method in meta and config.init == "pretrained" else None)
       run_dir = os.path.join(workdir, "train", f"{method}_s{seed}")
+      budget_ms = None
+      if method in equal_time:  # the reference's meta-steps x its median ms (process 0's)
+        ref_ms = train_lib.median_step_ms(os.path.join(workdir, "train", f"{ref}_s{seed}"))
+        budget_ms = (ref_ms or 1.0) * int(config.train.steps)
       state = train_lib.train_run(config, method, seed, run_dir, split, resume=resume,
-                                  progress=progress, init_params=init)
+                                  progress=progress, init_params=init, equal_time_ms=budget_ms)
       # evaluated per process, from host copies
       params[(method, seed)] = mg.parallel.to_host(
           state.params if method in meta else train_lib.Run.init_params(state))
       timing[f"{method}_s{seed}"] = round(time.perf_counter() - t0, 1)
+      if method in equal_time:
+        p_eq, rec = train_lib.equal_time_params(run_dir, params[(method, seed)])
+        params[(train_lib.equal_time_name(method), seed)] = p_eq
+        timing[f"{train_lib.equal_time_name(method)}_s{seed}_steps"] = rec["steps"]
   if main:
     with open(os.path.join(workdir, "train_timing.json"), "w") as f:
       json.dump(timing, f, indent=1)
   return params
+
+
+def train_seconds(config, workdir: str) -> dict:
+  """``{"<method>_s<seed>": timing.json}`` of every meta-training run, in config order."""
+  out = {}
+  _, ref = train_lib.equal_time_methods(config)
+  for m in train_lib.parse_list(config.methods):
+    for x in train_lib.parse_list(config.meta_seeds, int):
+      path = os.path.join(workdir, "train", f"{m}_s{x}", "timing.json")
+      if m in train_lib.META_METHODS and os.path.exists(path):
+        with open(path) as f:
+          out[f"{m}_s{x}"] = dict(json.load(f), of=ref)
+  return out
 
 
 def train_and_evaluate(config, workdir: str, resume: bool = False, mode: str = "all",
@@ -150,6 +174,7 @@ def train_and_evaluate(config, workdir: str, resume: bool = False, mode: str = "
       # the test-time rule of every run, as metagan_jax.recipes.adapt_config takes it
       "rule_dicts": {f"{m}_s{x}": r for (m, x), r in tuning["rules"].items()},
       "health": train_lib.run_health(sorted(glob.glob(os.path.join(workdir, "train", "*")))),
+      "train_seconds": train_seconds(config, workdir),
   }
   table = protocol.markdown_table(config, summary, info)
   with open(os.path.join(workdir, "test_classes.json"), "w") as f:

@@ -111,6 +111,35 @@ pretrain_config = recipes.pretrain_config
 pretrained_params = recipes.pretrained_params
 
 
+EQUAL_TIME = "@time"  # suffix of a method's row at the reference method's meta-training time
+
+
+def equal_time_name(method: str) -> str:
+  """The row name of ``method`` trained for the reference's time, e.g. ``maml@time``."""
+  return method + EQUAL_TIME
+
+
+def base_method(name: str) -> str:
+  """``maml@time`` -> ``maml``: the method a result row comes from."""
+  return name.split("@")[0]
+
+
+def equal_time_methods(config) -> tuple[list[str], str]:
+  """``(train.equal_time methods, their reference)``, checked against ``config.methods``."""
+  tc = config.train
+  eq = parse_list(tc.get("equal_time", ""))
+  ref = str(tc.get("equal_time_of", "reptile"))
+  methods = parse_list(config.methods)
+  if eq:
+    bad = [m for m in eq if m not in methods or m not in META_METHODS or m == ref]
+    if bad or ref not in methods or ref not in META_METHODS:
+      raise ValueError(
+          f"train.equal_time={tc.equal_time!r} must name meta methods of config.methods="
+          f"{config.methods!r} other than train.equal_time_of={ref!r}, which must be one too; "
+          f"offending: {bad or [ref]}.")
+  return eq, ref
+
+
 def pretrain_seed(config, meta_seed: int) -> int:
   """The pre-training run a meta seed starts from: its own, or the run's first seed."""
   if config.pretrain.per_seed:
@@ -384,12 +413,47 @@ class Logger:
       self.tb.close()
 
 
+# Meta-steps timed (after the first, which compiles) before a run fixes its equal-time step.
+PROBE_STEPS = 10
+
+
+def median_step_ms(run_dir: str) -> float | None:
+  """A finished run's median milliseconds per step (first step excluded), from its timing.json."""
+  path = os.path.join(run_dir, "timing.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f).get("median_step_ms")
+
+
+def equal_time_params(run_dir: str, like):
+  """The parameters a run saved at its equal-time step, and that step's record (or None)."""
+  import flax.serialization  # pylint: disable=g-import-not-at-top
+  path = os.path.join(run_dir, "equal_time")
+  if not os.path.exists(path + ".json"):
+    return None
+  with open(path + ".msgpack", "rb") as f:
+    params = flax.serialization.from_bytes(like, f.read())
+  with open(path + ".json") as f:
+    return params, json.load(f)
+
+
 def train_run(config, method: str, seed: int, run_dir: str, train_split, resume: bool = False,
-              progress: bool = True, init_params: mg.GanParams | None = None):
+              progress: bool = True, init_params: mg.GanParams | None = None,
+              equal_time_ms: float | None = None):
   """Trains (or resumes, or just loads) one run; returns its final state.
 
   ``method`` is a meta method, ``"pretrain"`` or ``"scratch"`` (see :class:`Run`);
   ``init_params`` (meta methods) is the pre-trained GAN to start from.
+
+  Every step is timed; ``timing.json`` gets the median ms per step (the first
+  step of a process, which compiles, excluded) and the loop's seconds. With
+  ``equal_time_ms`` (a meta method; another run's median ms x its steps), the run
+  also keeps the parameters after ``k = floor(equal_time_ms / its own median ms)``
+  steps, the median taken over its first :data:`PROBE_STEPS` timed steps:
+  ``equal_time.msgpack`` and ``equal_time.json`` (:func:`equal_time_params`). Its
+  outer optimiser has no schedule, so they are exactly the result of a k-step
+  run: the same method at the other run's compute time.
 
   Raises:
     FileExistsError: ``run_dir`` has checkpoints and ``resume`` is False.
@@ -407,9 +471,14 @@ def train_run(config, method: str, seed: int, run_dir: str, train_split, resume:
   restored = restore_checkpoint(ckpt_dir, tc.keep_checkpoints, run.state0) if resume else None
   state, start = (restored[0], restored[2]) if restored else (run.state0, 0)
   counts = {"in_a_row": 0, "total": 0}
+  timing = {"step_ms": [], "first_step_s": [], "equal_time_steps": None,
+            "equal_time_probe_ms": None}
   if restored:
     counts = {"in_a_row": int(restored[1].get("nonfinite_in_a_row", 0)),
               "total": int(restored[1].get("nonfinite_total", 0))}
+    timing.update({k: restored[1][k] for k in timing if k in restored[1]})
+  if equal_time_ms is not None and method not in META_METHODS:
+    raise ValueError(f"equal_time_ms applies to meta methods {list(META_METHODS)}, not {method!r}.")
   main = is_main_process()
   resolved = ({"vectorize": meta_config(config, method).resolved_vectorize()}
               if method in META_METHODS else {})
@@ -436,7 +505,46 @@ def train_run(config, method: str, seed: int, run_dir: str, train_split, resume:
   def meta(step):
     return {"step": step, "method": method, "seed": seed,
             "nonfinite_in_a_row": counts["in_a_row"], "nonfinite_total": counts["total"],
-            "sampler": run.sampler.state() if run.sampler else None}
+            "sampler": run.sampler.state() if run.sampler else None, **timing}
+
+  held = {}  # host copies of the first steps' parameters, until the equal-time step is fixed
+
+  def equal_time(done):
+    """Fixes the equal-time step once enough steps are timed; saves its parameters."""
+    if equal_time_ms is None:
+      return
+    k = timing["equal_time_steps"]
+    if k is None:
+      held[done] = mg.parallel.to_host(state.params)
+      if len(timing["step_ms"]) < PROBE_STEPS and done < run.total:
+        return
+      ms = (float(np.median(timing["step_ms"])) if timing["step_ms"]
+            else 1e3 * timing["first_step_s"][-1])
+      k = int(np.clip(np.floor(equal_time_ms / ms), 1, run.total))
+      if jax.process_count() > 1:  # process 0's clock decides, so every process keeps one step
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+        k = int(multihost_utils.broadcast_one_to_all(np.int32(k)))
+      timing.update(equal_time_steps=k, equal_time_probe_ms=ms)
+      if k not in held:
+        if k < done:
+          raise RuntimeError(
+              f"{method} seed {seed}: the equal-time step {k} was passed before it was fixed "
+              f"(the run was resumed at step {start}); delete {run_dir} and train it again.")
+        held.clear()
+        return
+    elif done != k:
+      return
+    params = held.pop(k) if k in held else mg.parallel.to_host(state.params)
+    held.clear()
+    if main:
+      import flax.serialization  # pylint: disable=g-import-not-at-top
+      path = os.path.join(run_dir, "equal_time")
+      with open(path + ".msgpack", "wb") as f:
+        f.write(flax.serialization.to_bytes(params))
+      with open(path + ".json", "w") as f:  # written last: its presence means complete
+        json.dump({"steps": k, "of_steps": run.total, "reference_ms": equal_time_ms,
+                   "probe_median_ms": timing["equal_time_probe_ms"]}, f, indent=1)
+    _sync(f"equal_time_{run_dir}")
 
   if start == 0:
     save_checkpoint(mngr, 0, state, meta(0))
@@ -449,9 +557,16 @@ def train_run(config, method: str, seed: int, run_dir: str, train_split, resume:
     for step in range(start, run.total):
       for smp in run.samplers:
         smp.restore({"step": step, "seed": seed})
+      t_step = time.perf_counter()
       new_state, metrics = run.step_fn(state, run.batch(step), run.key(step))
       done = step + 1
-      if bool(mg.parallel.to_host(all_finite((new_state.params, metrics)))):
+      finite = bool(mg.parallel.to_host(all_finite((new_state.params, metrics))))
+      dt = time.perf_counter() - t_step  # the host read above waited for the step
+      if step == start:
+        timing["first_step_s"].append(round(dt, 3))
+      else:
+        timing["step_ms"].append(round(1e3 * dt, 2))
+      if finite:
         state = new_state
         counts["in_a_row"] = 0
       else:  # skip the update: keep the state from before the step
@@ -465,6 +580,7 @@ def train_run(config, method: str, seed: int, run_dir: str, train_split, resume:
             f"{done} (train.max_nonfinite={tc.max_nonfinite}; {counts['total']} skipped in all); "
             f"last metrics { {k: float(v) for k, v in mg.parallel.to_host(metrics).items()} }. "
             f"Lower train.outer_lr or inner_lr, or check the data. The last good checkpoint is in {ckpt_dir}.")
+      equal_time(done)
       if tc.step_sleep:
         time.sleep(tc.step_sleep)
       if done % tc.log_every == 0 or done == run.total:
@@ -483,4 +599,10 @@ def train_run(config, method: str, seed: int, run_dir: str, train_split, resume:
   finally:
     bar.close()
     log.close()
+  if main and (timing["step_ms"] or timing["first_step_s"]):
+    with open(os.path.join(run_dir, "timing.json"), "w") as f:
+      json.dump({"steps": run.total, "median_step_ms": float(np.median(timing["step_ms"]))
+                 if timing["step_ms"] else 1e3 * timing["first_step_s"][-1],
+                 "first_step_s": timing["first_step_s"], "loop_s": round(time.perf_counter() - t0, 1),
+                 "equal_time_steps": timing["equal_time_steps"]}, f, indent=1)
   return state

@@ -69,6 +69,7 @@ def tiny_run(tmp_path_factory):
   root = tmp_path_factory.mktemp("tiny_run")
   config = tiny.get_config()
   config.methods = "reptile,maml,metasgd,transfer,scratch"
+  config.train.equal_time = "maml"  # and a maml@time row
   config.loss = "ns"
   config.features.cache_dir = str(root / "cache")
   work = str(root / "work")

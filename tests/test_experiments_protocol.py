@@ -169,10 +169,10 @@ def test_tuning_pools_seeds_so_one_noisy_seed_cannot_flip_a_method(monkeypatch):
          "heldout": rng.normal(size=(2, 6, 4))}
   kid = {("p0", 0.001): 1.0, ("p0", 0.01): 2.0, ("p1", 0.001): 1.1, ("p1", 0.01): 1.0,
          ("q", 0.001): 3.0, ("q", 0.01): 2.5}
-  monkeypatch.setattr(protocol, "val_classes", lambda config: val)
-  monkeypatch.setattr(protocol, "adapt_and_generate", lambda config, p, sup, steps, key, n, rule:
+  monkeypatch.setattr(protocol.classes, "val_classes", lambda config: val)
+  monkeypatch.setattr(protocol.scoring, "adapt_and_generate", lambda config, p, sup, steps, key, n, rule:
                       {steps[0]: (p, rule["lr"])})
-  monkeypatch.setattr(protocol.M, "kid", lambda f_gen, f_held: kid[f_gen])
+  monkeypatch.setattr(protocol.tuning.M, "kid", lambda f_gen, f_held: kid[f_gen])
   seen = []
   class Gen:  # stands for the generated images: carries (params, lr) to the KID
     def __init__(self, tag):

@@ -57,6 +57,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.q = 4                   # query images per task
   c.train.outer_lr = 1e-3         # Adam, all meta methods
   c.train.outer_b1 = 0.9
+  # Meta methods that also get a row at the reference's meta-training time (e.g. "maml,metasgd"
+  # -> rows maml@time, metasgd@time): their parameters after as many meta-steps as fit in
+  # equal_time_of's steps x its median ms per step, measured in the same run (train_lib.train_run).
+  c.train.equal_time = ""
+  c.train.equal_time_of = "reptile"
   c.train.outer_eps = 1e-8        # Adam's epsilon (larger: tiny gradients move less than outer_lr)
   c.train.ckpt_every = 200
   c.train.keep_checkpoints = 3

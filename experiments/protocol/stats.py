@@ -1,0 +1,104 @@
+"""Stage 5, statistics: means, bootstrap CIs over seeds and classes, and paired tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from metagan_jax import metrics as M
+
+from experiments import train_lib
+from experiments.protocol.scoring import METRICS
+
+SECOND_ORDER = ("maml", "metasgd")
+
+
+def _method_seeds(rows, method) -> list[int]:
+  return sorted({r["meta_seed"] for r in rows if r["method"] == method})
+
+
+def _seed_class_matrix(rows, method, t, metric, C) -> np.ndarray:
+  """``[S, C]`` values of one method at one T: meta seeds x classes, mean over adaptation seeds."""
+  seeds = _method_seeds(rows, method)
+  vals, cnt = np.zeros((len(seeds), C)), np.zeros((len(seeds), C))
+  for r in rows:
+    if r["method"] == method and r["T"] == t:
+      i = seeds.index(r["meta_seed"])
+      vals[i, r["cls"]] += r[metric]
+      cnt[i, r["cls"]] += 1
+  return vals / np.maximum(cnt, 1)
+
+
+def paired_kid_test(rows, cells: dict, method: str, ref: str, t: int) -> dict:
+  """Sign-flip test of ``method``'s KID against ``ref``'s at T = ``t``, paired over classes.
+
+  With the same meta seeds (the same pre-trained GAN and adaptation noise per
+  seed) each class's difference is paired within every seed, then averaged over
+  the seeds; otherwise it is the difference of the per-class means.
+  """
+  a, b = cells[(method, t, "kid")], cells[(ref, t, "kid")]
+  same_seeds = _method_seeds(rows, method) == _method_seeds(rows, ref)
+  diff_C = (a - b).mean(0) if same_seeds else a.mean(0) - b.mean(0)
+  return dict(M.paired_test(diff_C, np.zeros(len(diff_C))),
+              paired="classes (differences within each seed, averaged over seeds)"
+              if same_seeds else "classes (per-class means)")
+
+
+def summarise(config, res: dict) -> dict:
+  """Means, 95% bootstrap CIs over seeds and classes, and paired tests against ``transfer``.
+
+  ``metrics["<method>|<T>|<metric>"]`` holds ``mean``, ``ci`` (meta seeds and
+  classes resampled), ``per_class`` (mean over seeds) and ``per_seed``;
+  ``vs_transfer["<method>|<T>"]`` the paired sign-flip test of KID against
+  ``transfer`` over classes: when both have the same meta seeds (the same
+  pre-trained GAN and adaptation noise per seed), each class's difference is
+  first paired within every seed and averaged over the seeds; otherwise it is
+  the difference of the per-class means. Classes are the exchangeable unit
+  (cells of one seed share a meta-trained model, so they are not independent).
+  ``vs_reptile["<method>|<T>"]``: the same test of every other meta method
+  (equal-time rows included) against ``reptile``. ``best_method``: the meta
+  method with the lowest KID at T = ``eval.headline``; ``best_second_order``:
+  the same among MAML and Meta-SGD rows.
+  """
+  ec = config.eval
+  steps = train_lib.parse_list(ec.steps, int)
+  C = len(res["classes"])
+  methods = list(dict.fromkeys(r["method"] for r in res["per_class"]))
+  out = {"methods": methods, "steps": steps, "metrics": {}, "fd": {}, "vs_transfer": {},
+         "vs_reptile": {}}
+  cells = {}
+  for m in methods:
+    for t in steps:
+      for metric in METRICS:
+        v = _seed_class_matrix(res["per_class"], m, t, metric, C)
+        cells[(m, t, metric)] = v
+        out["metrics"][f"{m}|{t}|{metric}"] = {
+            "mean": float(v.mean()), "ci": M.hierarchical_bootstrap_ci(v, ec.n_boot),
+            "per_class": v.mean(0).tolist(), "per_seed": v.mean(1).tolist()}
+      runs = [f for f in res["fd"] if f["method"] == m and f["T"] == t]
+      out["fd"][f"{m}|{t}"] = {"mean": float(np.mean([f["fd"] for f in runs]))}
+      if t == ec.headline and all("feats" in f for f in runs):
+        f_held = res["f_held"]
+
+        def fd_stat(cls_idx, runs=runs):
+          return np.mean([M.frechet_distance(f["feats"][cls_idx].reshape(-1, f_held.shape[-1]),
+                                             f_held[cls_idx].reshape(-1, f_held.shape[-1]))
+                          for f in runs])
+        out["fd"][f"{m}|{t}"]["ci"] = M.bootstrap_ci(np.arange(C), min(ec.n_boot, 200),
+                                                     statistic=fd_stat)
+  real = np.mean([v for v in res["lowdata_real"].values()], axis=0)
+  out["lowdata_real"] = {"mean": float(real.mean()), "ci": M.bootstrap_ci(real, ec.n_boot)}
+  if "transfer" in methods:
+    out["vs_transfer"] = {f"{m}|{t}": paired_kid_test(res["per_class"], cells, m, "transfer", t)
+                          for m in methods if m != "transfer" for t in steps}
+  if "reptile" in methods:  # every other meta method (and its equal-time row) against Reptile
+    out["vs_reptile"] = {f"{m}|{t}": paired_kid_test(res["per_class"], cells, m, "reptile", t)
+                         for m in methods if m != "reptile"
+                         and train_lib.base_method(m) in train_lib.META_METHODS for t in steps}
+  meta = [m for m in methods if train_lib.base_method(m) in train_lib.META_METHODS]
+  if meta:
+    kid = lambda m: out["metrics"][f"{m}|{ec.headline}|kid"]["mean"]
+    out["best_method"] = min(meta, key=kid)
+    second = [m for m in meta if train_lib.base_method(m) in SECOND_ORDER]
+    if second:
+      out["best_second_order"] = min(second, key=kid)
+  return out
