@@ -44,7 +44,7 @@ def test_protocol_end_to_end_tiny(tmp_path, tiny_run):
   with open(os.path.join(work, "eval", "results.json")) as f:
     res = json.load(f)
   rows = res["per_class"]
-  assert len(rows) == 7 * 2 * 3  # (5 methods + copy + real) x 2 steps x 3 classes
+  assert len(rows) == 8 * 2 * 3  # (5 methods + maml@time + copy + real) x 2 steps x 3 classes
   assert all(np.isfinite(r["kid"]) for r in rows)
   s = res["summary"]
   for key in ("reptile|2|kid", "maml|2|kid", "metasgd|2|kid", "transfer|2|fidelity", "real|2|kid", "copy|0|diversity"):
@@ -53,6 +53,19 @@ def test_protocol_end_to_end_tiny(tmp_path, tiny_run):
   assert set(s["vs_transfer"]["maml|2"]) >= {"mean_diff", "p"}
   assert set(s["vs_transfer"]["metasgd|2"]) >= {"mean_diff", "p"}
   assert "mean" in s["lowdata_real"]
+  # every other meta method against Reptile, paired over the same classes and seeds
+  assert set(s["vs_reptile"]) == {f"{m}|{t}" for m in ("maml", "maml@time", "metasgd")
+                                  for t in (0, 2)}
+  for key, v in s["vs_reptile"].items():
+    m, t = key.split("|")
+    diff = np.mean(s["metrics"][f"{m}|{t}|kid"]["per_class"]) - np.mean(
+        s["metrics"][f"reptile|{t}|kid"]["per_class"])
+    np.testing.assert_allclose(v["mean_diff"], diff, rtol=1e-9, atol=1e-15)
+    assert 0 < v["p"] <= 1 and "within each seed" in v["paired"]
+  assert "| KID vs reptile: diff x1e3, p |" in table and "| maml at Reptile's time (maml@time) |" in table
+  k = res["info"]["train_seconds"]["maml_s0"]["equal_time_steps"]
+  assert 1 <= k <= config.train.steps and f"{k} steps at reptile's time" in table
+  assert s["best_second_order"] in ("maml", "maml@time", "metasgd")
   # every run tuned over the same 2 x 2 grid; each method's rule is the best of its
   # seed-pooled scores, and all its seeds use it
   for run, scores in res["info"]["tuning"].items():
@@ -62,7 +75,8 @@ def test_protocol_end_to_end_tiny(tmp_path, tiny_run):
     assert pooled == scores  # one seed: the pooled score is the seed's
     chosen = protocol.rule_name(res["info"]["rule_dicts"][f"{m}_s{seed}"])
     assert pooled[chosen] == min(pooled.values()), run
-  meta_kid = {m: s["metrics"][f"{m}|2|kid"]["mean"] for m in ("reptile", "maml", "metasgd")}
+  meta_kid = {m: s["metrics"][f"{m}|2|kid"]["mean"]
+              for m in ("reptile", "maml", "maml@time", "metasgd")}
   assert s["best_method"] == min(meta_kid, key=meta_kid.get)  # the better meta method
   _load_run_adapts_as_the_evaluation_did(config, work, res)
   with open(os.path.join(work, "test_classes.json")) as f:

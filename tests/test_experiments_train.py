@@ -122,3 +122,29 @@ def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tmp_path, split)
 def test_unknown_method_is_named():
   with pytest.raises(ValueError, match="'mamll'"):
     train_lib.check_methods(["maml", "mamll"])
+
+
+@pytest.mark.parametrize("budget_ms, k", [(1e-9, 1), (1e12, 3)])
+def test_equal_time_parameters_are_those_of_a_k_step_run(tmp_path, split, budget_ms, k):
+  # Reptile's outer optimiser has no schedule: the parameters kept at step k of a
+  # 3-step run are exactly a k-step run's, whether k falls before the step that
+  # fixes it (held copies) or at the end.
+  config = _config(steps=3, ckpt_every=3, sample_every=3)
+  run_dir = str(tmp_path / "long")
+  state = train_lib.train_run(config, "reptile", 0, run_dir, split, progress=False,
+                              equal_time_ms=budget_ms)
+  got, rec = train_lib.equal_time_params(run_dir, mg.parallel.to_host(state.params))
+  assert rec["steps"] == k and rec["of_steps"] == 3
+  with open(os.path.join(run_dir, "timing.json")) as f:
+    timing = json.load(f)
+  assert timing["equal_time_steps"] == k and timing["median_step_ms"] > 0
+  short = train_lib.train_run(_config(steps=k, ckpt_every=3, sample_every=3), "reptile", 0,
+                              str(tmp_path / "short"), split, progress=False)
+  jax.tree.map(np.testing.assert_array_equal, got, mg.parallel.to_host(short.params))
+
+
+def test_equal_time_config_names_a_bad_method():
+  config = _config()
+  config.methods, config.train.equal_time = "reptile,maml,transfer", "maml,transfer"
+  with pytest.raises(ValueError, match="'transfer'"):
+    train_lib.equal_time_methods(config)
