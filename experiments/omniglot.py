@@ -22,7 +22,7 @@ for each other at one last barrier (``mg.parallel.distributed``; deadline
 $METAGAN_BARRIER_TIMEOUT_S, default one hour) and shut down together.
 
 The workdir gets one folder per training run (train/<method>_s<seed>/, see
-experiments/train_lib.py), eval/ (results.json, results.md, figures/), and
+experiments/train_lib.py), eval/ (results.json, summary.json, results.md, figures/), and
 test_classes.json (the test classes and their support / held-out indices).
 """
 
@@ -80,7 +80,11 @@ def train_all(config, workdir: str, resume: bool = False, progress: bool = True)
       run_dir = os.path.join(workdir, "train", f"{method}_s{seed}")
       budget_ms = None
       if method in equal_time:  # the reference's meta-steps x its median ms (process 0's)
-        ref_ms = train_lib.median_step_ms(os.path.join(workdir, "train", f"{ref}_s{seed}"))
+        ref_dir = os.path.join(workdir, "train", f"{ref}_s{seed}")
+        ref_ms = train_lib.median_step_ms(ref_dir)
+        if ref_ms is None and main:  # other processes' budgets are replaced by process 0's k
+          raise RuntimeError(f"{ref_dir}/timing.json is missing, so {method}@time has no "
+                             f"budget; delete {ref_dir} and run again to time it.")
         budget_ms = (ref_ms or 1.0) * int(config.train.steps)
       state = train_lib.train_run(config, method, seed, run_dir, split, resume=resume,
                                   progress=progress, init_params=init, equal_time_ms=budget_ms)
@@ -98,6 +102,22 @@ def train_all(config, workdir: str, resume: bool = False, progress: bool = True)
   return params
 
 
+def write_summary(eval_dir: str) -> str:
+  """``eval/summary.json``: results.json's ``summary`` and ``info`` (no per-class rows), the config.
+
+  This is the file committed as ``experiments/results/<run name>.json`` for every run a
+  README quotes, so that each of its tables can be checked against one.
+  """
+  with open(os.path.join(eval_dir, "results.json")) as f:
+    res = json.load(f)
+  with open(os.path.join(os.path.dirname(os.path.abspath(eval_dir)), "config.json")) as f:
+    config = json.load(f)  # the run's config: what the tables are regenerated with
+  path = os.path.join(eval_dir, "summary.json")
+  with open(path, "w") as f:
+    json.dump({"summary": res["summary"], "info": res["info"], "config": config}, f, indent=1)
+  return path
+
+
 def train_seconds(config, workdir: str) -> dict:
   """``{"<method>_s<seed>": timing.json}`` of every meta-training run, in config order."""
   out = {}
@@ -108,6 +128,10 @@ def train_seconds(config, workdir: str) -> dict:
       if m in train_lib.META_METHODS and os.path.exists(path):
         with open(path) as f:
           out[f"{m}_s{x}"] = dict(json.load(f), of=ref)
+        eq_path = os.path.join(os.path.dirname(path), "equal_time.json")
+        if out[f"{m}_s{x}"].get("equal_time_steps") and os.path.exists(eq_path):
+          with open(eq_path) as f:  # the median ms the equal-time step was fixed from
+            out[f"{m}_s{x}"]["equal_time_probe_ms"] = json.load(f)["probe_median_ms"]
   return out
 
 
@@ -184,6 +208,7 @@ def train_and_evaluate(config, workdir: str, resume: bool = False, mode: str = "
     fd = [{k: v for k, v in r.items() if k != "feats"} for r in res["fd"]]
     json.dump(protocol.jsonable({"summary": summary, "info": info,
                                  "per_class": res["per_class"], "fd": fd}), f)
+  write_summary(eval_dir)
   total = time.perf_counter() - t_start
   with open(os.path.join(eval_dir, "results.md"), "w") as f:
     f.write(table + f"\n\nWall time: {total:.0f} s (training {t_train:.0f} s).\n")

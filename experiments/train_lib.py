@@ -10,6 +10,8 @@ in its own folder::
     events.out.tfevents.*   TensorBoard scalars and sample grids
     samples/step_XXXXXX.png 8x8 samples of the current initialisation
     checkpoints/<step>/     orbax checkpoints (every train.ckpt_every steps and at the end)
+    timing.json        median ms per step (the compiling first step apart), loop seconds
+    equal_time.msgpack, equal_time.json   with equal_time_ms: the parameters at step k, and k
 
 Checkpoints are written by orbax to a temporary folder and renamed when
 complete (atomic). :func:`train_run` with ``resume=True`` restores the newest
@@ -125,18 +127,26 @@ def base_method(name: str) -> str:
 
 
 def equal_time_methods(config) -> tuple[list[str], str]:
-  """``(train.equal_time methods, their reference)``, checked against ``config.methods``."""
+  """``(train.equal_time methods that config.methods trains, their reference)``.
+
+  Names that are not meta methods, or the reference itself, raise; meta methods
+  that ``config.methods`` leaves out are dropped (so one config serves every
+  subset), and all are dropped, with a warning, when the reference is left out.
+  """
   tc = config.train
   eq = parse_list(tc.get("equal_time", ""))
   ref = str(tc.get("equal_time_of", "reptile"))
   methods = parse_list(config.methods)
-  if eq:
-    bad = [m for m in eq if m not in methods or m not in META_METHODS or m == ref]
-    if bad or ref not in methods or ref not in META_METHODS:
-      raise ValueError(
-          f"train.equal_time={tc.equal_time!r} must name meta methods of config.methods="
-          f"{config.methods!r} other than train.equal_time_of={ref!r}, which must be one too; "
-          f"offending: {bad or [ref]}.")
+  bad = [m for m in eq if m not in META_METHODS or m == ref]
+  if eq and (bad or ref not in META_METHODS):
+    raise ValueError(
+        f"train.equal_time={tc.equal_time!r} must name meta methods {list(META_METHODS)} other "
+        f"than train.equal_time_of={ref!r}, which must be one too; offending: {bad or [ref]}.")
+  eq = [m for m in eq if m in methods]
+  if eq and ref not in methods:
+    warnings.warn(f"train.equal_time={tc.equal_time!r} needs its reference {ref!r} in "
+                  f"config.methods={config.methods!r}; no equal-time rows this run.")
+    eq = []
   return eq, ref
 
 
@@ -155,10 +165,10 @@ def _step_key(config) -> str:
   """The config fields a step function depends on, as JSON (its compilation cache key)."""
   keep = {k: config.get(k) for k in ("model", "loss", "inner_steps", "d_steps", "g_steps",
                                      "inner_lr", "inner_opt", "inner_b1", "inner_b2",
-                                     "g_trainable", "d_trainable")}
+                                     "g_trainable", "d_trainable", "metasgd_direction")}
   kw = config.get("model_kw")
   keep["model_kw"] = kw.to_dict() if hasattr(kw, "to_dict") else dict(kw or {})
-  keep["train"] = {k: config.train.get(k) for k in ("outer_lr", "outer_b1", "outer_eps")}
+  keep["train"] = {k: config.train.get(k) for k in ("outer_lr", "outer_b1", "outer_eps", "rate_lr")}
   keep["pretrain"] = config.pretrain.to_dict()
   return json.dumps(keep, sort_keys=True)
 
@@ -427,11 +437,17 @@ def median_step_ms(run_dir: str) -> float | None:
 
 
 def equal_time_params(run_dir: str, like):
-  """The parameters a run saved at its equal-time step, and that step's record (or None)."""
+  """The parameters a run saved at its equal-time step, and that step's record.
+
+  Raises:
+    RuntimeError: the run has no equal-time step.
+  """
   import flax.serialization  # pylint: disable=g-import-not-at-top
   path = os.path.join(run_dir, "equal_time")
   if not os.path.exists(path + ".json"):
-    return None
+    raise RuntimeError(f"{run_dir} has no equal_time.json: the run finished without an "
+                       f"equal-time step (trained without train.equal_time, or killed while "
+                       f"writing it); delete {run_dir} and train it again.")
   with open(path + ".msgpack", "rb") as f:
     params = flax.serialization.from_bytes(like, f.read())
   with open(path + ".json") as f:
@@ -472,11 +488,17 @@ def train_run(config, method: str, seed: int, run_dir: str, train_split, resume:
   state, start = (restored[0], restored[2]) if restored else (run.state0, 0)
   counts = {"in_a_row": 0, "total": 0}
   timing = {"step_ms": [], "first_step_s": [], "equal_time_steps": None,
-            "equal_time_probe_ms": None}
+            "equal_time_probe_ms": None, "equal_time_ms": equal_time_ms}
   if restored:
     counts = {"in_a_row": int(restored[1].get("nonfinite_in_a_row", 0)),
               "total": int(restored[1].get("nonfinite_total", 0))}
-    timing.update({k: restored[1][k] for k in timing if k in restored[1]})
+    was = restored[1].get("equal_time_ms")
+    if start < run.total and was is not None and was != equal_time_ms:
+      raise ValueError(f"{method} seed {seed}: resumed with equal_time_ms={equal_time_ms}, but the "
+                       f"run began with {was} (the reference run changed); delete {run_dir} and "
+                       f"train it again.")
+    timing.update({k: restored[1][k] for k in timing
+                   if k in restored[1] and k != "equal_time_ms"})
   if equal_time_ms is not None and method not in META_METHODS:
     raise ValueError(f"equal_time_ms applies to meta methods {list(META_METHODS)}, not {method!r}.")
   main = is_main_process()
@@ -508,6 +530,8 @@ def train_run(config, method: str, seed: int, run_dir: str, train_split, resume:
             "sampler": run.sampler.state() if run.sampler else None, **timing}
 
   held = {}  # host copies of the first steps' parameters, until the equal-time step is fixed
+  if equal_time_ms is not None and timing["equal_time_steps"] is None:
+    held[start] = mg.parallel.to_host(state.params)  # a resumed run's k may be its start step
 
   def equal_time(done):
     """Fixes the equal-time step once enough steps are timed; saves its parameters."""
@@ -604,5 +628,6 @@ def train_run(config, method: str, seed: int, run_dir: str, train_split, resume:
       json.dump({"steps": run.total, "median_step_ms": float(np.median(timing["step_ms"]))
                  if timing["step_ms"] else 1e3 * timing["first_step_s"][-1],
                  "first_step_s": timing["first_step_s"], "loop_s": round(time.perf_counter() - t0, 1),
-                 "equal_time_steps": timing["equal_time_steps"]}, f, indent=1)
+                 "equal_time_steps": timing["equal_time_steps"],
+                 "equal_time_probe_ms": timing["equal_time_probe_ms"]}, f, indent=1)
   return state

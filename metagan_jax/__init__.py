@@ -16,7 +16,7 @@ from metagan_jax.lopt import (LOptMetaParams, LOptParams, LOptSpec, LOptState,
 from metagan_jax.losses import GanLoss, get_loss
 from metagan_jax.meta import (ALGORITHMS, MetaConfig, MetaState, init,
                               maml_objective, meta_gradients, meta_step,
-                              per_task_gradient)
+                              metasgd_outer, per_task_gradient)
 from metagan_jax.models import GanModel, GanParams, get_model
 from metagan_jax.runs import LoadedRun, Preprocessing, RunError, load_run
 from metagan_jax.tasks import Tasks

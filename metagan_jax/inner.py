@@ -88,6 +88,12 @@ class AdaptConfig:
       the inner loop; meta-gradients still reach them through the adapted ones.
     lopt_spec: the learned optimisers' architecture when the meta-parameters
       are :class:`metagan_jax.LOptMetaParams` (default ``LOptSpec()``).
+    metasgd_direction: Meta-SGD's step direction, an optax transformation whose
+      output the learned rates scale (``update = -lr * direction(grad)``).
+      ``None`` (default): the gradient itself, Li et al.'s Meta-SGD. For
+      example ``optax.scale_by_adam(b1=0.0, b2=0.9, eps_root=1e-12)``: with
+      every rate at ``lr`` this is exactly ``optax.adam(lr, ...)``, so Meta-SGD
+      starts as MAML with an Adam inner loop and learns a rate per parameter.
   """
 
   model: GanModel
@@ -107,6 +113,7 @@ class AdaptConfig:
   g_trainable: str | None = None
   d_trainable: str | None = None
   lopt_spec: LOptSpec | None = None
+  metasgd_direction: optax.GradientTransformation | None = None
 
   def __post_init__(self):
     if not isinstance(self.model, GanModel):
@@ -179,8 +186,11 @@ def check_samples(x: Any, model: GanModel, what: str) -> None:
 def _split_meta_params(meta_params, config: AdaptConfig):
   """Returns (initial GanParams, d optimiser, g optimiser) for any meta-parameter type."""
   if isinstance(meta_params, MetaSGDParams):
-    return (meta_params.init, per_parameter_sgd(meta_params.lr.d),
-            per_parameter_sgd(meta_params.lr.g))
+    d_opt, g_opt = per_parameter_sgd(meta_params.lr.d), per_parameter_sgd(meta_params.lr.g)
+    if config.metasgd_direction is not None:
+      d_opt = optax.chain(config.metasgd_direction, d_opt)
+      g_opt = optax.chain(config.metasgd_direction, g_opt)
+    return meta_params.init, d_opt, g_opt
   if isinstance(meta_params, LOptMetaParams):
     return (meta_params.init, *meta_params.optimizers(config.lopt_spec))
   if isinstance(meta_params, GanParams):

@@ -125,6 +125,32 @@ def init(key: jax.Array, config: MetaConfig) -> MetaState:
   return MetaState(params, config.optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
+def metasgd_outer(init_opt: optax.GradientTransformation,
+                  rate_opt: optax.GradientTransformation) -> optax.GradientTransformation:
+  """An outer optimiser for Meta-SGD with its own transformation for the learned rates.
+
+  The rates start at ``inner_lr`` (often 1e-3), so an Adam step of the size
+  suited to the weights (also ~1e-3) changes a rate by ~100% per meta-step;
+  give them a step a fraction of their size, for example
+  ``metasgd_outer(optax.adam(1e-3), optax.adam(1e-5))``. The meta-gradient is
+  unchanged; only how it is applied differs.
+
+  Args:
+    init_opt: applied to ``MetaSGDParams.init`` (the initialisation).
+    rate_opt: applied to ``MetaSGDParams.lr`` (the per-parameter rates).
+
+  Returns:
+    An optax transformation over :class:`MetaSGDParams`.
+  """
+  def labels(params):
+    if not isinstance(params, MetaSGDParams):
+      raise TypeError(f"metasgd_outer expects MetaSGDParams, got {type(params).__name__}; "
+                      f"use it only with algorithm='metasgd'.")
+    return MetaSGDParams(init=jax.tree.map(lambda _: "init", params.init),
+                         lr=jax.tree.map(lambda _: "rate", params.lr))
+  return optax.multi_transform({"init": init_opt, "rate": rate_opt}, labels)
+
+
 def _init_params(meta_params) -> GanParams:
   return meta_params.init if isinstance(meta_params, MetaSGDParams) else meta_params
 

@@ -23,7 +23,7 @@ import optax
 
 from metagan_jax import gan
 from metagan_jax.inner import AdaptConfig, MetaSGDParams
-from metagan_jax.meta import MetaConfig
+from metagan_jax.meta import MetaConfig, metasgd_outer
 from metagan_jax.models import GanModel, GanParams, get_model
 
 Config = Mapping[str, Any]
@@ -58,12 +58,24 @@ def inner_optimizer(kind: str, lr, b1: float = 0.0, b2: float = 0.9) -> optax.Gr
   raise ValueError(f"inner optimiser {kind!r} is not 'sgd' or 'adam'.")
 
 
+def metasgd_direction(cfg: Config) -> optax.GradientTransformation | None:
+  """Meta-SGD's step direction: ``"sgd"`` (the gradient) or ``"adam"`` (Adam's, inner betas)."""
+  kind = cfg.get("metasgd_direction", "sgd")
+  if kind == "sgd":
+    return None
+  if kind == "adam":
+    return optax.scale_by_adam(b1=cfg["inner_b1"], b2=cfg["inner_b2"], eps_root=1e-12)
+  raise ValueError(f"config.metasgd_direction={kind!r}: use 'sgd' (update -lr * grad) or 'adam' "
+                   f"(-lr * Adam's direction).")
+
+
 def adapt_config(cfg: Config, inner_steps: int | None = None, rule: dict | None = None
                  ) -> AdaptConfig:
   """The adaptation rule as an :class:`AdaptConfig` (the config's rule unless ``rule``)."""
   rule = dict(default_rule(cfg), **(rule or {}))
   trainable = lambda v: None if v in (None, "", "all") else v
   return AdaptConfig(model(cfg), inner_steps=int(inner_steps or cfg["inner_steps"]),
+                     metasgd_direction=metasgd_direction(cfg),
                      d_steps=int(cfg["d_steps"]), g_steps=int(cfg["g_steps"]),
                      inner_lr=rule["lr"],
                      inner_opt=inner_optimizer(rule["opt"], rule["lr"], cfg["inner_b1"],
@@ -82,9 +94,15 @@ def meta_config(cfg: Config, algorithm: str) -> MetaConfig:
                      f"integer n in [0, inner_steps] (second order through the last n inner steps).")
   if n2 != "all" and algorithm in ("maml", "metasgd"):  # meta-training only: no test-time effect
     adapt = dataclasses.replace(adapt, second_order_steps=int(n2))
-  return MetaConfig(adapt, algorithm=algorithm,
-                    outer_opt=optax.adam(tc["outer_lr"], b1=tc.get("outer_b1", 0.9),
-                                         eps=tc.get("outer_eps", 1e-8)))
+  adam = lambda lr: optax.adam(lr, b1=tc.get("outer_b1", 0.9), eps=tc.get("outer_eps", 1e-8))
+  outer = adam(tc["outer_lr"])
+  rate_lr = float(tc.get("rate_lr", 0.0) or 0.0)
+  if rate_lr < 0:
+    raise ValueError(f"config.train.rate_lr={rate_lr}: use 0 (the rates share train.outer_lr) "
+                     f"or a positive outer learning rate for Meta-SGD's rates.")
+  if algorithm == "metasgd" and rate_lr > 0:
+    outer = metasgd_outer(outer, adam(rate_lr))
+  return MetaConfig(adapt, algorithm=algorithm, outer_opt=outer)
 
 
 def pretrain_config(cfg: Config) -> gan.GanTrainConfig:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 
 import metagan_jax as mg
@@ -28,7 +29,7 @@ def test_protocol_end_to_end_tiny(tmp_path, tiny_run):
               "Test-time rules (tuned on validation alphabets)"):
     assert row in table, row
   assert "(reference)" in table and "p=" in table
-  for f in ("eval/results.json", "eval/results.md", "eval/figures/adaptation_curve.png",
+  for f in ("eval/results.json", "eval/summary.json", "eval/results.md", "eval/figures/adaptation_curve.png",
             "eval/figures/samples_reptile.png", "eval/figures/samples_all.png",
             "eval/figures/headline.png",
             "test_classes.json", "split.json", "config.json"):
@@ -43,6 +44,15 @@ def test_protocol_end_to_end_tiny(tmp_path, tiny_run):
     assert os.path.isdir(os.path.join(d, "checkpoints", str(last[run]))), run  # the final step
   with open(os.path.join(work, "eval", "results.json")) as f:
     res = json.load(f)
+  with open(os.path.join(work, "eval", "summary.json")) as f:
+    committed = json.load(f)
+  assert {k: committed[k] for k in ("summary", "info")} == {"summary": res["summary"],
+                                                            "info": res["info"]}
+  # the table regenerates from the committed file alone (tests/test_package.py does it for
+  # experiments/results/)
+  table = protocol.markdown_table(ml_collections.ConfigDict(committed["config"]),
+                                  committed["summary"], committed["info"])
+  assert table in open(os.path.join(work, "eval", "results.md")).read()
   rows = res["per_class"]
   assert len(rows) == 8 * 2 * 3  # (5 methods + maml@time + copy + real) x 2 steps x 3 classes
   assert all(np.isfinite(r["kid"]) for r in rows)
@@ -62,7 +72,7 @@ def test_protocol_end_to_end_tiny(tmp_path, tiny_run):
         s["metrics"][f"reptile|{t}|kid"]["per_class"])
     np.testing.assert_allclose(v["mean_diff"], diff, rtol=1e-9, atol=1e-15)
     assert 0 < v["p"] <= 1 and "within each seed" in v["paired"]
-  assert "| KID vs reptile: diff x1e3, p |" in table and "| maml at Reptile's time (maml@time) |" in table
+  assert "| KID vs reptile: diff x1e3, p |" in table and "| maml at reptile's time (maml@time) |" in table
   k = res["info"]["train_seconds"]["maml_s0"]["equal_time_steps"]
   assert 1 <= k <= config.train.steps and f"{k} steps at reptile's time" in table
   assert s["best_second_order"] in ("maml", "maml@time", "metasgd")

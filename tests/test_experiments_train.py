@@ -143,8 +143,24 @@ def test_equal_time_parameters_are_those_of_a_k_step_run(tmp_path, split, budget
   jax.tree.map(np.testing.assert_array_equal, got, mg.parallel.to_host(short.params))
 
 
+def test_resuming_with_another_equal_time_budget_is_refused(tmp_path, split):
+  run_dir = str(tmp_path / "run")
+  train_lib.train_run(_config(steps=2, ckpt_every=2, sample_every=2), "reptile", 0, run_dir,
+                      split, progress=False, equal_time_ms=1e12)
+  with pytest.raises(ValueError, match="equal_time_ms=5.0"):  # the reference was retrained
+    train_lib.train_run(_config(steps=3, ckpt_every=3, sample_every=3), "reptile", 0, run_dir,
+                        split, resume=True, progress=False, equal_time_ms=5.0)
+  with pytest.raises(RuntimeError, match="no equal_time.json"):
+    train_lib.equal_time_params(str(tmp_path), None)
+
+
 def test_equal_time_config_names_a_bad_method():
   config = _config()
   config.methods, config.train.equal_time = "reptile,maml,transfer", "maml,transfer"
   with pytest.raises(ValueError, match="'transfer'"):
     train_lib.equal_time_methods(config)
+  config.train.equal_time = "maml,metasgd"  # metasgd is not trained: no row, no error
+  assert train_lib.equal_time_methods(config) == (["maml"], "reptile")
+  config.methods = "maml,transfer"
+  with pytest.warns(UserWarning, match="'reptile'"):
+    assert train_lib.equal_time_methods(config) == ([], "reptile")

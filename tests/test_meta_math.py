@@ -81,6 +81,22 @@ def test_metasgd_learning_rate_gradients_match_finite_differences():
   assert float(optax.tree.norm(grads.lr)) > 0
 
 
+def test_metasgd_with_adam_direction_matches_finite_differences():
+  direction = optax.scale_by_adam(b1=0.5, b2=0.9, eps_root=1e-12)
+  config = _config("metasgd", inner_lr=0.05, metasgd_direction=direction)
+  params, tasks, key = _problem(config)
+  both = lambda player: (lambda v: mg.MetaSGDParams(init=_only(player)(v.init),
+                                                    lr=_only(player)(v.lr)))
+  _check_fd(params, tasks, key, config, [(0, both("d")), (1, both("g"))])
+  # With every rate at inner_lr it adapts exactly as Adam(inner_lr) does.
+  support = tasks.support[0]
+  got = mg.adapt(params, support, key, config.adapt)
+  adam = dataclasses.replace(config.adapt, inner_opt=optax.chain(direction, optax.scale(-0.05)),
+                             metasgd_direction=None)
+  want = mg.adapt(params.init, support, key, adam)
+  assert tree_max_rel_err(got, want) < 1e-8  # rounding: -lr * u against scale(-lr)(u)
+
+
 def _reference_adapt(params, support, key, config, first_order):
   """A plain, independent alternating-SGD inner loop (non-saturating loss)."""
   model, inner = config.adapt.model, config.adapt
@@ -239,6 +255,23 @@ def test_reptile_with_outer_sgd_equals_formula():
   expected = jax.tree.map(lambda t, m: t + beta * (m - t), theta, mean_adapted)
   assert tree_max_rel_err(new_state.params, expected) < 1e-12
   assert int(new_state.step) == 1
+
+
+def test_metasgd_outer_applies_its_own_rule_to_the_rates():
+  a, b = 0.3, 1e-3
+  config = dataclasses.replace(_config("metasgd"),
+                               outer_opt=mg.metasgd_outer(optax.sgd(a), optax.sgd(b)))
+  params, tasks, key = _problem(config)
+  state = mg.MetaState(params, config.optimizer.init(params), jnp.zeros((), jnp.int32))
+  new_state, _ = mg.meta_step(state, tasks, key, config)
+  grads, _ = mg.meta_gradients(params, tasks, key, config)
+  expected = mg.MetaSGDParams(
+      init=jax.tree.map(lambda p, g: p - a * g, params.init, grads.init),
+      lr=jax.tree.map(lambda p, g: p - b * g, params.lr, grads.lr))
+  assert tree_max_rel_err(new_state.params, expected) < 1e-12
+  assert tree_max_rel_err(new_state.params.lr, params.lr) > 0  # the rates did move
+  with pytest.raises(TypeError, match="MetaSGDParams"):
+    mg.metasgd_outer(optax.sgd(a), optax.sgd(b)).init(params.init)
 
 
 def test_adapt_with_adam_and_several_d_steps_equals_reference():

@@ -46,3 +46,23 @@ def test_readme_quickstart_runs_as_written():
   out = _run(block + "\nimport numpy as np; print(np.asarray(samples).shape, bool(np.isfinite(np.asarray(samples)).all()))")
   assert out.returncode == 0, out.stderr
   assert out.stdout.strip().splitlines()[-1] == "(256, 2) True"
+
+
+def test_readme_tables_are_those_of_the_committed_results():
+  # Every table row a README quotes is regenerated from experiments/results/<run>.json.
+  import json  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from experiments.protocol import report  # pylint: disable=g-import-not-at-top
+  results = os.path.join(ROOT, "experiments", "results")
+  docs = "".join(open(os.path.join(ROOT, f)).read() for f in ("README.md", "experiments/README.md"))
+  checked = 0
+  for name in sorted(os.listdir(results)):
+    with open(os.path.join(results, name)) as f:
+      res = json.load(f)
+    config = ml_collections.ConfigDict(res["config"])
+    table = report.markdown_table(config, res["summary"], res["info"])
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    missing = [r for r in rows if r not in docs]
+    assert not missing, f"{name}: README rows differ from the committed results: {missing[:2]}"
+    checked += len(rows)
+  assert checked > 0

@@ -31,6 +31,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.inner_lr = 1e-3
   c.inner_b1 = 0.0                # Adam's betas (inner_opt = adam)
   c.inner_b2 = 0.9
+  # Meta-SGD's step: "sgd" (-lr * grad, Li et al.) or "adam" (-lr * Adam's direction with the
+  # betas above: with every rate at inner_lr, the adam rule exactly). Through WGAN-GP, "sgd"
+  # diverged in meta-training (experiments/README.md, research log 13).
+  c.metasgd_direction = "adam"
   # maml / metasgd meta-training: second order through the last n inner steps only
   # ("all": exact; metagan_jax.AdaptConfig.second_order_steps)
   c.second_order_steps = "all"
@@ -62,6 +66,10 @@ def base_config() -> ml_collections.ConfigDict:
   # equal_time_of's steps x its median ms per step, measured in the same run (train_lib.train_run).
   c.train.equal_time = ""
   c.train.equal_time_of = "reptile"
+  # Meta-SGD's learned rates: their own outer Adam learning rate (0 = train.outer_lr). They
+  # start at inner_lr = 1e-3, so outer_lr = 1e-3 moved them ~100% per step and meta-training
+  # diverged at step 11; 1e-5 (~1% per step) stayed finite (experiments/README.md, log 13).
+  c.train.rate_lr = 1e-5
   c.train.outer_eps = 1e-8        # Adam's epsilon (larger: tiny gradients move less than outer_lr)
   c.train.ckpt_every = 200
   c.train.keep_checkpoints = 3

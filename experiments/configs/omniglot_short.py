@@ -6,6 +6,8 @@ Run (~15 min on 2 CPU cores; prints the results table):
 A second run with other seeds: --config.meta_seeds=10,11,12 (the pre-trained GAN is
 seeded by the first). Resume a killed run by adding --resume. Override any field,
 e.g. --config.train.steps=100.
+With second-order MAML as well (and its row at Reptile's time, maml@time):
+  --config.methods=reptile,maml,transfer
 """
 
 from experiments.configs import common
@@ -22,6 +24,7 @@ def get_config():
   c.train.tasks = 4
   c.train.outer_lr = 1e-3         # on validation classes: better than 3e-4 (README log)
   c.train.outer_b1 = 0.0
+  c.train.equal_time = "maml,metasgd"  # when --config.methods has them: rows at Reptile's time
   c.train.ckpt_every = 250
   c.train.sample_every = 250
   c.eval.steps = "0,5,10"          # T = 25 and 50: the full protocol

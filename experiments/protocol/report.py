@@ -30,14 +30,14 @@ def _fmt(d, scale=1.0, digits=2):
 _NAMES = {"copy": "copy (jittered support)", "real": "real (held-out images)"}
 
 
-def _name(m: str) -> str:
+def _name(m: str, ref: str = "reptile") -> str:
   if m.endswith(train_lib.EQUAL_TIME):
-    return f"{train_lib.base_method(m)} at Reptile's time ({m})"
+    return f"{train_lib.base_method(m)} at {ref}'s time ({m})"
   return _NAMES.get(m, m)
 
 
 def _order(methods: list[str]) -> list[str]:
-  """Reference rows first (real, copy), then the methods in config order."""
+  """Reference rows first (real, copy), then the others in the order given."""
   return [m for m in ("real", "copy") if m in methods] + [m for m in methods
                                                           if m not in ("real", "copy")]
 
@@ -54,6 +54,7 @@ def markdown_table(config, summary: dict, info: dict) -> str:
            "| memorisation NN ratio | low-data acc (K real + gen) | KID vs transfer: diff x1e3, p "
            "| KID vs reptile: diff x1e3, p |",
            "|---|---|---|---|---|---|---|---|---|"]
+  ref_name = config.train.get("equal_time_of", "reptile")
   for m in _order(s["methods"]):
     g = lambda metric: s["metrics"][f"{m}|{t}|{metric}"]
     fd = s["fd"][f"{m}|{t}"]
@@ -64,7 +65,7 @@ def markdown_table(config, summary: dict, info: dict) -> str:
       v = s.get(f"vs_{ref}", {}).get(f"{m}|{t}")
       vs.append(f"{v['mean_diff'] * 1e3:+.3g}, p={v['p']:.3f}" if v else
                 "(reference)" if m == ref and f"vs_{ref}" in s and s[f"vs_{ref}"] else "")
-    lines.append(f"| {_name(m)} | {_fmt(g('kid'), 1e3, 0)} | {fd_s} | "
+    lines.append(f"| {_name(m, ref_name)} | {_fmt(g('kid'), 1e3, 0)} | {fd_s} | "
                  f"{_fmt(g('fidelity'))} | {_fmt(g('diversity'))} | {_fmt(g('memorisation'))} | "
                  f"{_fmt(g('lowdata_acc'))} | {vs[0]} | {vs[1]} |")
   lines.append(f"| K real images only | | | | | | {_fmt(s['lowdata_real'])} | | |")
@@ -90,7 +91,10 @@ def markdown_table(config, summary: dict, info: dict) -> str:
     lines += ["", "Training time per run, seconds (meta-training loop, compile included; "
               "median ms per meta-step in brackets): " + "; ".join(
                   f"{run}: {v['loop_s']:.0f} s ({v['median_step_ms']:.0f} ms"
-                  + (f", {v['equal_time_steps']} steps at {v['of']}'s time" if v.get(
+                  + (f", {v['equal_time_steps']} steps at {v['of']}'s time, the first 10 "
+                     f"timed at {v['equal_time_probe_ms']:.0f} ms" if v.get("equal_time_steps")
+                     and v.get("equal_time_probe_ms") else
+                     f", {v['equal_time_steps']} steps at {v['of']}'s time" if v.get(
                       "equal_time_steps") else "") + ")"
                   for run, v in info["train_seconds"].items()) + "."]
   if info.get("rules"):
