@@ -102,19 +102,16 @@ def train_all(config, workdir: str, resume: bool = False, progress: bool = True)
   return params
 
 
-def write_summary(eval_dir: str) -> str:
-  """``eval/summary.json``: results.json's ``summary`` and ``info`` (no per-class rows), the config.
+def write_summary(eval_dir: str, summary: dict, info: dict, config: dict) -> str:
+  """``eval/summary.json``: the run's ``summary`` and ``info`` (no per-class rows) and config.
 
   This is the file committed as ``experiments/results/<run name>.json`` for every run a
-  README quotes, so that each of its tables can be checked against one.
+  README quotes, so that each of its tables can be regenerated from it
+  (``protocol.markdown_table``).
   """
-  with open(os.path.join(eval_dir, "results.json")) as f:
-    res = json.load(f)
-  with open(os.path.join(os.path.dirname(os.path.abspath(eval_dir)), "config.json")) as f:
-    config = json.load(f)  # the run's config: what the tables are regenerated with
   path = os.path.join(eval_dir, "summary.json")
   with open(path, "w") as f:
-    json.dump({"summary": res["summary"], "info": res["info"], "config": config}, f, indent=1)
+    json.dump(protocol.jsonable({"summary": summary, "info": info, "config": config}), f, indent=1)
   return path
 
 
@@ -208,7 +205,7 @@ def train_and_evaluate(config, workdir: str, resume: bool = False, mode: str = "
     fd = [{k: v for k, v in r.items() if k != "feats"} for r in res["fd"]]
     json.dump(protocol.jsonable({"summary": summary, "info": info,
                                  "per_class": res["per_class"], "fd": fd}), f)
-  write_summary(eval_dir)
+  write_summary(eval_dir, summary, info, config.to_dict())
   total = time.perf_counter() - t_start
   with open(os.path.join(eval_dir, "results.md"), "w") as f:
     f.write(table + f"\n\nWall time: {total:.0f} s (training {t_train:.0f} s).\n")

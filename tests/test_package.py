@@ -1,5 +1,6 @@
 """The package imports without TensorFlow, and the README quickstart runs as written."""
 
+import json
 import os
 import re
 import subprocess
@@ -50,7 +51,6 @@ def test_readme_quickstart_runs_as_written():
 
 def test_readme_tables_are_those_of_the_committed_results():
   # Every table row a README quotes is regenerated from experiments/results/<run>.json.
-  import json  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   from experiments.protocol import report  # pylint: disable=g-import-not-at-top
   results = os.path.join(ROOT, "experiments", "results")

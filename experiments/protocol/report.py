@@ -42,6 +42,16 @@ def _order(methods: list[str]) -> list[str]:
                                                           if m not in ("real", "copy")]
 
 
+def _k_note(timing: dict) -> str:
+  """The footer's note on a run's equal-time step k, if it has one."""
+  if not timing.get("equal_time_steps"):
+    return ""
+  note = f", {timing['equal_time_steps']} steps at {timing['of']}'s time"
+  if timing.get("equal_time_probe_ms"):
+    note += f", the first {train_lib.PROBE_STEPS} timed at {timing['equal_time_probe_ms']:.0f} ms"
+  return note
+
+
 def markdown_table(config, summary: dict, info: dict) -> str:
   """The headline results table (T = eval.headline) and KID against T."""
   ec = config.eval
@@ -90,12 +100,7 @@ def markdown_table(config, summary: dict, info: dict) -> str:
   if info.get("train_seconds"):
     lines += ["", "Training time per run, seconds (meta-training loop, compile included; "
               "median ms per meta-step in brackets): " + "; ".join(
-                  f"{run}: {v['loop_s']:.0f} s ({v['median_step_ms']:.0f} ms"
-                  + (f", {v['equal_time_steps']} steps at {v['of']}'s time, the first 10 "
-                     f"timed at {v['equal_time_probe_ms']:.0f} ms" if v.get("equal_time_steps")
-                     and v.get("equal_time_probe_ms") else
-                     f", {v['equal_time_steps']} steps at {v['of']}'s time" if v.get(
-                      "equal_time_steps") else "") + ")"
+                  f"{run}: {v['loop_s']:.0f} s ({v['median_step_ms']:.0f} ms{_k_note(v)})"
                   for run, v in info["train_seconds"].items()) + "."]
   if info.get("rules"):
     lines += ["", "Test-time rules (tuned on validation alphabets): " + "; ".join(
