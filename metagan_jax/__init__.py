@@ -6,7 +6,7 @@ optax; the data layer (``metagan_jax.data``) imports TensorFlow Datasets lazily,
 only for TFDS sources.
 """
 
-from metagan_jax import (backend, data, gan, layers, lopt_train, losses, metrics, models,
+from metagan_jax import (backend, compile_cache, data, gan, layers, lopt_train, losses, metrics, models,
                          parallel, recipes, toy)
 from metagan_jax.gan import GanTrainConfig, GanTrainState
 from metagan_jax.inner import (AdaptConfig, InnerNoise, MetaSGDParams, adapt,
@@ -24,13 +24,13 @@ from metagan_jax.tasks import Tasks
 __version__ = "0.1.0"
 
 __all__ = [
-    "ALGORITHMS", "AdaptConfig", "backend", "data", "gan", "layers", "GanLoss", "GanModel", "GanParams",
+    "ALGORITHMS", "AdaptConfig", "backend", "compile_cache", "data", "gan", "layers", "GanLoss", "GanModel", "GanParams",
     "GanTrainConfig", "GanTrainState", "InnerNoise", "trainable_mask",
     "MetaConfig", "MetaSGDParams", "MetaState", "Tasks", "adapt", "adapt_with_aux",
     "LOptMetaParams", "LOptParams", "LOptSpec", "LOptState", "init_lopt_params",
     "learned_optimizer", "lopt_train",
     "get_loss", "get_model", "init", "inner_noise", "losses", "maml_objective",
-    "meta_gradients", "meta_step", "metrics", "models", "parallel", "per_parameter_sgd", "recipes", "load_run", "LoadedRun", "Preprocessing",
+    "meta_gradients", "meta_step", "metasgd_outer", "metrics", "models", "parallel", "per_parameter_sgd", "recipes", "load_run", "LoadedRun", "Preprocessing",
     "RunError",
     "per_task_gradient", "toy",
 ]

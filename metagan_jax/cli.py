@@ -1,7 +1,8 @@
 """``metagan`` / ``python -m metagan_jax``: few-shot generation from your own images.
 
   python -m metagan_jax generate RUN_DIR --images DIR --steps T --num N --out OUT \\
-      [--seed S] [--method NAME] [--invert auto|yes|no] [--skip-bad] [--overwrite]
+      [--seed S] [--method NAME] [--invert auto|yes|no] [--skip-bad] [--overwrite] \\
+      [--no-compilation-cache]
 
 Reads every image in DIR (png, jpg, bmp, gif, tif, webp; colour or grey, any size),
 converts it to the run's size, channels and polarity (dark strokes on a light
@@ -10,8 +11,18 @@ meta-GAN with the run's own rule for T steps (default: the run's headline) and
 writes OUT/samples.npz (``samples``: float32 [N, H, W, C] in [-1, 1], the run's
 polarity), OUT/grid.png (the support images as converted, then the samples, enlarged
 for viewing), OUT/samples/*.png (each sample at the model's size) and
-OUT/report.json. Every input is checked before any compute; OUT is written to a
-temporary folder and renamed, so it is never half-written.
+OUT/report.json.
+
+Several classes in one call: a DIR whose images sit in one sub-folder per class
+(DIR/<class>/*.png) adapts to each class separately, with the same keys, and
+writes each class's outputs to OUT/<class>/; OUT/report.json lists them. A
+class's samples equal a one-class call's with the same --seed.
+
+Every input is checked before any compute; OUT is written to a temporary folder
+and renamed, so it is never half-written. Compiled programs are kept in a
+persistent cache (metagan_jax.compile_cache: $JAX_COMPILATION_CACHE_DIR, else
+~/.cache/metagan_jax/xla), so later calls skip compilation;
+--no-compilation-cache or METAGAN_COMPILATION_CACHE=0 turns it off.
 """
 
 from __future__ import annotations
@@ -74,6 +85,29 @@ def read_images(folder: str, skip_bad: bool = False) -> tuple[list[np.ndarray], 
     raise UsageError(f"--images {folder}: none of its {len(files)} image files is readable "
                      f"(skipped: {', '.join(skipped)}).")
   return images, names, skipped
+
+
+def _has_images(folder: str) -> bool:
+  return any(f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f))
+             for f in os.listdir(folder))
+
+
+def class_folders(folder: str) -> list[str] | None:
+  """The class sub-folders of ``folder`` (sorted names), or ``None`` if it holds images itself.
+
+  Hidden sub-folders (``.name``) are ignored. A folder with both images and
+  class sub-folders is ambiguous and raises :class:`UsageError`.
+  """
+  if not os.path.isdir(folder):
+    raise UsageError(f"--images {folder}: no such folder; give the folder holding your images.")
+  subs = sorted(d for d in os.listdir(folder) if not d.startswith(".")
+                and os.path.isdir(os.path.join(folder, d)))
+  if _has_images(folder):
+    if any(_has_images(os.path.join(folder, d)) for d in subs):
+      raise UsageError(f"--images {folder} holds images and also sub-folders of images; put one "
+                       f"class's images directly in it, or every class in its own sub-folder.")
+    return None
+  return subs or None
 
 
 def is_dark_on_light(img_HxWxC: np.ndarray) -> bool:
@@ -142,14 +176,39 @@ class _NoBar:
   set_postfix_str = close = update
 
 
+def _write_class(folder: str, support: np.ndarray, samples: np.ndarray, report: dict) -> None:
+  """One class's outputs: samples.npz, grid.png, samples/*.png and report.json in ``folder``."""
+  os.makedirs(folder, exist_ok=True)
+  np.savez(os.path.join(folder, "samples.npz"), samples=samples)
+  num = len(samples)
+  cols = max(len(support), min(8, num))
+  rows = [image_grid(support, cols), image_grid(samples, cols)]
+  # A row gap between the support and the samples; cells enlarged to >= 56 px.
+  gap = np.full((max(1, support.shape[1] // 4),) + rows[0].shape[1:], 0.5, rows[0].dtype)
+  save_png(os.path.join(folder, "grid.png"), np.concatenate([rows[0], gap, rows[1]], axis=0),
+           scale=max(1, 56 // support.shape[1]))
+  os.makedirs(os.path.join(folder, "samples"))
+  width = len(str(num - 1))
+  for i, x in enumerate(samples):
+    save_png(os.path.join(folder, "samples", f"{i:0{width}d}.png"), image_grid(x[None], 1))
+  with open(os.path.join(folder, "report.json"), "w") as f:
+    json.dump(report, f, indent=1)
+
+
 def generate(args) -> dict:
   """The ``generate`` command; returns its report."""
+  t_start = time.perf_counter()
+  from metagan_jax import compile_cache  # pylint: disable=g-import-not-at-top
+  # Before any computation: JAX decides at its first compilation whether a cache is used.
+  if args.no_compilation_cache:
+    compile_cache.disable()
+  cache_dir = None if args.no_compilation_cache else compile_cache.enable()
+  stats = compile_cache.Stats()
   import metagan_jax as mg  # pylint: disable=g-import-not-at-top
   try:
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
   except ImportError:  # the bar is a nicety: without tqdm, the command runs without one
     tqdm = _NoBar
-  t_start = time.perf_counter()
   out = os.path.abspath(args.out)
   # 1. Everything is checked before any compute.
   if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and not args.overwrite:
@@ -159,27 +218,35 @@ def generate(args) -> dict:
     raise UsageError(f"--num must be >= 1, got {args.num}.")
   if args.steps is not None and args.steps < 1:
     raise UsageError(f"--steps must be >= 1, got {args.steps}.")
+  if not 0 <= args.seed < 2**32:
+    raise UsageError(f"--seed must be in [0, 2**32), got {args.seed}.")
   parent = os.path.dirname(out) or "."
   if os.path.exists(parent) and not os.access(parent, os.W_OK):
     raise UsageError(f"--out {args.out}: cannot write into {parent}.")
-  images, names, skipped = read_images(args.images, args.skip_bad)
-  if len(images) < MIN_IMAGES:
-    raise UsageError(f"--images {args.images}: {len(images)} usable image; the adaptation needs "
-                     f"at least {MIN_IMAGES} (with one image a GAN can only copy it).")
+  subs = class_folders(args.images)
+  folders = [args.images] if subs is None else [os.path.join(args.images, d) for d in subs]
+  classes = []  # (name, images, file names, skipped)
+  for folder in folders:
+    images, names, skipped = read_images(folder, args.skip_bad)
+    if len(images) < MIN_IMAGES:
+      raise UsageError(f"--images {folder}: {len(images)} usable image; the adaptation needs "
+                       f"at least {MIN_IMAGES} (with one image a GAN can only copy it).")
+    classes.append((os.path.basename(os.path.normpath(folder)), images, names, skipped))
+  t_load = time.perf_counter()
   run = mg.load_run(args.run_dir, method=args.method)
+  t_loaded = time.perf_counter()
   steps = run.headline if args.steps is None else args.steps
-  notes = []
-  if len(images) > run.train_k:
-    notes.append(f"{len(images)} images, more than the {run.train_k} per class the run was "
-                 f"meta-trained on: every adaptation step uses all of them as one batch.")
-  support, flips = prepare(images, run.preprocessing, args.invert)
+  supports, flips = zip(*(prepare(c[1], run.preprocessing, args.invert) for c in classes))
   bar = tqdm(total=3, desc="generate", file=sys.stderr, disable=args.quiet)
-  bar.set_postfix_str(f"adapting {run.method} for {steps} steps")
+  bar.set_postfix_str(f"adapting {run.method} for {steps} steps"
+                      + (f" to {len(classes)} classes" if subs is not None else ""))
   t0 = time.perf_counter()
-  samples = run.generate(support, args.num, seed=args.seed, steps=steps).astype(np.float32)
+  with compile_cache.repairing(stats):
+    samples = [x.astype(np.float32) for x in
+               run.generate_many(supports, args.num, seed=args.seed, steps=steps)]
   t_adapt = time.perf_counter() - t0
   bar.update(1)
-  if not np.all(np.isfinite(samples)):
+  if not all(np.all(np.isfinite(x)) for x in samples):
     raise FloatingPointError("the adapted generator produced non-finite samples; try fewer "
                              "--steps or another --method.")
   # 2. Written to a temporary folder first, then renamed into place.
@@ -187,25 +254,32 @@ def generate(args) -> dict:
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".metagan-", dir=parent)
   os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; OUT gets the usual mode
+  common = {"run": run.path, "method": run.method, "meta_seed": run.seed, "steps": steps,
+            "seed": args.seed, "num": args.num, "rule": run.rule,
+            "polarity": "light strokes on dark" if run.preprocessing.invert else "as trained"}
   try:
-    np.savez(os.path.join(tmp, "samples.npz"), samples=samples)
-    cols = max(len(support), min(8, args.num))
-    rows = [image_grid(support, cols), image_grid(samples, cols)]
-    # A row gap between the support and the samples; cells enlarged to >= 56 px.
-    gap = np.full((max(1, support.shape[1] // 4),) + rows[0].shape[1:], 0.5, rows[0].dtype)
-    save_png(os.path.join(tmp, "grid.png"), np.concatenate([rows[0], gap, rows[1]], axis=0),
-             scale=max(1, 56 // support.shape[1]))
-    os.makedirs(os.path.join(tmp, "samples"))
-    width = len(str(args.num - 1))
-    for i, x in enumerate(samples):
-      save_png(os.path.join(tmp, "samples", f"{i:0{width}d}.png"), image_grid(x[None], 1))
+    per_class = []
+    for (name, images, names, skipped), support, flip, x in zip(classes, supports, flips, samples):
+      notes = []
+      if len(images) > run.train_k:
+        notes.append(f"{len(images)} images, more than the {run.train_k} per class the run was "
+                     f"meta-trained on: every adaptation step uses all of them as one batch.")
+      rep = {**common, "images": len(images), "image_files": names, "skipped": skipped,
+             "inverted": flip, "notes": notes}
+      if subs is not None:
+        rep["class"] = name
+      _write_class(tmp if subs is None else os.path.join(tmp, name), support, x, rep)
+      per_class.append(rep)
     bar.update(1)
-    report = {"run": run.path, "method": run.method, "meta_seed": run.seed, "steps": steps,
-              "seed": args.seed, "num": args.num, "images": len(images), "image_files": names,
-              "skipped": skipped, "inverted": flips, "rule": run.rule,
-              "polarity": "light strokes on dark" if run.preprocessing.invert else "as trained",
-              "adapt_and_sample_s": round(t_adapt, 2), "notes": notes,
+    timing = {"adapt_and_sample_s": round(t_adapt, 2), "load_run_s": round(t_loaded - t_load, 2),
+              "compilation_cache": {"dir": cache_dir, **stats.as_dict()},
               "total_s": round(time.perf_counter() - t_start, 2)}
+    if subs is None:
+      report = {**per_class[0], **timing}
+    else:
+      report = {**common, "classes": [r["class"] for r in per_class], "per_class": per_class,
+                "images": sum(r["images"] for r in per_class),
+                "notes": [f"{r['class']}: {n}" for r in per_class for n in r["notes"]], **timing}
     with open(os.path.join(tmp, "report.json"), "w") as f:
       json.dump(report, f, indent=1)
     # The old output (--overwrite) moves aside first and goes only once the new one is in place.
@@ -235,7 +309,8 @@ def parser() -> argparse.ArgumentParser:
   g = sub.add_parser("generate", help="adapt a trained meta-GAN to your images and sample",
                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   g.add_argument("run_dir", help="a run folder of experiments/omniglot.py (its --workdir)")
-  g.add_argument("--images", required=True, help="folder of your images (one class)")
+  g.add_argument("--images", required=True,
+                 help="folder of your images (one class), or of one sub-folder per class")
   g.add_argument("--steps", type=int, default=None, help="adaptation steps (default: headline)")
   g.add_argument("--num", type=int, default=64, help="samples to draw")
   g.add_argument("--out", required=True, help="output folder (must be new or empty)")
@@ -247,6 +322,9 @@ def parser() -> argparse.ArgumentParser:
   g.add_argument("--skip-bad", action="store_true", help="skip unreadable files")
   g.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
   g.add_argument("--quiet", action="store_true", help="no progress bar")
+  g.add_argument("--no-compilation-cache", action="store_true",
+                 help="compile afresh and keep nothing (default: a persistent cache in "
+                      "$JAX_COMPILATION_CACHE_DIR or ~/.cache/metagan_jax/xla)")
   return p
 
 
@@ -259,9 +337,14 @@ def main(argv=None) -> int:
     print(f"metagan generate: error: {e}", file=sys.stderr)
     return 2
   notes = "".join(f" Note: {n}" for n in report["notes"])
-  print(f"{report['num']} samples of {report['method']} adapted to {report['images']} images "
-        f"for {report['steps']} steps in {report['total_s']:.1f} s -> "
-        f"{os.path.abspath(args.out)}/ (samples.npz, grid.png, samples/, report.json).{notes}")
+  if "classes" in report:
+    what = (f"{len(report['classes'])} classes ({report['images']} images) for {report['steps']} "
+            f"steps in {report['total_s']:.1f} s -> {os.path.abspath(args.out)}/<class>/ "
+            f"(samples.npz, grid.png, samples/, report.json each)")
+  else:
+    what = (f"{report['images']} images for {report['steps']} steps in {report['total_s']:.1f} s "
+            f"-> {os.path.abspath(args.out)}/ (samples.npz, grid.png, samples/, report.json)")
+  print(f"{report['num']} samples of {report['method']} adapted to {what}.{notes}")
   return 0
 
 

@@ -18,14 +18,15 @@ adapts exactly as the run's own evaluation did.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
 
-from metagan_jax import gan, recipes
+from metagan_jax import backend, compile_cache, gan, recipes
 from metagan_jax.inner import AdaptConfig, adapt
 from metagan_jax.lopt import LOptMetaParams, LOptSpec, init_lopt_params
 from metagan_jax.meta import ALGORITHMS, init as meta_init
@@ -98,6 +99,9 @@ class LoadedRun:
   config: dict
   rule: dict
   per_steps: dict = dataclasses.field(default_factory=dict)
+  # (key, adapt_config, per_steps) from load_run: the key names the rule for
+  # compile_cache.exported_call while the run still holds those very objects.
+  _program_key: tuple | None = dataclasses.field(default=None, repr=False, compare=False)
 
   def adapt_config_for(self, steps: int | None = None) -> AdaptConfig:
     """The test-time rule with ``steps`` adaptation steps (default: the headline).
@@ -115,19 +119,88 @@ class LoadedRun:
 
   def keys(self, seed: int) -> tuple[jax.Array, jax.Array]:
     """``(adaptation key, latent key)`` that :meth:`generate` uses for ``seed``."""
-    k_adapt, k_z = jax.random.split(jax.random.key(seed))
-    return k_adapt, k_z
+    return _keys(seed)
 
   def generate(self, support, n: int, seed: int = 0, steps: int | None = None) -> np.ndarray:
     """Adapts to ``support [K, *data_shape]`` (in [-1, 1]) and draws ``n`` samples.
 
     Equal to ``model.generate(adapt(meta_params, support, k_adapt, rule).g,
-    model.sample_z(k_z, n))`` with ``k_adapt, k_z = keys(seed)``.
+    model.sample_z(k_z, n))`` with ``k_adapt, k_z = keys(seed)``. One compiled
+    program, the same for every call with the same rule, support shape and
+    ``n`` (so a persistent compilation cache serves later processes).
     """
-    k_adapt, k_z = self.keys(seed)
+    return self._run(self.adapt_config_for(steps), _support(support, self.model), seed, int(n))
+
+  def generate_many(self, supports: Sequence, n: int, seed: int = 0, steps: int | None = None,
+                    vectorize: str = "auto") -> list[np.ndarray]:
+    """:meth:`generate` for several classes: one support set each, samples of each class.
+
+    Class ``c``'s samples equal ``generate(supports[c], n, seed, steps)``: every
+    class adapts separately from the same keys. ``vectorize``: ``"map"`` runs
+    the one-class program class after class (CPU's default: one class already
+    keeps the cores busy, and the program is the one a one-class call compiled);
+    ``"vmap"`` adapts the classes of each support size at once (accelerators'
+    default); ``"auto"`` picks by platform.
+    """
     ac = self.adapt_config_for(steps)
-    adapted = jax.jit(lambda p, s, k: adapt(p, s, k, ac))(self.meta_params, support, k_adapt)
-    return np.asarray(jax.jit(self.model.generate)(adapted.g, self.model.sample_z(k_z, n)))
+    sups = [_support(s, self.model) for s in supports]
+    if backend.resolve_vectorize(vectorize) == "map":
+      return [self._run(ac, s, seed, int(n)) for s in sups]
+    out: list = [None] * len(sups)
+    for k in sorted({s.shape[0] for s in sups}):  # one batched program per support size
+      idx = [i for i, s in enumerate(sups) if s.shape[0] == k]
+      got = np.asarray(_adapt_and_sample_classes(self.meta_params, np.stack([sups[i] for i in idx]),
+                                                 _seed(seed), ac, int(n)))
+      for j, i in enumerate(idx):
+        out[i] = got[j]
+    return out
+
+  def _run(self, ac: AdaptConfig, support: np.ndarray, seed, n: int) -> np.ndarray:
+    """One class: adapt and sample, as one program (stored by compile_cache when it is on)."""
+    pk = self._program_key
+    if (compile_cache.export_dir() is None or pk is None or pk[1] is not self.adapt_config
+        or pk[2] is not self.per_steps):
+      return np.asarray(_adapt_and_sample(self.meta_params, support, _seed(seed), ac, n))
+    leaves, treedef = jax.tree.flatten(self.meta_params)
+
+    def flat(*arrays):  # arrays only: what jax.export serialises
+      return _one_class(jax.tree.unflatten(treedef, arrays[:-2]), *arrays[-2:], ac, n)
+    return np.asarray(compile_cache.exported_call(
+        flat, [*leaves, support, _seed(seed)], f"{pk[0]}|steps={ac.inner_steps}|n={n}|{treedef}"))
+
+
+def _keys(seed) -> tuple[jax.Array, jax.Array]:
+  k_adapt, k_z = jax.random.split(jax.random.key(seed))
+  return k_adapt, k_z
+
+
+def _seed(seed) -> np.uint32:
+  if not 0 <= int(seed) < 2**32:
+    raise ValueError(f"seed must be in [0, 2**32), got {seed}.")
+  return np.uint32(seed)
+
+
+def _support(support, model: GanModel) -> np.ndarray:
+  s = np.asarray(support, np.float32)
+  if s.ndim != len(model.data_shape) + 1 or s.shape[1:] != tuple(model.data_shape):
+    raise ValueError(f"support has shape {s.shape}; this run's model takes [K, "
+                     f"{', '.join(map(str, model.data_shape))}] (run.preprocessing.apply makes it).")
+  return s
+
+
+def _one_class(meta_params, support, seed, ac: AdaptConfig, n: int):
+  k_adapt, k_z = _keys(seed)
+  adapted = adapt(meta_params, support, k_adapt, ac)
+  return ac.model.generate(adapted.g, ac.model.sample_z(k_z, n))
+
+
+# Keys are derived inside the program, so a call is one compiled program and no eager ops.
+_adapt_and_sample = jax.jit(_one_class, static_argnames=("ac", "n"))
+
+
+@functools.partial(jax.jit, static_argnames=("ac", "n"))
+def _adapt_and_sample_classes(meta_params, supports_CxK, seed, ac: AdaptConfig, n: int):
+  return jax.vmap(lambda s: _one_class(meta_params, s, seed, ac, n))(supports_CxK)
 
 
 def _read_json(path: str, what: str) -> dict:
@@ -157,7 +230,7 @@ def _find_root(path: str) -> tuple[str, dict | None]:
 
 
 def _restore_leaves(ckpt_dir: str, like, what: str):
-  """The newest checkpoint in ``ckpt_dir`` as a pytree shaped like ``like``."""
+  """The newest checkpoint in ``ckpt_dir`` as a pytree shaped like ``like`` (arrays or shapes)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   steps = sorted((int(d) for d in os.listdir(ckpt_dir) if d.isdigit()), reverse=True) \
       if os.path.isdir(ckpt_dir) else []
@@ -179,7 +252,7 @@ def _restore_leaves(ckpt_dir: str, like, what: str):
       raise RunError(f"{what}: array {i} of the checkpoint in {ckpt_dir} has shape {a.shape}, "
                      f"but the run's config.json builds {np.shape(b)}: the checkpoint holds "
                      f"another model or shape; load it with the config it was trained with.")
-    leaves.append(a.astype(np.asarray(b).dtype))
+    leaves.append(a.astype(b.dtype))
   return jax.tree.unflatten(treedef, leaves)
 
 
@@ -260,9 +333,12 @@ def _load_run(path, method, seed) -> LoadedRun:
     meta, rule = _load_gan(root, cfg, method, seed, model)
     ac = recipes.adapt_config(cfg, headline, rule)
     meta = recipes.with_rule(meta, rule)
+  key = json.dumps({"run": root, "method": method, "seed": seed, "config": cfg, "rule": rule,
+                    "headline": headline}, sort_keys=True, default=str)
   return LoadedRun(path=root, method=method, seed=seed, model=model, meta_params=meta,
                    adapt_config=ac, preprocessing=prep, headline=headline, train_k=train_k,
-                   config=cfg, rule=rule, per_steps=per_steps)
+                   config=cfg, rule=rule, per_steps=per_steps,
+                   _program_key=(key, ac, per_steps))
 
 
 def _load_gan(root: str, cfg: dict, method: str, seed: int, model: GanModel):
@@ -270,12 +346,12 @@ def _load_gan(root: str, cfg: dict, method: str, seed: int, model: GanModel):
   train = os.path.join(root, "train")
   if method in ALGORITHMS:
     mc = recipes.meta_config(cfg, method)
-    like = meta_init(jax.random.key(0), mc)
+    like = jax.eval_shape(lambda: meta_init(jax.random.key(0), mc))
     folder = os.path.join(train, f"{method}_s{seed}")
     params = _restore_leaves(os.path.join(folder, "checkpoints"), like, f"{method} seed {seed}"
                              ).params
   else:
-    like = gan.init(jax.random.key(0), recipes.pretrain_config(cfg))
+    like = jax.eval_shape(lambda: gan.init(jax.random.key(0), recipes.pretrain_config(cfg)))
     pseed = seed if cfg["pretrain"]["per_seed"] or method == "scratch" else min(_seeds(cfg))
     name = "pretrain" if method == "transfer" else "scratch"
     folder = os.path.join(train, f"{name}_s{pseed}")

@@ -145,6 +145,7 @@ def test_generate_bad_input_is_a_clear_error(trained_run, argv, match, capsys, m
   from metagan_jax import cli  # pylint: disable=g-import-not-at-top
   monkeypatch.chdir(trained_run)
   monkeypatch.setattr(mg.LoadedRun, "generate", lambda *a, **k: pytest.fail("computed"))
+  monkeypatch.setattr(mg.LoadedRun, "generate_many", lambda *a, **k: pytest.fail("computed"))
   assert cli.main(argv(trained_run)) == 2
   err = capsys.readouterr().err
   assert match in err, err
