@@ -80,13 +80,26 @@ def test_generate_uses_the_cache_survives_corrupt_entries_and_can_turn_it_off(ti
   assert fourth["compilation_cache"]["hits"] >= 1  # the entries were rewritten
   assert fourth["compilation_cache"]["misses"] == 0 and "Error reading" not in err4
   np.testing.assert_array_equal(x1, x4)
-  for extra, env in ((["--no-compilation-cache"], None), ([], {compile_cache.OFF_ENV: "0"})):
-    off_cache = str(tmp_path / f"off{len(extra)}")
-    off, x5, _ = _generate(tiny_run["workdir"], images, str(tmp_path / f"o5{len(extra)}"),
-                           off_cache, *extra, env=env)
-    assert off["compilation_cache"] == {"dir": None, "hits": 0, "misses": 0, "repaired": 0}
-    assert not os.path.exists(off_cache)
-    np.testing.assert_array_equal(x1, x5)
+  off_cache = str(tmp_path / "off")  # METAGAN_COMPILATION_CACHE=0 beats JAX's own folder setting
+  off, x5, _ = _generate(tiny_run["workdir"], images, str(tmp_path / "o5"), off_cache,
+                         env={compile_cache.OFF_ENV: "0"})
+  assert off["compilation_cache"] == {"dir": None, "hits": 0, "misses": 0, "repaired": 0}
+  assert not os.path.exists(off_cache)
+  np.testing.assert_array_equal(x1, x5)
+
+
+@TINY_RUN_GROUP
+def test_the_no_cache_flag_turns_the_cache_off(tiny_run, tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(compile_cache, "disable", lambda: calls.append("disable"))
+  monkeypatch.setattr(compile_cache, "enable", lambda *a: pytest.fail("enabled"))
+  images = write_pngs(str(tmp_path / "mine"), _strokes(3, 2))
+  assert cli.main(["generate", tiny_run["workdir"], "--images", images, "--out", str(tmp_path / "o"),
+                   "--method", "reptile", "--steps", "1", "--num", "2", "--quiet",
+                   "--no-compilation-cache"]) == 0
+  with open(tmp_path / "o" / "report.json") as f:
+    assert json.load(f)["compilation_cache"]["dir"] is None
+  assert calls == ["disable"]
 
 
 @TINY_RUN_GROUP
@@ -101,21 +114,21 @@ def test_several_classes_give_each_class_its_one_class_samples(tiny_run, tmp_pat
   with open(tmp_path / "all" / "report.json") as f:
     report = json.load(f)
   assert report["classes"] == ["alpha", "beta", "gamma"] and report["images"] == 8
-  for name in report["classes"]:
-    assert cli.main(base + ["--images", str(root / name), "--out", str(tmp_path / name)]) == 0
-    many = np.load(tmp_path / "all" / name / "samples.npz")["samples"]
-    one = np.load(tmp_path / name / "samples.npz")["samples"]
-    np.testing.assert_array_equal(many, one)
-    assert (tmp_path / "all" / name / "grid.png").exists()
-    assert len(os.listdir(tmp_path / "all" / name / "samples")) == 3
-  # Vectorised over the classes (the accelerators' default): the same samples to rounding.
   run = mg.load_run(tiny_run["workdir"], method="reptile")
   sups = [cli.prepare(cli.read_images(str(root / n))[0], run.preprocessing, "auto")[0]
           for n in report["classes"]]
+  for name, s in zip(report["classes"], sups):  # a one-class call is run.generate (tests/test_cli)
+    many = np.load(tmp_path / "all" / name / "samples.npz")["samples"]
+    np.testing.assert_array_equal(many, run.generate(s, 3, seed=11, steps=2))
+    assert (tmp_path / "all" / name / "grid.png").exists()
+    assert len(os.listdir(tmp_path / "all" / name / "samples")) == 3
+  assert cli.main(base + ["--images", str(root / "beta"), "--out", str(tmp_path / "beta")]) == 0
+  np.testing.assert_array_equal(np.load(tmp_path / "beta" / "samples.npz")["samples"],
+                                np.load(tmp_path / "all" / "beta" / "samples.npz")["samples"])
+  # Vectorised over the classes (the accelerators' default): the same samples to rounding.
   batched = run.generate_many(sups, 3, seed=11, steps=2, vectorize="vmap")
   for s, b in zip(sups, batched):
     np.testing.assert_allclose(b, run.generate(s, 3, seed=11, steps=2), atol=1e-5)
-
 
 def test_a_folder_with_images_and_class_folders_is_refused(tmp_path):
   write_pngs(str(tmp_path / "x"), _strokes(0, 2))
