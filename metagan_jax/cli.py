@@ -200,9 +200,11 @@ def generate(args) -> dict:
   t_start = time.perf_counter()
   from metagan_jax import compile_cache  # pylint: disable=g-import-not-at-top
   # Before any computation: JAX decides at its first compilation whether a cache is used.
+  cache_dir = None
   if args.no_compilation_cache:
     compile_cache.disable()
-  cache_dir = None if args.no_compilation_cache else compile_cache.enable()
+  else:
+    cache_dir = compile_cache.enable()
   stats = compile_cache.Stats()
   import metagan_jax as mg  # pylint: disable=g-import-not-at-top
   try:

@@ -181,22 +181,31 @@ def exported_call(fn, args: list, key: str):
   sig = ";".join(f"{jax.numpy.shape(a)}{jax.numpy.result_type(a)}" for a in args)  # shapes only
   name = hashlib.sha256(f"{key}|{sig}|{jax.default_backend()}|{source_key()}".encode()).hexdigest()
   path = os.path.join(_EXPORT_DIR, f"{name[:32]}.jaxexport")
-  exp = None
+  call = _CALLS.get(path)
+  if call is None:  # once per process and program: later calls (other classes) reuse it
+    call = _CALLS[path] = jax.jit(_load_or_export(path, fn, args).call)
+  return call(*args)
+
+
+_CALLS: dict = {}  # path -> the jitted call of its exported program, this process's
+
+
+def _load_or_export(path: str, fn, args: list):
+  """The program stored at ``path``, or ``fn`` traced and stored there."""
   if os.path.exists(path):
     try:
       with open(path, "rb") as f:
-        exp = jax.export.deserialize(bytearray(f.read()))
+        return jax.export.deserialize(bytearray(f.read()))
     except Exception as e:  # pylint: disable=broad-except
       warnings.warn(f"stored program {path} is unreadable ({type(e).__name__}: {e}); "
                     f"tracing it afresh.")
-  if exp is None:
-    exp = jax.export.export(jax.jit(fn))(*args)
-    try:  # written whole, then renamed: a concurrent reader never sees half a file
-      os.makedirs(_EXPORT_DIR, exist_ok=True)
-      fd, tmp = tempfile.mkstemp(dir=_EXPORT_DIR, prefix=".tmp-")
-      with os.fdopen(fd, "wb") as f:
-        f.write(exp.serialize())
-      os.replace(tmp, path)
-    except OSError as e:
-      warnings.warn(f"could not store the traced program in {_EXPORT_DIR} ({e}).")
-  return exp.call(*args)
+  exp = jax.export.export(jax.jit(fn))(*args)
+  try:  # written whole, then renamed: a concurrent reader never sees half a file
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    with os.fdopen(fd, "wb") as f:
+      f.write(exp.serialize())
+    os.replace(tmp, path)
+  except OSError as e:
+    warnings.warn(f"could not store the traced program in {os.path.dirname(path)} ({e}).")
+  return exp
