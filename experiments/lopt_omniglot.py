@@ -17,7 +17,10 @@ as in experiments/omniglot.py):
      longer than the training unroll) and score with the experiments protocol.
 
 Outputs in the workdir: tuning.json, lopt/ (metrics.jsonl, params.msgpack),
-eval/results.json, eval/results.md, eval/figures/lopt_curve.png.
+eval/results.json, eval/results.md, eval/figures/lopt_curve.png, and
+eval/summary.json (summary without per-class rows, tuning, info and config: the
+file committed as experiments/results/lopt_short.json, from which
+``markdown_table`` regenerates the README's table).
 
 Several processes (the same flags and environment variables as
 experiments/omniglot.py): every process runs every step (the learned
@@ -278,6 +281,23 @@ def markdown_table(config, summary: dict, best: dict, info: str) -> str:
   return "\n".join(lines + ["", info])
 
 
+def write_summary(eval_dir: str, summary: dict, tuning: dict, info: str, config: dict,
+                  wall_s: float) -> str:
+  """``eval/summary.json``: what ``markdown_table`` needs, without the per-class rows.
+
+  Committed as ``experiments/results/lopt_<run name>.json`` for a run a README quotes;
+  ``markdown_table(ConfigDict(s["config"]), s["summary"], s["tuning"]["best"], s["info"])``
+  gives its table again.
+  """
+  metrics = {k: {f: v for f, v in d.items() if f != "per_class"}
+             for k, d in summary["metrics"].items()}
+  path = os.path.join(eval_dir, "summary.json")
+  with open(path, "w") as f:
+    json.dump(protocol.jsonable({"summary": {**summary, "metrics": metrics}, "tuning": tuning,
+                                 "info": info, "config": config, "wall_s": wall_s}), f, indent=1)
+  return path
+
+
 def plot(summary: dict, rows: list, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -356,6 +376,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
                                  "meta_training": rows, "featnet": feat_info, "wall_s": total}), f)
   with open(os.path.join(eval_dir, "results.md"), "w") as f:
     f.write(table + f"\n\nWall time: {total:.0f} s (meta-training {t_meta:.0f} s).\n")
+  write_summary(eval_dir, res["summary"], tuning, info, config.to_dict(), total)
   return {**out, "wall_s": total}
 
 

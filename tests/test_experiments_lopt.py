@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 
 import metagan_jax as mg
@@ -36,6 +37,14 @@ def test_tiny_lopt_experiment_tunes_trains_scores_and_reuses(tmp_path):
     assert os.path.exists(os.path.join(work, f)), f
   with open(os.path.join(work, "eval", "results.json")) as f:
     assert json.load(f)["tuning"]["best"] == {k: float(v) for k, v in best.items()}
+  # the committed form: the table regenerates from eval/summary.json alone, no per-class rows
+  with open(os.path.join(work, "eval", "summary.json")) as f:
+    committed = json.load(f)
+  assert not any("per_class" in v for v in committed["summary"]["metrics"].values())
+  table = lopt_omniglot.markdown_table(ml_collections.ConfigDict(committed["config"]),
+                                       committed["summary"], committed["tuning"]["best"],
+                                       committed["info"])
+  assert table == out["table"]
   # Meta-training moved the optimiser away from its SGD start, and a second call
   # reuses the saved optimiser instead of training again.
   last = out["lopt_params"].d.layers[-1][0]
