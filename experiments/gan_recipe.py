@@ -38,7 +38,7 @@ from experiments.configs import common  # pylint: disable=g-import-not-at-top
 # defaults, WGAN-GP, two critic steps, Adam(1e-4, 0, 0.9), EMA of G) ...
 BASE = dict(model="fsgan28", model_kw={}, loss=dict(kind="wasserstein", gp_weight=10.0),
             d_lr=1e-4, g_lr=1e-4, b1=0.0, b2=0.9, d_steps=2, ema=0.999, blur=0.0, batch=64,
-            rotations=True, sample="ema")
+            rotations=True, sample="ema", augment="")
 # ... and one change at a time.
 RECIPES = {
     "final": {},
@@ -54,6 +54,10 @@ RECIPES = {
                   d_steps=1),
     "blur": dict(blur=0.5),
     "dcgan28": dict(model="dcgan28"),
+    # issue 19's sample-quality levers
+    "nearest_up": dict(model_kw=dict(up="nearest")),
+    "diffaug_t": dict(augment="translation"),
+    "diffaug_tc": dict(augment="translation,cutout"),
 }
 
 
@@ -70,7 +74,7 @@ def train_config(r: dict) -> gan.GanTrainConfig:
   opt = lambda lr: optax.adam(lr, b1=r["b1"], b2=r["b2"])
   return gan.GanTrainConfig(model, loss=mg.GanLoss(**r["loss"]), d_opt=opt(r["d_lr"]),
                             g_opt=opt(r["g_lr"]),
-                            d_steps=r["d_steps"], ema=r["ema"])
+                            d_steps=r["d_steps"], ema=r["ema"], augment=r["augment"])
 
 
 def run(variant: str, steps: int, out: str, overrides: dict, seed: int = 0) -> dict:

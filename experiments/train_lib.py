@@ -165,7 +165,7 @@ def _step_key(config) -> str:
   """The config fields a step function depends on, as JSON (its compilation cache key)."""
   keep = {k: config.get(k) for k in ("model", "loss", "inner_steps", "d_steps", "g_steps",
                                      "inner_lr", "inner_opt", "inner_b1", "inner_b2",
-                                     "g_trainable", "d_trainable", "metasgd_direction")}
+                                     "g_trainable", "d_trainable", "metasgd_direction", "augment")}
   kw = config.get("model_kw")
   keep["model_kw"] = kw.to_dict() if hasattr(kw, "to_dict") else dict(kw or {})
   keep["train"] = {k: config.train.get(k) for k in ("outer_lr", "outer_b1", "outer_eps", "rate_lr")}

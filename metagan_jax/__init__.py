@@ -6,7 +6,7 @@ optax; the data layer (``metagan_jax.data``) imports TensorFlow Datasets lazily,
 only for TFDS sources.
 """
 
-from metagan_jax import (backend, compile_cache, data, gan, layers, lopt_train, losses, metrics, models,
+from metagan_jax import (augment, backend, compile_cache, data, gan, layers, lopt_train, losses, metrics, models,
                          parallel, recipes, toy)
 from metagan_jax.gan import GanTrainConfig, GanTrainState
 from metagan_jax.inner import (AdaptConfig, InnerNoise, MetaSGDParams, adapt,
@@ -24,7 +24,7 @@ from metagan_jax.tasks import Tasks
 __version__ = "0.1.0"
 
 __all__ = [
-    "ALGORITHMS", "AdaptConfig", "backend", "compile_cache", "data", "gan", "layers", "GanLoss", "GanModel", "GanParams",
+    "ALGORITHMS", "AdaptConfig", "augment", "backend", "compile_cache", "data", "gan", "layers", "GanLoss", "GanModel", "GanParams",
     "GanTrainConfig", "GanTrainState", "InnerNoise", "trainable_mask",
     "MetaConfig", "MetaSGDParams", "MetaState", "Tasks", "adapt", "adapt_with_aux",
     "LOptMetaParams", "LOptParams", "LOptSpec", "LOptState", "init_lopt_params",

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from metagan_jax import augment as augment_lib
 from metagan_jax import losses as losses_lib
 from metagan_jax.inner import check_samples
 from metagan_jax.models import GanModel, GanParams
@@ -45,6 +46,10 @@ class GanTrainConfig:
       than the raw generator of an adversarial game. The decay warms up as
       ``min(ema, (1 + t) / (10 + t))`` so early steps do not average in the
       random initialisation.
+    augment: DiffAugment policy for every image D sees, in D's and G's updates
+      (``""``: none; ``"translation"``, ``"cutout"``, ``"translation,cutout"``;
+      :mod:`metagan_jax.augment`). ``""`` leaves the other random streams as
+      they were.
   """
 
   model: GanModel
@@ -53,6 +58,7 @@ class GanTrainConfig:
   g_opt: optax.GradientTransformation | None = None
   d_steps: int = 2
   ema: float = 0.999
+  augment: str = ""
 
   def __post_init__(self):
     if not isinstance(self.model, GanModel):
@@ -63,6 +69,7 @@ class GanTrainConfig:
     if not 0.0 <= self.ema < 1.0:
       raise ValueError(f"GanTrainConfig.ema must be in [0, 1), got {self.ema!r}.")
     object.__setattr__(self, "loss", losses_lib.get_loss(self.loss))
+    object.__setattr__(self, "augment", ",".join(augment_lib.parse_policy(self.augment)))
 
   def optimizers(self) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
     """The (discriminator, generator) optimisers."""
@@ -110,8 +117,14 @@ def train_step(state: GanTrainState, real: jax.Array, key: jax.Array, config: Ga
   d_state, g_state = state.d_opt_state, state.g_opt_state
   keys = jax.random.split(key, 2 * config.d_steps + 1)
 
+  aug = augment_lib.parse_policy(config.augment)
+
   def d_obj(d_, fake, k):
-    return loss.d_objective(lambda x: model.discriminate(d_, x), real, fake, k)
+    real_ = real
+    if aug:  # one draw for [real; fake], so the penalty interpolates augmented pairs
+      both = augment_lib.diff_augment(jax.random.fold_in(k, 1), jnp.concatenate([real, fake]), aug)
+      real_, fake = both[:n], both[n:]
+    return loss.d_objective(lambda x: model.discriminate(d_, x), real_, fake, k)
 
   d_losses = []
   for j in range(config.d_steps):
@@ -123,7 +136,10 @@ def train_step(state: GanTrainState, real: jax.Array, key: jax.Array, config: Ga
   z = model.sample_z(keys[-1], n, real.dtype)
 
   def g_obj(g_):
-    logits = model.discriminate(d, model.generate(g_, z))
+    fake = model.generate(g_, z)
+    if aug:
+      fake = augment_lib.diff_augment(jax.random.fold_in(keys[-1], 1), fake, aug)
+    logits = model.discriminate(d, fake)
     return loss.g_objective(logits), logits
 
   (g_loss, fake_logits), grads = jax.value_and_grad(g_obj, has_aux=True)(g)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from metagan_jax import augment as augment_lib
 from metagan_jax import losses as losses_lib
 from metagan_jax.lopt import LOptMetaParams, LOptSpec
 from metagan_jax.models import GanModel, GanParams
@@ -94,6 +95,13 @@ class AdaptConfig:
       example ``optax.scale_by_adam(b1=0.0, b2=0.9, eps_root=1e-12)``: with
       every rate at ``lr`` this is exactly ``optax.adam(lr, ...)``, so Meta-SGD
       starts as MAML with an Adam inner loop and learns a rate per parameter.
+    augment: DiffAugment policy for every image the discriminator sees in the
+      inner loop (support and fakes in D's updates, fakes in G's, and the
+      query losses of MAML-type meta-objectives): ``""`` (default, none),
+      ``"translation"``, ``"cutout"`` or ``"translation,cutout"``
+      (:mod:`metagan_jax.augment`, background fill -1). Each update draws its
+      own transformations from its penalty key, so ``""`` leaves every other
+      random stream unchanged.
   """
 
   model: GanModel
@@ -114,6 +122,7 @@ class AdaptConfig:
   d_trainable: str | None = None
   lopt_spec: LOptSpec | None = None
   metasgd_direction: optax.GradientTransformation | None = None
+  augment: str = ""
 
   def __post_init__(self):
     if not isinstance(self.model, GanModel):
@@ -132,6 +141,7 @@ class AdaptConfig:
       raise ValueError(f"AdaptConfig.n_fake must be None or an integer >= 1, got {self.n_fake!r}.")
     # Resolve the loss now so a bad name fails at construction, not at trace.
     object.__setattr__(self, "loss", losses_lib.get_loss(self.loss))
+    object.__setattr__(self, "augment", ",".join(augment_lib.parse_policy(self.augment)))
     # Bad trainable prefixes fail here too, naming the parameters there are.
     if self.g_trainable not in (None, "all") or self.d_trainable not in (None, "all"):
       params = jax.eval_shape(self.model.init, jax.random.key(0))
@@ -256,12 +266,21 @@ def inner_step(carry, xs, *, support, d_opt, g_opt, config: AdaptConfig):
   """
   model, loss, nd = config.model, config.loss, config.d_steps
   const = jax.lax.stop_gradient if config.first_order else (lambda t: t)
+  aug = augment_lib.parse_policy(config.augment)
 
   def d_obj(d, fake, gp_key):
-    return loss.d_objective(lambda x: model.discriminate(d, x), support, fake, gp_key)
+    real = support
+    if aug:  # one draw for [real; fake], so the penalty interpolates augmented pairs
+      both = augment_lib.diff_augment(jax.random.fold_in(gp_key, 1),
+                                      jnp.concatenate([support, fake]), aug)
+      real, fake = both[:support.shape[0]], both[support.shape[0]:]
+    return loss.d_objective(lambda x: model.discriminate(d, x), real, fake, gp_key)
 
-  def g_obj(g, d, z):
-    return loss.g_objective(model.discriminate(d, model.generate(g, z)))
+  def g_obj(g, d, z, aug_key):
+    fake = model.generate(g, z)
+    if aug:
+      fake = augment_lib.diff_augment(aug_key, fake, aug)
+    return loss.g_objective(model.discriminate(d, fake))
 
   g, d, g_state, d_state = carry
   z_Sx, gp_keys = xs
@@ -277,7 +296,8 @@ def inner_step(carry, xs, *, support, d_opt, g_opt, config: AdaptConfig):
     d = optax.apply_updates(d, _masked(upd, d_mask))
     d_losses.append(l)
   for j in range(config.g_steps):
-    l, grads = jax.value_and_grad(g_obj)(g, d, z_Sx[nd + j])
+    l, grads = jax.value_and_grad(g_obj)(g, d, z_Sx[nd + j],
+                                         jax.random.fold_in(gp_keys[0], 2 + j))
     upd, g_state = g_opt.update(_masked(const(grads), g_mask), g_state, g)
     g = optax.apply_updates(g, _masked(upd, g_mask))
     g_losses.append(l)

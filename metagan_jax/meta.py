@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
+from metagan_jax import augment as augment_lib
 from metagan_jax import backend, parallel
 from metagan_jax.inner import (AdaptConfig, MetaSGDParams, adapt_with_aux,
                                check_samples)
@@ -155,12 +156,21 @@ def _init_params(meta_params) -> GanParams:
   return meta_params.init if isinstance(meta_params, MetaSGDParams) else meta_params
 
 
-def _query_losses(model, loss, adapted: GanParams, query, key):
-  """Query meta-losses (L_D, L_G) of an adapted pair with one draw of query noise."""
+def _query_losses(model, loss, adapted: GanParams, query, key, augment: str = ""):
+  """Query meta-losses (L_D, L_G) of an adapted pair with one draw of query noise.
+
+  With an ``augment`` policy, D sees the query and the fakes augmented (one draw
+  for both, from the penalty key), as in the inner loop.
+  """
   k_z, k_gp = jax.random.split(key)
   fake = model.generate(adapted.g, model.sample_z(k_z, query.shape[0], query.dtype))
-  l_d = loss.d_objective(lambda x: model.discriminate(adapted.d, x), query, fake, k_gp)
-  l_g = loss.g_objective(model.discriminate(adapted.d, fake))
+  real, fake_d = query, fake
+  if augment:
+    both = augment_lib.diff_augment(jax.random.fold_in(k_gp, 1),
+                                    jnp.concatenate([query, fake]), augment)
+    real, fake_d = both[:query.shape[0]], both[query.shape[0]:]
+  l_d = loss.d_objective(lambda x: model.discriminate(adapted.d, x), real, fake_d, k_gp)
+  l_g = loss.g_objective(model.discriminate(adapted.d, fake_d))
   return jnp.stack([l_d, l_g])
 
 
@@ -188,7 +198,7 @@ def maml_objective(meta_params, support, query, key, config: MetaConfig):
   inner = config.inner
   k_adapt, k_query = jax.random.split(key)
   adapted, aux = adapt_with_aux(meta_params, support, k_adapt, inner)
-  return _query_losses(inner.model, inner.loss, adapted, query, k_query), aux
+  return _query_losses(inner.model, inner.loss, adapted, query, k_query, inner.augment), aux
 
 
 def _maml_task(meta_params, support, query, key, config: MetaConfig):

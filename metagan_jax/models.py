@@ -193,7 +193,8 @@ class FSGAN28Generator(nn.Module):
   """Mapping -> Dense -> 7x7x2W -> ConvT(W) 14x14 -> ConvT(W/2) 28x28 -> Conv3x3 -> tanh.
 
   Each hidden layer is followed by a stateless normalisation (``norm``) and ReLU.
-  Parameters: ``{"mapping": ..., "synthesis": ...}``.
+  With ``up="nearest"`` each ConvT is a nearest-neighbour x2 upsampling and a 3x3
+  conv instead (FIGR's generator). Parameters: ``{"mapping": ..., "synthesis": ...}``.
   """
 
   width: int = 32
@@ -201,19 +202,22 @@ class FSGAN28Generator(nn.Module):
   w_dim: int = 128
   mapping_layers: int = 2
   norm: str | None = "group"
+  up: str = "transposed"
 
   @nn.compact
   def __call__(self, z_NxZ):
     n = z_NxZ.shape[0]
     w = Mapping(self.w_dim, self.mapping_layers, name="mapping")(z_NxZ) \
         if self.mapping_layers else z_NxZ
-    return _Synthesis(self.width, self.channels, self.norm, name="synthesis")(w.reshape(n, -1))
+    return _Synthesis(self.width, self.channels, self.norm, self.up,
+                      name="synthesis")(w.reshape(n, -1))
 
 
 class _Synthesis(nn.Module):
   width: int
   channels: int
   norm: str | None
+  up: str = "transposed"
 
   @nn.compact
   def __call__(self, w_NxW):
@@ -221,7 +225,11 @@ class _Synthesis(nn.Module):
     h = layers.Dense(7 * 7 * c, name="fc")(w_NxW).reshape(n, 7, 7, c)
     h = nn.relu(_norm(self.norm, "norm0")(h))
     for i, width in enumerate((self.width, self.width // 2)):
-      h = layers.ConvTranspose4x4s2(width, name=f"deconv{i + 1}")(h)
+      if self.up == "nearest":  # FIGR's G: no transposed-conv overlap pattern
+        h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
+        h = layers.Conv3x3(width, name=f"upconv{i + 1}")(h)
+      else:
+        h = layers.ConvTranspose4x4s2(width, name=f"deconv{i + 1}")(h)
       h = nn.relu(_norm(self.norm, f"norm{i + 1}")(h))
     return jnp.tanh(layers.Conv3x3(self.channels, name="out")(h))
 
@@ -249,7 +257,7 @@ class FSGAN28Discriminator(nn.Module):
 
 def fsgan28(z_dim: int = 64, channels: int = 1, g_width: int = 32, d_width: int = 32,
             w_dim: int = 128, mapping_layers: int = 2, g_norm: str | None = "group",
-            spectral: bool = False, power_iters: int = 5) -> GanModel:
+            spectral: bool = False, power_iters: int = 5, up: str = "transposed") -> GanModel:
   """The 28x28 pair that draws Omniglot: a latent mapping and a normalised G; a 3-conv D.
 
   The defaults are the recipe of the few-shot experiments (trained with WGAN-GP,
@@ -268,14 +276,18 @@ def fsgan28(z_dim: int = 64, channels: int = 1, g_width: int = 32, d_width: int 
       hinge / non-saturating losses; WGAN-GP's penalty already bounds the slope).
     power_iters: power iterations per spectral norm (stateless; see
       :func:`metagan_jax.layers.spectral_normalize`).
+    up: the generator's x2 upsampling: ``"transposed"`` (4x4 stride-2 transposed
+      convs, the default) or ``"nearest"`` (nearest-neighbour x2 then a 3x3 conv).
   """
   _norm(g_norm, "check")
+  if up not in ("transposed", "nearest"):
+    raise ValueError(f"fsgan28: up={up!r}; use 'transposed' or 'nearest'.")
   if g_norm == "group" and (g_width // 2) % 8:
     raise ValueError(f"fsgan28: g_norm='group' uses 8 groups, so the 28x28 layer's "
                      f"g_width // 2 = {g_width // 2} channels must be a multiple of 8; "
                      f"use g_width = 16, 32, 48, ... or another g_norm.")
   return GanModel("fsgan28", z_dim, (28, 28, channels),
-                  FSGAN28Generator(g_width, channels, w_dim, mapping_layers, g_norm),
+                  FSGAN28Generator(g_width, channels, w_dim, mapping_layers, g_norm, up),
                   FSGAN28Discriminator(d_width, spectral, power_iters))
 
 

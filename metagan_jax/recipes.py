@@ -81,7 +81,8 @@ def adapt_config(cfg: Config, inner_steps: int | None = None, rule: dict | None 
                      inner_opt=inner_optimizer(rule["opt"], rule["lr"], cfg["inner_b1"],
                                                cfg["inner_b2"]),
                      loss=cfg["loss"], g_trainable=trainable(rule["g_trainable"]),
-                     d_trainable=trainable(rule["d_trainable"]))
+                     d_trainable=trainable(rule["d_trainable"]),
+                     augment=str(rule.get("augment", cfg.get("augment", "")) or ""))
 
 
 def meta_config(cfg: Config, algorithm: str) -> MetaConfig:
@@ -110,7 +111,8 @@ def pretrain_config(cfg: Config) -> gan.GanTrainConfig:
   pc = cfg["pretrain"]
   opt = optax.adam(pc["lr"], b1=pc["b1"], b2=pc["b2"])
   return gan.GanTrainConfig(model(cfg), loss=cfg["loss"], d_opt=opt, g_opt=opt,
-                            d_steps=int(pc["d_steps"]), ema=float(pc["ema"]))
+                            d_steps=int(pc["d_steps"]), ema=float(pc["ema"]),
+                            augment=str(pc.get("augment", "") or ""))
 
 
 def pretrained_params(state: gan.GanTrainState) -> GanParams:

@@ -63,6 +63,14 @@ def test_protocol_end_to_end_tiny(tmp_path, tiny_run):
   assert set(s["vs_transfer"]["maml|2"]) >= {"mean_diff", "p"}
   assert set(s["vs_transfer"]["metasgd|2"]) >= {"mean_diff", "p"}
   assert "mean" in s["lowdata_real"]
+  # the anchors' low-data protocol: a CNN from scratch, its K-real baseline with the same fields
+  assert set(s["lowdata_cnn_real"]) == set(s["lowdata_real"]) == {"mean", "ci"}
+  for m in ("reptile", "transfer", "copy", "real"):
+    v = s["metrics"][f"{m}|2|lowdata_cnn_acc"]
+    assert set(v) == set(s["metrics"][f"{m}|2|lowdata_acc"]) and 0 <= v["mean"] <= 1, m
+  # fitted at the headline T only (the costliest metric), so absent at T = 0 for generated rows
+  assert "reptile|0|lowdata_cnn_acc" not in s["metrics"] and "reptile|0|lowdata_acc" in s["metrics"]
+  assert "| low-data CNN acc (K real + gen) |" in table
   # every other meta method against Reptile, paired over the same classes and seeds
   assert set(s["vs_reptile"]) == {f"{m}|{t}" for m in ("maml", "maml@time", "metasgd")
                                   for t in (0, 2)}
@@ -148,6 +156,21 @@ def _generate_from_own_images(tmp_path, work, res):
   assert again.returncode == 2 and "--overwrite" in again.stderr  # out exists: refused
 
 
+@TINY_RUN_GROUP
+def test_val_probe_scores_rule_variants_on_validation_classes(tmp_path, tiny_run):
+  from experiments import val_probe  # pylint: disable=g-import-not-at-top
+  variants = {"base": {}, "freeze_d": {"d_trainable": "fc"}, "aug": {"augment": "translation"}}
+  rows = val_probe.probe(tiny_run["workdir"], ["reptile"], variants, t=2, adapt_seeds=[0],
+                         n_classes=3, out_dir=str(tmp_path))
+  assert [r["method"] for r in rows] == ["real", "K real only"] + ["reptile"] * 3
+  got = {r["variant"]: r for r in rows[2:]}
+  for r in got.values():
+    # diversity may be NaN here: the tiny feature net can map all held-out images together
+    assert all(np.isfinite(r[m]) for m in val_probe.COLUMNS if m != "diversity"), r
+  assert got["base"]["kid"] != got["freeze_d"]["kid"] != got["aug"]["kid"]  # the rules act
+  assert len(os.listdir(tmp_path)) == 3  # a sample grid per row
+
+
 def test_test_classes_are_fixed_and_from_evaluation_alphabets():
   with open(protocol.TEST_CLASSES_FILE) as f:
     names = json.load(f)["classes"]
@@ -182,6 +205,26 @@ def test_real_ceiling_scores_held_out_images_as_samples():
   f_held[0, 0] = centres[1]
   per, _ = protocol.real_scores(config, f_sup, f_held)
   assert per["fidelity"][0] == 15 / 16
+
+
+def test_lowdata_cnn_learns_from_images_and_is_hurt_by_wrong_ones():
+  # Three classes of noisy bars at different places: K = 2 real images with shifts
+  # suffice; 16 "generated" images per class drawn from the wrong class mislead it.
+  config = tiny.get_config()
+  config.eval.cnn_steps = 60
+  rng = np.random.default_rng(0)
+
+  def draw(c, n):
+    x = -np.ones((n, 28, 28, 1), np.float32)
+    x[:, 4 + 8 * c:8 + 8 * c, 4:24] = 1.0
+    return np.clip(x + 0.3 * rng.normal(size=x.shape), -1, 1).astype(np.float32)
+  sup = np.stack([draw(c, 2) for c in range(3)])
+  held = np.stack([draw(c, 10) for c in range(3)])
+  acc = protocol.lowdata_cnn_accuracy(config, sup, held, seed=0)
+  assert acc.shape == (3,) and acc.min() >= 0.9, acc
+  np.testing.assert_array_equal(acc, protocol.lowdata_cnn_accuracy(config, sup, held, seed=0))
+  wrong = np.stack([draw((c + 1) % 3, 16) for c in range(3)])
+  assert protocol.lowdata_cnn_accuracy(config, sup, held, wrong, seed=0).mean() < 0.5
 
 
 def test_tuning_pools_seeds_so_one_noisy_seed_cannot_flip_a_method(monkeypatch):

@@ -79,3 +79,21 @@ def test_every_loss_runs_second_order_maml_with_finite_gradients(loss):
   grads, _ = mg.meta_gradients(state.params, tasks, jax.random.key(2), config)
   norms = [float(jnp.linalg.norm(x)) for x in jax.tree.leaves(grads)]
   assert all(np.isfinite(norms)) and sum(norms) > 0
+
+
+def test_fsgan28_nearest_upsampling_is_repeat_then_3x3_conv():
+  model = mg.models.fsgan28(g_width=16, d_width=8, up="nearest", g_norm="none", mapping_layers=0)
+  p = jax.jit(model.init)(jax.random.key(0))
+  syn = p.g["synthesis"]
+  assert set(syn) == {"fc", "upconv1", "upconv2", "out"}
+  z = model.sample_z(jax.random.key(1), 2)
+  # by hand: Dense -> 7x7x32, then twice [nearest x2, SAME 3x3 conv, ReLU], then out conv, tanh
+  conv = lambda x, l: jax.lax.conv_general_dilated(
+      x, l["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + l["bias"]
+  h = jax.nn.relu(z @ syn["fc"]["kernel"] + syn["fc"]["bias"]).reshape(2, 7, 7, 32)
+  for name in ("upconv1", "upconv2"):
+    h = jax.nn.relu(conv(jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2), syn[name]))
+  want = jnp.tanh(conv(h, syn["out"]))
+  np.testing.assert_allclose(jax.jit(model.generate)(p.g, z), want, atol=1e-4)
+  with pytest.raises(ValueError, match="up='bilinear'"):
+    mg.models.fsgan28(up="bilinear")

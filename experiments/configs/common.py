@@ -40,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.second_order_steps = "all"
   c.g_trainable = "all"           # which G parameters adapt: all | none | path prefixes
   c.d_trainable = "all"
+  c.augment = ""                  # DiffAugment of D's inputs in the inner loop: "translation,cutout"
 
   # Where meta-training starts: "random" (model.init) or "pretrained" (the GAN of
   # the pretrain stage below, which is also what the transfer baseline adapts).
@@ -53,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.pretrain.b2 = 0.9
   c.pretrain.d_steps = 2
   c.pretrain.ema = 0.999          # the EMA generator is what adapts and what is sampled
+  c.pretrain.augment = ""         # DiffAugment of D's inputs in pre-training (metagan_jax.augment)
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 2000            # meta-steps (transfer: the same number of "steps", see README)
@@ -98,6 +100,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.n_gen = 64               # generated samples per class
   c.eval.n_aug = 64               # generated samples per class added in the low-data test
   c.eval.classifier_steps = 300
+  # The anchors' low-data protocol (lowdata_cnn_acc): a CNN trained from scratch on the K
+  # real images (+ n_aug generated) with random shifts of up to cnn_shift x 28 px; 0 steps: off
+  c.eval.cnn_steps = 300
+  c.eval.cnn_batch = 64
+  c.eval.cnn_lr = 1e-3
+  c.eval.cnn_shift = 0.075        # 2 px at 28 x 28
   c.eval.n_boot = 2000
   c.eval.grid_classes = 6
   c.eval.split_seed = 0
@@ -108,5 +116,6 @@ def base_config() -> ml_collections.ConfigDict:
   # above). Meta-SGD's grid multiplies its learned rates instead.
   c.eval.tune_lrs = ""            # e.g. "0.0003,0.001,0.003"
   c.eval.tune_g_trainable = ""    # e.g. "all;mapping" (';'-separated: prefixes use ',')
+  c.eval.tune_d_trainable = ""    # e.g. "all;conv3,fc" (FreezeD: conv1, conv2 fixed at test time)
   c.eval.tune_classes = 20
   return c

@@ -27,4 +27,5 @@ def get_config():
   c.eval.adapt_seeds = "0,1"
   c.eval.tune_lrs = "0.001,0.003"
   c.eval.tune_g_trainable = "all;mapping"
+  c.eval.tune_d_trainable = "all;conv3,fc"  # FreezeD at test time (research log 14)
   return c

@@ -32,4 +32,5 @@ def get_config():
   c.eval.n_boot = 1000
   c.eval.tune_lrs = "0.001,0.003"   # every method picks its rate on validation classes
   c.eval.tune_g_trainable = "all"   # (the full protocol also tunes G: mapping only)
+  c.eval.tune_d_trainable = "all;conv3,fc"  # FreezeD at test time (research log 14)
   return c

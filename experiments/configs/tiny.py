@@ -39,6 +39,7 @@ def get_config():
   c.eval.n_gen = 8
   c.eval.n_aug = 4
   c.eval.classifier_steps = 10
+  c.eval.cnn_steps = 3
   c.eval.n_boot = 50
   c.eval.grid_classes = 2
   c.eval.tune_lrs = "0.001,0.01"

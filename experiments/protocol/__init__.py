@@ -20,6 +20,7 @@ from experiments.protocol.features import FeatureNet, feature_net, scaled_featur
 from experiments.protocol.report import (headline_picture, jsonable, markdown_table,
                                          plot_curves, sample_grid, save_grids)
 from experiments.protocol.scoring import (METRICS, adapt_and_generate, copy_baseline, evaluate,
-                                          lowdata_accuracy, real_scores, score)
+                                          lowdata_accuracy, lowdata_cnn_accuracy, real_scores,
+                                          score)
 from experiments.protocol.stats import summarise
 from experiments.protocol.tuning import rule_grid, rule_name, tune_rules

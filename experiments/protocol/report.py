@@ -57,13 +57,15 @@ def markdown_table(config, summary: dict, info: dict) -> str:
   ec = config.eval
   t = ec.headline
   s = summary
+  cnn = "lowdata_cnn_real" in s  # runs before the CNN metric have no such column
   lines = [f"**Adaptation to {info['num_test_classes']} unseen Omniglot classes, K = {ec.k}, "
            f"T = {t} steps** ({info['seeds']})",
            "",
            "| method | KID x1e3 (lower better) | FD pooled | class fidelity | diversity gen/real "
-           "| memorisation NN ratio | low-data acc (K real + gen) | KID vs transfer: diff x1e3, p "
-           "| KID vs reptile: diff x1e3, p |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| memorisation NN ratio | low-data acc (K real + gen)"
+           + (" | low-data CNN acc (K real + gen)" if cnn else "")
+           + " | KID vs transfer: diff x1e3, p | KID vs reptile: diff x1e3, p |",
+           "|---|---|---|---|---|---|---|---|---|" + ("---|" if cnn else "")]
   ref_name = config.train.get("equal_time_of", "reptile")
   for m in _order(s["methods"]):
     g = lambda metric: s["metrics"][f"{m}|{t}|{metric}"]
@@ -77,8 +79,10 @@ def markdown_table(config, summary: dict, info: dict) -> str:
                 "(reference)" if m == ref and f"vs_{ref}" in s and s[f"vs_{ref}"] else "")
     lines.append(f"| {_name(m, ref_name)} | {_fmt(g('kid'), 1e3, 0)} | {fd_s} | "
                  f"{_fmt(g('fidelity'))} | {_fmt(g('diversity'))} | {_fmt(g('memorisation'))} | "
-                 f"{_fmt(g('lowdata_acc'))} | {vs[0]} | {vs[1]} |")
-  lines.append(f"| K real images only | | | | | | {_fmt(s['lowdata_real'])} | | |")
+                 f"{_fmt(g('lowdata_acc'))} | "
+                 + (f"{_fmt(g('lowdata_cnn_acc'))} | " if cnn else "") + f"{vs[0]} | {vs[1]} |")
+  lines.append(f"| K real images only | | | | | | {_fmt(s['lowdata_real'])} | "
+               + (f"{_fmt(s['lowdata_cnn_real'])} | " if cnn else "") + "| |")
   lines += ["", f"**KID x1e3 against adaptation steps T** ({info['seeds']})", "",
             "| method | " + " | ".join(f"T={x}" for x in s["steps"]) + " |",
             "|---|" + "---|" * len(s["steps"])]

@@ -1,6 +1,7 @@
 """Stage 4, scoring: adapt every run to the test classes and score its samples against
-the held-out images (KID, FD, class fidelity, diversity, memorisation, low-data accuracy),
-next to the copy baseline and the real-image ceiling."""
+the held-out images (KID, FD, class fidelity, diversity, memorisation, low-data accuracy
+of a linear probe and of a CNN trained from scratch), next to the copy baseline and the
+real-image ceiling."""
 
 from __future__ import annotations
 
@@ -8,19 +9,21 @@ import functools
 import json
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 import metagan_jax as mg
+from metagan_jax import augment
 from metagan_jax import metrics as M
 
 from experiments import train_lib
 from experiments.protocol.classes import test_classes
 from experiments.protocol.features import scaled_features
 
-METRICS = ("kid", "fidelity", "diversity", "memorisation", "lowdata_acc")
+METRICS = ("kid", "fidelity", "diversity", "memorisation", "lowdata_acc", "lowdata_cnn_acc")
 
 
 def _config_from_json(s: str):
@@ -131,16 +134,92 @@ def lowdata_accuracy(config, f_sup_CxKxD, f_held_CxHxD, f_aug_CxNxD=None) -> np.
   return (pred == np.repeat(np.arange(C), H)).reshape(C, H).mean(1)
 
 
+class LowDataCNN(nn.Module):
+  """The low-data classifier of the anchors' protocol: a small CNN trained from scratch."""
+
+  num_classes: int
+  widths: tuple[int, ...] = (32, 64)
+
+  @nn.compact
+  def __call__(self, x):
+    h = x
+    for width in self.widths:
+      h = nn.relu(nn.Conv(width, (3, 3))(h))
+      h = nn.avg_pool(h, (2, 2), (2, 2))
+    h = nn.relu(nn.Dense(128)(h.reshape(h.shape[0], -1)))
+    return nn.Dense(self.num_classes)(h)
+
+
+@functools.lru_cache(maxsize=None)
+def _cnn_fns(num_classes: int, batch: int, lr: float, shift: float):
+  net, opt = LowDataCNN(num_classes), optax.adam(lr)
+
+  # One jitted step per call: XLA:CPU runs convolutions inside a loop much slower.
+  @jax.jit
+  def step(p, s, x_all, y_all, key):
+    k_idx, k_aug = jax.random.split(key)
+    idx = jax.random.randint(k_idx, (batch,), 0, x_all.shape[0])
+    xb = augment.translate(k_aug, x_all[idx], ratio=shift)  # the standard augmentation
+
+    def loss(p):
+      return optax.softmax_cross_entropy_with_integer_labels(
+          net.apply({"params": p}, xb), y_all[idx]).mean()
+    u, s = opt.update(jax.grad(loss)(p), s, p)
+    return optax.apply_updates(p, u), s
+
+  init = jax.jit(lambda key, x: net.init(key, x[:1])["params"])
+  predict = jax.jit(lambda p, x: net.apply({"params": p}, x).argmax(-1))
+  return init, opt.init, step, predict
+
+
+def lowdata_cnn_accuracy(config, sup_CxK, held_CxH, aug_CxN=None, seed: int = 0) -> np.ndarray:
+  """Per-class held-out accuracy of a CNN trained from scratch on support (+ generated) images.
+
+  The anchors' low-data protocol (DAGAN, FIGR, F2GAN): a C-way classifier trained on
+  the K real images per class with standard augmentation (random shifts of up to
+  ``eval.cnn_shift`` of the image size, per image), against the same plus generated
+  images. ``eval.cnn_steps`` Adam(``eval.cnn_lr``) steps on batches of ``eval.cnn_batch``
+  drawn uniformly from the pool; the initialisation and the batches depend on
+  ``seed`` alone, so with and without generated images start alike.
+  """
+  ec = config.eval
+  C, K = sup_CxK.shape[:2]
+  xs, ys = [sup_CxK.reshape(C * K, *sup_CxK.shape[2:])], [np.repeat(np.arange(C), K)]
+  if aug_CxN is not None:
+    xs.append(aug_CxN.reshape(-1, *aug_CxN.shape[2:]))
+    ys.append(np.repeat(np.arange(C), aug_CxN.shape[1]))
+  x_all = jnp.asarray(np.concatenate(xs), jnp.float32)
+  y_all = jnp.asarray(np.concatenate(ys))
+  init, opt_init, step, predict = _cnn_fns(C, int(ec.cnn_batch), float(ec.cnn_lr),
+                                           float(ec.cnn_shift))
+  key = jax.random.key(int(seed))
+  params = init(jax.random.fold_in(key, 0), x_all)
+  state = opt_init(params)
+  k_steps = jax.random.fold_in(key, 1)
+  for i in range(int(ec.cnn_steps)):
+    params, state = step(params, state, x_all, y_all, jax.random.fold_in(k_steps, i))
+  H = held_CxH.shape[1]
+  pred = np.asarray(predict(params, jnp.asarray(held_CxH.reshape(C * H, *held_CxH.shape[2:]),
+                                                jnp.float32)))
+  return (pred == np.repeat(np.arange(C), H)).reshape(C, H).mean(1)
+
+
 def _ratio(a: float, b: float) -> float:
   """a / b, NaN when b is 0 (e.g. all features dead in an untrained feature net)."""
   return float(a) / float(b) if b > 0 else float("nan")
 
 
-def score(config, f_gen, f_sup, f_held) -> tuple[dict, float]:
-  """Per-class metrics ``{name: [C]}`` and the pooled FD of one set of generated features."""
+def score(config, f_gen, f_sup, f_held, images=None) -> tuple[dict, float]:
+  """Per-class metrics ``{name: [C]}`` and the pooled FD of one set of generated features.
+
+  Args:
+    images: ``(generated, support, held-out, seed)`` images for the CNN low-data
+      metric (``lowdata_cnn_acc``, seeded by ``seed``); without them, or with
+      ``eval.cnn_steps = 0``, that metric is left out.
+  """
   C, K = f_sup.shape[:2]
   protos = f_held.mean(1)
-  per = {m: np.zeros(C) for m in METRICS}
+  per = {m: np.zeros(C) for m in METRICS if m != "lowdata_cnn_acc"}
   for c in range(C):
     per["kid"][c] = M.kid(f_gen[c], f_held[c])
     per["fidelity"][c] = M.nearest_prototype_accuracy(f_gen[c], np.full(len(f_gen[c]), c), protos)
@@ -151,17 +230,26 @@ def score(config, f_gen, f_sup, f_held) -> tuple[dict, float]:
     per["memorisation"][c] = _ratio(M.nearest_neighbour_distance(f_gen[c], f_sup[c]).mean(),
                                     M.nearest_neighbour_distance(f_gen[c], f_held[c][:K]).mean())
   per["lowdata_acc"] = lowdata_accuracy(config, f_sup, f_held, f_gen[:, :config.eval.n_aug])
+  if images is not None and _cnn_on(config):
+    gen, sup, held, seed = images
+    per["lowdata_cnn_acc"] = lowdata_cnn_accuracy(config, sup, held, gen[:, :config.eval.n_aug],
+                                                  seed)
   fd = M.frechet_distance(f_gen.reshape(-1, f_gen.shape[-1]), f_held.reshape(-1, f_held.shape[-1]))
   return per, fd
 
 
-def real_scores(config, f_sup, f_held) -> tuple[dict, float]:
+def _cnn_on(config) -> bool:
+  return int(config.eval.get("cnn_steps", 0) or 0) > 0
+
+
+def real_scores(config, f_sup, f_held, images=None) -> tuple[dict, float]:
   """The ceiling: held-out real images of each class scored as if they were samples.
 
   The held-out images of a class split into two halves A and B; each half is
   scored against the other as reference (KID, diversity, memorisation,
   low-data accuracy with the half added to the K support images, tested on the
-  other half) and the two directions are averaged. Class fidelity is
+  other half; the CNN's too with ``images = (support, held-out, seed)``) and the two
+  directions are averaged. Class fidelity is
   leave-one-out over all held-out images: an image's own class prototype
   excludes it. Pooled FD: all A halves against all B halves.
   """
@@ -169,7 +257,7 @@ def real_scores(config, f_sup, f_held) -> tuple[dict, float]:
   K = f_sup.shape[1]
   halves = (f_held[:, :H // 2], f_held[:, H // 2:])
   protos = f_held.mean(1)
-  per = {m: np.zeros(C) for m in METRICS}
+  per = {m: np.zeros(C) for m in METRICS if m != "lowdata_cnn_acc"}
   for c in range(C):
     a, b = halves[0][c], halves[1][c]
     per["kid"][c] = M.kid(a, b)
@@ -186,6 +274,11 @@ def real_scores(config, f_sup, f_held) -> tuple[dict, float]:
     per["fidelity"][c] = np.mean(hits)
   per["lowdata_acc"] = 0.5 * (lowdata_accuracy(config, f_sup, halves[1], halves[0])
                               + lowdata_accuracy(config, f_sup, halves[0], halves[1]))
+  if images is not None and _cnn_on(config):
+    sup, held, seed = images
+    ha, hb = held[:, :H // 2], held[:, H // 2:]
+    per["lowdata_cnn_acc"] = 0.5 * (lowdata_cnn_accuracy(config, sup, hb, ha, seed)
+                                    + lowdata_cnn_accuracy(config, sup, ha, hb, seed))
   fd = M.frechet_distance(halves[0].reshape(-1, D), halves[1].reshape(-1, D))
   return per, fd
 
@@ -218,16 +311,20 @@ def evaluate(config, params_by_run: dict, features_fn, verbose: bool = True,
   def add(method, mseed, a, per, fd, feats=None):
     for t in steps if feats is None else [feats[0]]:
       rows.extend(dict(method=method, meta_seed=mseed, adapt_seed=a, T=t, cls=c,
-                       **{m: float(per[m][c]) for m in METRICS}) for c in range(C))
+                       **{m: float(per[m][c]) for m in METRICS if m in per}) for c in range(C))
       fds.append(dict(method=method, meta_seed=mseed, adapt_seed=a, T=t, fd=fd,
                       **({"feats": feats[1]} if feats is not None else {})))
 
+  sup, held = tc["support"], tc["heldout"]
   real_only = {a: lowdata_accuracy(config, f_sup, f_held) for a in adapt_seeds}
-  per, fd = real_scores(config, f_sup, f_held)
+  # the CNN's seed is the adaptation seed's: with and without generated images start alike
+  cnn_real = ({a: lowdata_cnn_accuracy(config, sup, held, seed=a) for a in adapt_seeds}
+              if _cnn_on(config) else {})
+  per, fd = real_scores(config, f_sup, f_held, images=(sup, held, adapt_seeds[0]))
   add("real", 0, adapt_seeds[0], per, fd)  # the same for every T and adaptation seed
   for a in adapt_seeds:
-    f_copy = features_fn(copy_baseline(tc["support"], ec.n_gen, seed=a))
-    per, fd = score(config, f_copy, f_sup, f_held)
+    copies = copy_baseline(sup, ec.n_gen, seed=a)
+    per, fd = score(config, features_fn(copies), f_sup, f_held, images=(copies, sup, held, a))
     add("copy", 0, a, per, fd)  # the copy baseline does not depend on T
     if a == adapt_seeds[0] and keep_images:
       images["copy"] = {t: copy_baseline(tc["support"], ec.n_gen, seed=a) for t in steps}
@@ -240,7 +337,9 @@ def evaluate(config, params_by_run: dict, features_fn, verbose: bool = True,
                                rules.get((method, mseed)))
       for t in steps:
         f_gen = features_fn(gen[t])
-        per, fd = score(config, f_gen, f_sup, f_held)
+        # the CNN is fitted at the headline T only: it costs more than every other metric
+        per, fd = score(config, f_gen, f_sup, f_held,
+                        images=(gen[t], sup, held, a) if t == ec.headline else None)
         add(method, mseed, a, per, fd, feats=(t, f_gen))
       if keep_images and mseed == min(s for (m, s) in params_by_run if m == method) \
           and a == adapt_seeds[0]:
@@ -250,4 +349,5 @@ def evaluate(config, params_by_run: dict, features_fn, verbose: bool = True,
               f"{time.perf_counter() - t0:.1f}s", flush=True)
   return {"per_class": rows, "fd": fds, "classes": tc["names"], "indices": tc["indices"],
           "support": tc["support"], "f_held": f_held, "images": images,
-          "lowdata_real": {a: v.tolist() for a, v in real_only.items()}}
+          "lowdata_real": {a: v.tolist() for a, v in real_only.items()},
+          "lowdata_cnn_real": {a: v.tolist() for a, v in cnn_real.items()}}

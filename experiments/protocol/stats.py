@@ -68,7 +68,9 @@ def summarise(config, res: dict) -> dict:
   cells = {}
   for m in methods:
     for t in steps:
-      for metric in METRICS:
+      rows_mt = [r for r in res["per_class"] if r["method"] == m and r["T"] == t]
+      # a metric computed at some T only (the CNN's, at the headline) is left out elsewhere
+      for metric in (k for k in METRICS if all(k in r for r in rows_mt)):
         v = _seed_class_matrix(res["per_class"], m, t, metric, C)
         cells[(m, t, metric)] = v
         out["metrics"][f"{m}|{t}|{metric}"] = {
@@ -87,6 +89,10 @@ def summarise(config, res: dict) -> dict:
                                                      statistic=fd_stat)
   real = np.mean([v for v in res["lowdata_real"].values()], axis=0)
   out["lowdata_real"] = {"mean": float(real.mean()), "ci": M.bootstrap_ci(real, ec.n_boot)}
+  if res.get("lowdata_cnn_real"):  # the CNN's K-real-only baseline, the same fields
+    real = np.mean([v for v in res["lowdata_cnn_real"].values()], axis=0)
+    out["lowdata_cnn_real"] = {"mean": float(real.mean()),
+                               "ci": M.bootstrap_ci(real, ec.n_boot)}
   if "transfer" in methods:
     out["vs_transfer"] = {f"{m}|{t}": paired_kid_test(res["per_class"], cells, m, "transfer", t)
                           for m in methods if m != "transfer" for t in steps}

@@ -17,7 +17,8 @@ from experiments.protocol.features import scaled_features
 
 
 def rule_grid(config, meta_params=None) -> list[dict]:
-  """The rules every method is tuned over (``eval.tune_lrs`` x ``eval.tune_g_trainable``).
+  """The rules every method is tuned over (``eval.tune_lrs`` x ``eval.tune_g_trainable`` x
+  ``eval.tune_d_trainable``).
 
   For Meta-SGD the learning rates of the grid become multipliers of its learned
   rates (``lr / inner_lr``), so every method gets a grid of the same size.
@@ -25,7 +26,9 @@ def rule_grid(config, meta_params=None) -> list[dict]:
   ec, base = config.eval, train_lib.default_rule(config)
   lrs = train_lib.parse_list(ec.get("tune_lrs", ""), float) or [base["lr"]]
   gts = [g.strip() for g in str(ec.get("tune_g_trainable", "")).split(";") if g.strip()]
-  grid = [dict(base, lr=lr, g_trainable=g) for g in (gts or [base["g_trainable"]]) for lr in lrs]
+  dts = [d.strip() for d in str(ec.get("tune_d_trainable", "")).split(";") if d.strip()]
+  grid = [dict(base, lr=lr, g_trainable=g, d_trainable=d) for d in (dts or [base["d_trainable"]])
+          for g in (gts or [base["g_trainable"]]) for lr in lrs]
   if isinstance(meta_params, mg.MetaSGDParams):
     grid = [dict(r, lr=base["lr"], lr_mult=r["lr"] / base["lr"]) for r in grid]
   return grid
