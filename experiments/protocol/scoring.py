@@ -9,7 +9,6 @@ import functools
 import json
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +20,7 @@ from metagan_jax import metrics as M
 
 from experiments import train_lib
 from experiments.protocol.classes import test_classes
-from experiments.protocol.features import scaled_features
+from experiments.protocol.features import FeatureNet, scaled_features
 
 METRICS = ("kid", "fidelity", "diversity", "memorisation", "lowdata_acc", "lowdata_cnn_acc")
 
@@ -134,25 +133,14 @@ def lowdata_accuracy(config, f_sup_CxKxD, f_held_CxHxD, f_aug_CxNxD=None) -> np.
   return (pred == np.repeat(np.arange(C), H)).reshape(C, H).mean(1)
 
 
-class LowDataCNN(nn.Module):
-  """The low-data classifier of the anchors' protocol: a small CNN trained from scratch."""
-
-  num_classes: int
-  widths: tuple[int, ...] = (32, 64)
-
-  @nn.compact
-  def __call__(self, x):
-    h = x
-    for width in self.widths:
-      h = nn.relu(nn.Conv(width, (3, 3))(h))
-      h = nn.avg_pool(h, (2, 2), (2, 2))
-    h = nn.relu(nn.Dense(128)(h.reshape(h.shape[0], -1)))
-    return nn.Dense(self.num_classes)(h)
+def low_data_cnn(num_classes: int) -> FeatureNet:
+  """The low-data classifier of the anchors' protocol: conv 32, conv 64, dense 128, from scratch."""
+  return FeatureNet(num_classes, dim=128, widths=(32, 64))
 
 
 @functools.lru_cache(maxsize=None)
 def _cnn_fns(num_classes: int, batch: int, lr: float, shift: float):
-  net, opt = LowDataCNN(num_classes), optax.adam(lr)
+  net, opt = low_data_cnn(num_classes), optax.adam(lr)
 
   # One jitted step per call: XLA:CPU runs convolutions inside a loop much slower.
   @jax.jit
@@ -163,12 +151,12 @@ def _cnn_fns(num_classes: int, batch: int, lr: float, shift: float):
 
     def loss(p):
       return optax.softmax_cross_entropy_with_integer_labels(
-          net.apply({"params": p}, xb), y_all[idx]).mean()
+          net.apply({"params": p}, xb)[0], y_all[idx]).mean()
     u, s = opt.update(jax.grad(loss)(p), s, p)
     return optax.apply_updates(p, u), s
 
   init = jax.jit(lambda key, x: net.init(key, x[:1])["params"])
-  predict = jax.jit(lambda p, x: net.apply({"params": p}, x).argmax(-1))
+  predict = jax.jit(lambda p, x: net.apply({"params": p}, x)[0].argmax(-1))
   return init, opt.init, step, predict
 
 
