@@ -71,6 +71,18 @@ def test_protocol_end_to_end_tiny(tmp_path, tiny_run):
   # fitted at the headline T only (the costliest metric), so absent at T = 0 for generated rows
   assert "reptile|0|lowdata_cnn_acc" not in s["metrics"] and "reptile|0|lowdata_acc" in s["metrics"]
   assert "| low-data CNN acc (K real + gen) |" in table
+  # what the generated images add: paired with the same classes' K-real-only accuracy
+  for name, metric in (("lowdata", "lowdata_acc"), ("lowdata_cnn", "lowdata_cnn_acc")):
+    assert set(s[f"{name}_gain"]) == {f"{m}|2" for m in ("real", "copy", "reptile", "maml",
+                                                          "maml@time", "metasgd", "transfer",
+                                                          "scratch")}, name
+    for key, g in s[f"{name}_gain"].items():
+      m = key.split("|")[0]
+      np.testing.assert_allclose(
+          g["mean"], s["metrics"][f"{m}|2|{metric}"]["mean"] - s[f"{name}_real"]["mean"],
+          atol=1e-12, err_msg=f"{name} {m}")
+      assert g["ci"][0] <= g["mean"] + 1e-12 and g["mean"] <= g["ci"][1] + 1e-12 and 0 <= g["p"] <= 1
+  assert "Low-data gain at T = 2" in table
   # every other meta method against Reptile, paired over the same classes and seeds
   assert set(s["vs_reptile"]) == {f"{m}|{t}" for m in ("maml", "maml@time", "metasgd")
                                   for t in (0, 2)}
@@ -263,3 +275,17 @@ def test_tuning_pools_seeds_so_one_noisy_seed_cannot_flip_a_method(monkeypatch):
   assert out["scores"]["reptile|1"][protocol.rule_name(out["rules"][("reptile", 1)])] == 1.1
   np.testing.assert_allclose(sorted(out["method_scores"]["reptile"].values()), [1.05, 1.05, 1.5, 1.5])
   assert len(seen) == 2 * 3 * 2  # 2 grid g_trainables x (2 reptile + 1 shared transfer) x 2 lrs
+
+
+def test_lowdata_gain_is_the_paired_difference_over_seeds_and_classes():
+  from experiments.protocol import stats  # pylint: disable=g-import-not-at-top
+  real_C = np.linspace(0.2, 0.9, 8)
+  same = stats.lowdata_gain(np.tile(real_C, (3, 1)), real_C, 500)
+  assert same["mean"] == 0 and same["ci"] == (0.0, 0.0) and same["p"] == 1.0
+  # +5 points in every cell of seeds 0 and 1, -1 point in seed 2: mean +3, all classes up
+  acc_SxC = real_C + np.array([0.05, 0.05, -0.01])[:, None]
+  g = stats.lowdata_gain(acc_SxC, real_C, 2000)
+  np.testing.assert_allclose(g["mean"], 0.03)
+  np.testing.assert_allclose(g["per_class"], np.full(8, 0.03))
+  assert -0.01 - 1e-9 <= g["ci"][0] < 0.03 < g["ci"][1] <= 0.05 + 1e-9  # seeds resampled
+  assert g["p"] < 0.01  # 8 classes, all of the same sign: exact p = 2 / 2**8

@@ -52,6 +52,21 @@ def _k_note(timing: dict) -> str:
   return note
 
 
+def _gains(s: dict, t: int) -> str:
+  """The footer's low-data gains in points ("" for runs from before them)."""
+  parts = []
+  for label, key in (("linear probe", "lowdata_gain"), ("CNN", "lowdata_cnn_gain")):
+    if key not in s:
+      continue
+    cells = []
+    for m in _order([k.split("|")[0] for k in s[key]]):
+      v = s[key][f"{m}|{t}"]
+      cells.append(f"{m} {100 * v['mean']:+.1f} [{100 * v['ci'][0]:+.1f}, "
+                   f"{100 * v['ci'][1]:+.1f}], p={v['p']:.3f}")
+    parts.append(f"{label}: " + ", ".join(cells))
+  return "; ".join(parts)
+
+
 def markdown_table(config, summary: dict, info: dict) -> str:
   """The headline results table (T = eval.headline) and KID against T."""
   ec = config.eval
@@ -97,6 +112,11 @@ def markdown_table(config, summary: dict, info: dict) -> str:
             f"{info['num_test_classes']} test classes its nearest-prototype accuracy on real "
             f"held-out images (the `real` row's fidelity) is "
             f"{s['metrics'][f'real|{t}|fidelity']['mean']:.3f}. {info['training']}"]
+  gains = _gains(s, t)
+  if gains:
+    lines += ["", f"Low-data gain at T = {t} (accuracy with the generated images minus K real "
+              "images only, points; mean [95% CI over seeds and classes], sign-flip p over "
+              f"classes): {gains}."]
   if info.get("health"):
     h = info["health"]
     lines += ["", f"Training health: {h['nonfinite_skipped']} non-finite updates skipped over "

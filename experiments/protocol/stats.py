@@ -43,6 +43,21 @@ def paired_kid_test(rows, cells: dict, method: str, ref: str, t: int) -> dict:
               if same_seeds else "classes (per-class means)")
 
 
+def lowdata_gain(acc_SxC, real_C, n_boot: int) -> dict:
+  """What generated images add to a low-data classifier: accuracy with them minus without.
+
+  ``acc_SxC``: accuracy with the K real + generated images per meta seed and class;
+  ``real_C``: the K-real-only accuracy per class (the same classes, seeds and test
+  images). Returns ``mean`` (points / 100), ``ci`` (seeds and classes resampled),
+  ``per_class`` (mean over seeds) and ``p`` (sign-flip test over classes against 0).
+  """
+  d_SxC = np.asarray(acc_SxC, np.float64) - np.asarray(real_C, np.float64)[None, :]
+  per_class = d_SxC.mean(0)
+  return {"mean": float(d_SxC.mean()), "ci": M.hierarchical_bootstrap_ci(d_SxC, n_boot),
+          "per_class": per_class.tolist(),
+          "p": M.paired_test(per_class, np.zeros_like(per_class))["p"]}
+
+
 def summarise(config, res: dict) -> dict:
   """Means, 95% bootstrap CIs over seeds and classes, and paired tests against ``transfer``.
 
@@ -57,7 +72,9 @@ def summarise(config, res: dict) -> dict:
   ``vs_reptile["<method>|<T>"]``: the same test of every other meta method
   (equal-time rows included) against ``reptile``. ``best_method``: the meta
   method with the lowest KID at T = ``eval.headline``; ``best_second_order``:
-  the same among MAML and Meta-SGD rows.
+  the same among MAML and Meta-SGD rows. ``lowdata_gain["<method>|<T>"]`` and
+  ``lowdata_cnn_gain[...]`` (T = ``eval.headline``): :func:`lowdata_gain` of the linear
+  probe and of the anchors' CNN, each against its K-real-only baseline.
   """
   ec = config.eval
   steps = train_lib.parse_list(ec.steps, int)
@@ -87,12 +104,14 @@ def summarise(config, res: dict) -> dict:
                           for f in runs])
         out["fd"][f"{m}|{t}"]["ci"] = M.bootstrap_ci(np.arange(C), min(ec.n_boot, 200),
                                                      statistic=fd_stat)
-  real = np.mean([v for v in res["lowdata_real"].values()], axis=0)
-  out["lowdata_real"] = {"mean": float(real.mean()), "ci": M.bootstrap_ci(real, ec.n_boot)}
-  if res.get("lowdata_cnn_real"):  # the CNN's K-real-only baseline, the same fields
-    real = np.mean([v for v in res["lowdata_cnn_real"].values()], axis=0)
-    out["lowdata_cnn_real"] = {"mean": float(real.mean()),
-                               "ci": M.bootstrap_ci(real, ec.n_boot)}
+  for name, metric in (("lowdata", "lowdata_acc"), ("lowdata_cnn", "lowdata_cnn_acc")):
+    if not res.get(f"{name}_real"):  # the CNN's, only in runs with that metric
+      continue
+    real = np.mean([v for v in res[f"{name}_real"].values()], axis=0)
+    out[f"{name}_real"] = {"mean": float(real.mean()), "ci": M.bootstrap_ci(real, ec.n_boot)}
+    out[f"{name}_gain"] = {f"{m}|{ec.headline}": lowdata_gain(cells[(m, ec.headline, metric)],
+                                                               real, ec.n_boot)
+                           for m in methods if (m, ec.headline, metric) in cells}
   if "transfer" in methods:
     out["vs_transfer"] = {f"{m}|{t}": paired_kid_test(res["per_class"], cells, m, "transfer", t)
                           for m in methods if m != "transfer" for t in steps}
