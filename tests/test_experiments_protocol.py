@@ -83,6 +83,10 @@ def test_protocol_end_to_end_tiny(tmp_path, tiny_run):
           atol=1e-12, err_msg=f"{name} {m}")
       assert g["ci"][0] <= g["mean"] + 1e-12 and g["mean"] <= g["ci"][1] + 1e-12 and 0 <= g["p"] <= 1
   assert "Low-data gain at T = 2" in table
+  cnn_part = table.split("Low-data gain at T = 2")[1].split("; CNN: ")[1]
+  g = s["lowdata_cnn_gain"]["reptile|2"]  # in points, the CI's bounds in order
+  assert (f"reptile {100 * g['mean']:+.1f} [{100 * g['ci'][0]:+.1f}, {100 * g['ci'][1]:+.1f}], "
+          f"p={g['p']:.3f}") in cnn_part
   # every other meta method against Reptile, paired over the same classes and seeds
   assert set(s["vs_reptile"]) == {f"{m}|{t}" for m in ("maml", "maml@time", "metasgd")
                                   for t in (0, 2)}

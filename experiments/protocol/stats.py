@@ -47,8 +47,9 @@ def lowdata_gain(acc_SxC, real_C, n_boot: int) -> dict:
   """What generated images add to a low-data classifier: accuracy with them minus without.
 
   ``acc_SxC``: accuracy with the K real + generated images per meta seed and class;
-  ``real_C``: the K-real-only accuracy per class (the same classes, seeds and test
-  images). Returns ``mean`` (points / 100), ``ci`` (seeds and classes resampled),
+  ``real_C``: the K-real-only accuracy per class (the same classes and test images;
+  the CNN's mean over the adaptation seeds, each of which also seeds the generated
+  images' CNN). Returns ``mean`` (points / 100), ``ci`` (seeds and classes resampled),
   ``per_class`` (mean over seeds) and ``p`` (sign-flip test over classes against 0).
   """
   d_SxC = np.asarray(acc_SxC, np.float64) - np.asarray(real_C, np.float64)[None, :]
