@@ -81,7 +81,8 @@ def test_protocol_end_to_end_tiny(tmp_path, tiny_run):
       np.testing.assert_allclose(
           g["mean"], s["metrics"][f"{m}|2|{metric}"]["mean"] - s[f"{name}_real"]["mean"],
           atol=1e-12, err_msg=f"{name} {m}")
-      assert g["ci"][0] <= g["mean"] + 1e-12 and g["mean"] <= g["ci"][1] + 1e-12 and 0 <= g["p"] <= 1
+      lo, hi = g["ci"]
+      assert lo - 1e-12 <= g["mean"] <= hi + 1e-12 and 0 <= g["p"] <= 1, (name, m)
   assert "Low-data gain at T = 2" in table
   cnn_part = table.split("Low-data gain at T = 2")[1].split("; CNN: ")[1]
   g = s["lowdata_cnn_gain"]["reptile|2"]  # in points, the CI's bounds in order
