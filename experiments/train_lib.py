@@ -571,7 +571,8 @@ def train_run(config, method: str, seed: int, run_dir: str, train_split, resume:
     _sync(f"equal_time_{run_dir}")
 
   if start == 0:
-    save_checkpoint(mngr, 0, state, meta(0))
+    if not restored:  # a run resumed from its step-0 checkpoint has it already
+      save_checkpoint(mngr, 0, state, meta(0))
     snapshot(0)
   bar = tqdm(total=run.total, initial=start, desc=f"{method} seed {seed}",
              disable=not (progress and main),

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,6 +101,20 @@ def test_corrupted_latest_checkpoint_falls_back_with_warning(tmp_path, split):
   resumed = train_lib.train_run(config, "pretrain", 0, run_dir, split, resume=True,
                                 progress=False)
   _assert_trees_equal(resumed.params, final.params)
+
+
+def test_run_killed_after_its_first_checkpoint_resumes(tmp_path, split):
+  # Killed before any checkpoint past step 0: --resume restores step 0 and must not try
+  # to write that checkpoint again (orbax refuses an existing step).
+  config = _config(pretrain=True, steps=2, ckpt_every=2)
+  run_dir = str(tmp_path / "run")
+  final = train_lib.train_run(config, "pretrain", 0, run_dir, split, progress=False)
+  shutil.rmtree(os.path.join(run_dir, "checkpoints", "2"))
+  resumed = train_lib.train_run(config, "pretrain", 0, run_dir, split, resume=True,
+                                progress=False)
+  _assert_trees_equal(resumed.params, final.params)
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    assert [json.loads(l)["step"] for l in f] == [1, 2]
 
 
 def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tmp_path, split):
