@@ -217,9 +217,13 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   FLAGS = flags.FLAGS
+  # Compiled programs persist between runs (every run of a config compiles the same ones):
+  # $JAX_COMPILATION_CACHE_DIR, else ~/.cache/metagan_jax/xla; METAGAN_COMPILATION_CACHE=0: off.
+  mg.compile_cache.enable()
   # Every process waits at a final barrier before the shutdown: process 0 alone
   # writes the tables and figures after the others have finished.
-  with mg.parallel.distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id):
+  with mg.parallel.distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id), \
+      mg.compile_cache.repairing():
     out = train_and_evaluate(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume, mode=FLAGS.mode,
                              progress=train_lib.is_main_process())
     if out.get("table"):

@@ -1,6 +1,6 @@
 """The main job: pre-train a GAN, meta-train Reptile from it (3 seeds), adapt to unseen classes.
 
-Run (~15 min on 2 CPU cores; prints the results table):
+Run (18-20 min on a 2-core AMD EPYC, 23-27 on a slow day; prints the results table):
   python experiments/omniglot.py --config experiments/configs/omniglot_short.py \
       --workdir runs/omniglot_short
 A second run with other seeds: --config.meta_seeds=10,11,12 (the pre-trained GAN is

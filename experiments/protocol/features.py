@@ -16,10 +16,16 @@ import numpy as np
 import optax
 
 from experiments import train_lib
+from metagan_jax import layers
 
 
 class FeatureNet(nn.Module):
-  """Small CNN classifier; ``features`` are its penultimate layer."""
+  """Small CNN classifier; ``features`` are its penultimate layer.
+
+  Its convolutions are ``nn.Conv(width, (3, 3))`` computed as im2col + one matmul
+  (:class:`metagan_jax.layers.Conv3x3`, same parameters and names): on CPU the
+  feature net's training step runs 2.3x faster that way (issue 20).
+  """
 
   num_classes: int
   dim: int = 64
@@ -28,8 +34,8 @@ class FeatureNet(nn.Module):
   @nn.compact
   def __call__(self, x):
     h = x
-    for width in self.widths:
-      h = nn.relu(nn.Conv(width, (3, 3))(h))
+    for i, width in enumerate(self.widths):
+      h = nn.relu(layers.Conv3x3(width, name=f"Conv_{i}")(h))
       h = nn.avg_pool(h, (2, 2), (2, 2))
     feats = nn.relu(nn.Dense(self.dim)(h.reshape(h.shape[0], -1)))
     return nn.Dense(self.num_classes)(feats), feats
