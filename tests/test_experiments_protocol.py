@@ -297,7 +297,7 @@ def test_lowdata_gain_is_the_paired_difference_over_seeds_and_classes():
 
 
 def test_feature_net_keeps_flax_convs_parameters_and_outputs():
-  # The feature net's convs are im2col matmuls (2.3x faster on CPU); cached nets trained with
+  # The feature net's convs are im2col matmuls (its training 1.6x faster on CPU); cached nets trained with
   # nn.Conv must load into it and give the same features.
   import flax.linen as nn
   import jax
