@@ -28,7 +28,6 @@ test_classes.json (the test classes and their support / held-out indices).
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
@@ -224,12 +223,9 @@ def main(argv):
   # Every process waits at a final barrier before the shutdown: process 0 alone
   # writes the tables and figures after the others have finished.
   with mg.parallel.distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id):
-    # Only process 0 writes cache entries, so only it repairs them: another process that reads
-    # an entry being written warns and compiles, and must not delete what process 0 writes.
-    main_process = train_lib.is_main_process()
-    with mg.compile_cache.repairing() if main_process else contextlib.nullcontext():
+    with mg.compile_cache.repairing():
       out = train_and_evaluate(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume, mode=FLAGS.mode,
-                               progress=main_process)
+                               progress=train_lib.is_main_process())
     if out.get("table"):
       print(out["table"])
       print(f"\nWall time {out['wall_s']:.0f} s; outputs in {out['workdir']}/eval/")

@@ -79,9 +79,11 @@ def repairing(stats: Stats | None = None):
 
   JAX's warning names the program (its module name), not the file; every entry
   of that program is removed (other shapes of it only compile once more). The
-  warning is still shown. ``stats.repaired`` counts the entries removed.
+  warning is still shown. ``stats.repaired`` counts the entries removed. In a
+  multi-process run only process 0 repairs: it alone writes entries, and another
+  process that reads one mid-write must not delete it.
   """
-  folder = jax.config.jax_compilation_cache_dir
+  folder = jax.config.jax_compilation_cache_dir if jax.process_index() == 0 else None
   with warnings.catch_warnings():
     warnings.filterwarnings("always", message=_READ_ERROR[:20])
     shown = warnings.showwarning

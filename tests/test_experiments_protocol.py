@@ -6,6 +6,9 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -127,7 +130,6 @@ def test_protocol_end_to_end_tiny(tmp_path, tiny_run):
 
 def _load_run_adapts_as_the_evaluation_did(config, work, res):
   """load_run's params and rule, adapted by hand, equal the protocol's adaptation."""
-  import jax  # pylint: disable=g-import-not-at-top
   params = omniglot.train_all(config, work, resume=True, progress=False)  # loads, no training
   sup = protocol.test_classes(config, verbose=False)["support"]
   key, t = jax.random.key(5), 2
@@ -297,12 +299,8 @@ def test_lowdata_gain_is_the_paired_difference_over_seeds_and_classes():
 
 
 def test_feature_net_keeps_flax_convs_parameters_and_outputs():
-  # The feature net's convs are im2col matmuls (its training 1.6x faster on CPU); cached nets trained with
-  # nn.Conv must load into it and give the same features.
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
-
+  # The feature net's convs are im2col matmuls (its training 1.6x faster on CPU); cached
+  # nets trained with nn.Conv must load into it and give the same features.
   class FlaxConvNet(nn.Module):
     num_classes: int
 
