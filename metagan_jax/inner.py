@@ -69,7 +69,9 @@ class AdaptConfig:
     d_opt / g_opt: per-player overrides of ``inner_opt``.
     loss: a preset name (``ns``, ``hinge``, ``wasserstein``, ``wgan-gp``,
       ``ns-r1``) or a :class:`metagan_jax.GanLoss`.
-    n_fake: generated samples per update; defaults to the support size.
+    n_fake: generated samples per update; defaults to the support size. A
+      multiple r K of the support size K repeats the support r times in D's
+      loss, which keeps its real term and pairs every sample in WGAN-GP's penalty.
     unroll: unroll the inner loop in Python (inside ``jit``) instead of
       ``lax.scan``. Compiles slower for long loops, may run faster on CPU.
     remat: wrap each inner step in ``jax.checkpoint``; memory of
@@ -250,6 +252,15 @@ def _masked(tree: PyTree, mask: PyTree) -> PyTree:
   return jax.tree.map(lambda x, m: x if m else jnp.zeros_like(x), tree, mask)
 
 
+def _tiled(support: jax.Array, n_fake: int) -> jax.Array:
+  # n_fake = r * K: D's real term keeps its mean over the K images, and the
+  # WGAN-GP penalty pairs every generated sample with a real one.
+  k = support.shape[0]
+  if n_fake > k and n_fake % k == 0:
+    return jnp.tile(support, (n_fake // k,) + (1,) * (support.ndim - 1))
+  return support
+
+
 def inner_step(carry, xs, *, support, d_opt, g_opt, config: AdaptConfig):
   """One inner step: ``d_steps`` D updates, then ``g_steps`` G updates.
 
@@ -269,11 +280,11 @@ def inner_step(carry, xs, *, support, d_opt, g_opt, config: AdaptConfig):
   aug = augment_lib.parse_policy(config.augment)
 
   def d_obj(d, fake, gp_key):
-    real = support
+    real = _tiled(support, fake.shape[0])
     if aug:  # one draw for [real; fake], so the penalty interpolates augmented pairs
       both = augment_lib.diff_augment(jax.random.fold_in(gp_key, 1),
-                                      jnp.concatenate([support, fake]), aug)
-      real, fake = both[:support.shape[0]], both[support.shape[0]:]
+                                      jnp.concatenate([real, fake]), aug)
+      real, fake = both[:real.shape[0]], both[real.shape[0]:]
     return loss.d_objective(lambda x: model.discriminate(d, x), real, fake, gp_key)
 
   def g_obj(g, d, z, aug_key):

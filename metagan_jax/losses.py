@@ -65,7 +65,7 @@ def gradient_penalty(disc: Callable[[Array], Array], real: Array, fake: Array,
   """
   if real.shape != fake.shape:
     raise ValueError(f"gradient_penalty needs real and fake of equal shape, got "
-                     f"{real.shape} and {fake.shape}; set n_fake to the support size.")
+                     f"{real.shape} and {fake.shape}; set n_fake to a multiple of the support size.")
   eps = jax.random.uniform(key, (real.shape[0],) + (1,) * (real.ndim - 1), real.dtype)
   x_hat = eps * real + (1.0 - eps) * fake
   g = _input_grads(disc, x_hat).reshape(real.shape[0], -1)

@@ -82,7 +82,8 @@ def adapt_config(cfg: Config, inner_steps: int | None = None, rule: dict | None 
                                                cfg["inner_b2"]),
                      loss=cfg["loss"], g_trainable=trainable(rule["g_trainable"]),
                      d_trainable=trainable(rule["d_trainable"]),
-                     augment=str(rule.get("augment", cfg.get("augment", "")) or ""))
+                     augment=str(rule.get("augment", cfg.get("augment", "")) or ""),
+                     n_fake=int(rule.get("n_fake", cfg.get("n_fake", 0)) or 0) or None)
 
 
 def meta_config(cfg: Config, algorithm: str) -> MetaConfig:

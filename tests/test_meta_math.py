@@ -302,6 +302,39 @@ def test_adapt_with_adam_and_several_d_steps_equals_reference():
     assert tree_max_rel_err(out, ref) < 1e-10, kw
 
 
+
+@pytest.mark.parametrize("loss", ["ns", "wasserstein", "ns-r1"])
+def test_n_fake_a_multiple_of_k_with_repeated_latents_equals_one_copy(loss):
+  """n_fake = 3K with every latent repeated 3 times: the update of n_fake = K (real repeated)."""
+  model = tiny_model()
+  ac = mg.AdaptConfig(model, inner_steps=1, d_steps=2, g_steps=1, loss=loss,
+                      inner_opt=optax.adam(0.05, eps_root=1e-12))
+  params = to64(model.init(jax.random.key(0)))
+  support = tiny_tasks(jax.random.key(1)).support[0]
+  noise = mg.inner_noise(jax.random.key(3), ac, support.shape[0], support.dtype)
+  d_opt, g_opt = ac.optimizers()
+  step = functools.partial(mg.inner.inner_step, support=support, d_opt=d_opt, g_opt=g_opt,
+                           config=ac)
+  carry = (params.g, params.d, g_opt.init(params.g), d_opt.init(params.d))
+  one, l_one = step(carry, (noise.z[0], noise.gp_keys[0]))
+  three, l_three = step(carry, (jnp.tile(noise.z[0], (1, 3, 1)), noise.gp_keys[0]))
+  assert tree_max_rel_err(three[:2], one[:2]) < 1e-10
+  assert jnp.allclose(jnp.stack(l_three), jnp.stack(l_one), rtol=1e-10)
+
+
+def test_wgan_gp_adapts_with_n_fake_a_multiple_of_k_and_rejects_others():
+  model = tiny_model()
+  params = to64(model.init(jax.random.key(0)))
+  support = tiny_tasks(jax.random.key(1)).support[0]
+  k = support.shape[0]
+  base = mg.AdaptConfig(model, inner_steps=2, inner_lr=0.05, loss="wgan-gp")
+  out_k = mg.adapt(params, support, jax.random.key(3), base)
+  out_3k = mg.adapt(params, support, jax.random.key(3), dataclasses.replace(base, n_fake=3 * k))
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(out_3k))
+  assert tree_max_rel_err(out_3k, out_k) > 1e-6  # more samples: another update
+  with pytest.raises(ValueError, match="multiple of the support size"):
+    mg.adapt(params, support, jax.random.key(3), dataclasses.replace(base, n_fake=k + 1))
+
 def test_scan_unroll_and_remat_give_identical_meta_gradients():
   config = _config()
   params, tasks, key = _problem(config)

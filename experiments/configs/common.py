@@ -41,6 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.g_trainable = "all"           # which G parameters adapt: all | none | path prefixes
   c.d_trainable = "all"
   c.augment = ""                  # DiffAugment of D's inputs in the inner loop: "translation,cutout"
+  c.n_fake = 0                    # generated samples per inner update (0: K); a multiple of K
+                                  # repeats the support to match (research log 20)
 
   # Where meta-training starts: "random" (model.init) or "pretrained" (the GAN of
   # the pretrain stage below, which is also what the transfer baseline adapts).
