@@ -161,15 +161,22 @@ def _pretrain_step(train_step, state, batch: mg.Tasks, key):
   return train_step(state, batch.support[0], key)
 
 
+# Fields that never enter a training step: what to evaluate, where to read and write, how
+# long to run and how to log. Everything else is part of the step's key, so a new config
+# field reaches the step unless it is listed here (a missing entry costs a recompile, a
+# missing field in an allow-list silently trained the wrong step).
+_NOT_IN_STEP = ("eval", "features", "meta_seeds", "methods", "name", "data_dir")
+_TRAIN_NOT_IN_STEP = ("steps", "ckpt_every", "log_every", "sample_every", "sample_streams",
+                      "keep_checkpoints", "equal_time", "equal_time_of", "max_nonfinite",
+                      "step_sleep", "inject_nan_steps")
+
+
 def _step_key(config) -> str:
-  """The config fields a step function depends on, as JSON (its compilation cache key)."""
-  keep = {k: config.get(k) for k in ("model", "loss", "inner_steps", "d_steps", "g_steps",
-                                     "inner_lr", "inner_opt", "inner_b1", "inner_b2",
-                                     "g_trainable", "d_trainable", "metasgd_direction", "augment")}
-  kw = config.get("model_kw")
-  keep["model_kw"] = kw.to_dict() if hasattr(kw, "to_dict") else dict(kw or {})
-  keep["train"] = {k: config.train.get(k) for k in ("outer_lr", "outer_b1", "outer_eps", "rate_lr")}
-  keep["pretrain"] = config.pretrain.to_dict()
+  """The config a step function is built from, as JSON (its compilation cache key)."""
+  keep = config.to_dict() if hasattr(config, "to_dict") else json.loads(json.dumps(config))
+  for k in _NOT_IN_STEP:
+    keep.pop(k, None)
+  keep["train"] = {k: v for k, v in keep.get("train", {}).items() if k not in _TRAIN_NOT_IN_STEP}
   return json.dumps(keep, sort_keys=True)
 
 

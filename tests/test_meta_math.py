@@ -332,6 +332,11 @@ def test_wgan_gp_adapts_with_n_fake_a_multiple_of_k_and_rejects_others():
   out_3k = mg.adapt(params, support, jax.random.key(3), dataclasses.replace(base, n_fake=3 * k))
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(out_3k))
   assert tree_max_rel_err(out_3k, out_k) > 1e-6  # more samples: another update
+  # the penalty's pairs: generated sample i with support image i mod K
+  tiled = mg.inner._tiled(support, 3 * k)  # pylint: disable=protected-access
+  assert tiled.shape == (3 * k,) + support.shape[1:]
+  assert bool(jnp.all(tiled == jnp.concatenate([support] * 3)))
+  assert mg.inner._tiled(support, k + 1) is support  # pylint: disable=protected-access
   with pytest.raises(ValueError, match="multiple of the support size"):
     mg.adapt(params, support, jax.random.key(3), dataclasses.replace(base, n_fake=k + 1))
 
