@@ -9,6 +9,7 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -134,7 +135,6 @@ def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tmp_path, split)
     train_lib.train_run(config, "pretrain", 0, str(tmp_path / "b"), split, progress=False)
 
 
-
 @pytest.mark.parametrize("method", ["reptile", "maml"])
 def test_training_step_is_built_from_every_rule_field_of_the_config(method):
   """The step a run trains with sees n_fake, second_order_steps, ... as set in the config."""
@@ -144,7 +144,6 @@ def test_training_step_is_built_from_every_rule_field_of_the_config(method):
   config.second_order_steps = "1"
   config.d_trainable = "conv3,fc"
   config.augment = "translation"
-  import ml_collections  # pylint: disable=g-import-not-at-top
   built = train_lib.meta_config(
       ml_collections.ConfigDict(json.loads(train_lib._step_key(config))), method).adapt  # pylint: disable=protected-access
   direct = train_lib.meta_config(config, method).adapt
@@ -159,6 +158,7 @@ def test_training_step_is_built_from_every_rule_field_of_the_config(method):
   other.d_trainable, other.augment = "conv3,fc", "translation"
   other.meta_seeds, other.train.steps, other.eval.n_gen = "5,6", 7, 3
   assert train_lib._step_key(other) == train_lib._step_key(config)  # pylint: disable=protected-access
+
 
 def test_unknown_method_is_named():
   with pytest.raises(ValueError, match="'mamll'"):

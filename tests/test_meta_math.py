@@ -302,7 +302,6 @@ def test_adapt_with_adam_and_several_d_steps_equals_reference():
     assert tree_max_rel_err(out, ref) < 1e-10, kw
 
 
-
 @pytest.mark.parametrize("loss", ["ns", "wasserstein", "ns-r1"])
 def test_n_fake_a_multiple_of_k_with_repeated_latents_equals_one_copy(loss):
   """n_fake = 3K with every latent repeated 3 times: the update of n_fake = K (real repeated)."""
@@ -339,6 +338,7 @@ def test_wgan_gp_adapts_with_n_fake_a_multiple_of_k_and_rejects_others():
   assert mg.inner._tiled(support, k + 1) is support  # pylint: disable=protected-access
   with pytest.raises(ValueError, match="multiple of the support size"):
     mg.adapt(params, support, jax.random.key(3), dataclasses.replace(base, n_fake=k + 1))
+
 
 def test_scan_unroll_and_remat_give_identical_meta_gradients():
   config = _config()
