@@ -8,7 +8,7 @@ Run (about 1 min per variant and method on 2 CPU cores):
   python experiments/val_probe.py --run runs/omniglot_short --methods reptile,transfer \
       --variants '{"base": {}, "freeze_d12": {"d_trainable": "conv3,fc"}}'
 A variant is a set of rule fields (``opt``, ``lr``, ``g_trainable``,
-``d_trainable``, ``augment``) over the run's tuned rule. ``--run`` may list several
+``d_trainable``, ``augment``, ``n_fake``, ``psi``) over the run's tuned rule. ``--run`` may list several
 run folders (comma-separated) to compare recipes; each then uses its own rule.
 
 Prints one markdown row per (run, method, variant): means over meta seeds,
@@ -70,6 +70,8 @@ def probe(run_dir: str, methods: list[str], variants: dict, t: int, adapt_seeds:
       vals, grid = {}, None
       for s, run in runs.items():
         rule = dict(run.rule, **change)
+        if "lr_mult" in rule:  # load_run's meta_params carry the run's own multiplier already
+          rule["lr_mult"] = rule["lr_mult"] / run.rule.get("lr_mult", 1.0)
         meta = runs[s].meta_params
         for a in adapt_seeds:
           key = jax.random.fold_in(jax.random.key(30_000 + a), s)  # not the tuning's 20_000

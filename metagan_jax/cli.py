@@ -1,13 +1,14 @@
 """``metagan`` / ``python -m metagan_jax``: few-shot generation from your own images.
 
   python -m metagan_jax generate RUN_DIR --images DIR --steps T --num N --out OUT \\
-      [--seed S] [--method NAME] [--invert auto|yes|no] [--skip-bad] [--overwrite] \\
-      [--no-compilation-cache]
+      [--seed S] [--method NAME] [--psi P] [--invert auto|yes|no] [--skip-bad] \\
+      [--overwrite] [--no-compilation-cache]
 
 Reads every image in DIR (png, jpg, bmp, gif, tif, webp; colour or grey, any size),
 converts it to the run's size, channels and polarity (dark strokes on a light
 background, or light on dark, is detected; --invert overrides), adapts the run's
-meta-GAN with the run's own rule for T steps (default: the run's headline) and
+meta-GAN with the run's own rule for T steps (default: the run's headline),
+samples with the run's tuned truncation psi (--psi overrides; 1: none) and
 writes OUT/samples.npz (``samples``: float32 [N, H, W, C] in [-1, 1], the run's
 polarity), OUT/grid.png (the support images as converted, then the samples, enlarged
 for viewing), OUT/samples/*.png (each sample at the model's size) and
@@ -28,6 +29,7 @@ persistent cache (metagan_jax.compile_cache: $JAX_COMPILATION_CACHE_DIR, else
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -222,6 +224,9 @@ def generate(args) -> dict:
     raise UsageError(f"--steps must be >= 1, got {args.steps}.")
   if not 0 <= args.seed < 2**32:
     raise UsageError(f"--seed must be in [0, 2**32), got {args.seed}.")
+  psi = getattr(args, "psi", None)
+  if psi is not None and not 0.0 <= psi <= 1.0:
+    raise UsageError(f"--psi must be in [0, 1] (1: no truncation), got {psi}.")
   parent = os.path.dirname(out) or "."
   if os.path.exists(parent) and not os.access(parent, os.W_OK):
     raise UsageError(f"--out {args.out}: cannot write into {parent}.")
@@ -236,6 +241,8 @@ def generate(args) -> dict:
     classes.append((os.path.basename(os.path.normpath(folder)), images, names, skipped))
   t_load = time.perf_counter()
   run = mg.load_run(args.run_dir, method=args.method)
+  if psi is not None:
+    run = dataclasses.replace(run, rule=dict(run.rule, psi=float(psi)))
   t_loaded = time.perf_counter()
   steps = run.headline if args.steps is None else args.steps
   supports, flips = zip(*(prepare(c[1], run.preprocessing, args.invert) for c in classes))
@@ -317,6 +324,9 @@ def parser() -> argparse.ArgumentParser:
   g.add_argument("--num", type=int, default=64, help="samples to draw")
   g.add_argument("--out", required=True, help="output folder (must be new or empty)")
   g.add_argument("--seed", type=int, default=0)
+  g.add_argument("--psi", type=float, default=None,
+                 help="sampling truncation in [0, 1]: 1 samples as trained, lower is more "
+                      "typical and less varied (default: the run's tuned psi)")
   g.add_argument("--method", default=None,
                  help="method to load (default: the run's best at its headline T)")
   g.add_argument("--invert", default="auto", choices=["auto", "yes", "no"],

@@ -39,6 +39,9 @@ class GanModel:
     data_shape: shape of one sample, e.g. ``(28, 28, 1)`` (channels-last).
     generator: the flax module mapping ``z_NxZ -> x_Nx...``.
     discriminator: the flax module mapping ``x_Nx... -> logits_N``.
+    mapping: the generator's latent mapping ``z -> w`` (its parameters under
+      ``"mapping"``), or ``None`` when the generator has none (then ``w = z``).
+    synthesis: the rest of the generator, ``w -> x`` (parameters under ``"synthesis"``).
   """
 
   name: str
@@ -46,6 +49,8 @@ class GanModel:
   data_shape: tuple[int, ...]
   generator: nn.Module
   discriminator: nn.Module
+  mapping: nn.Module | None = None
+  synthesis: nn.Module | None = None
 
   def init(self, key: jax.Array) -> GanParams:
     """Returns freshly initialised parameters of both players."""
@@ -64,6 +69,38 @@ class GanModel:
   def sample_z(self, key: jax.Array, n: int, dtype=jnp.float32) -> jax.Array:
     """Draws ``n`` latents ``z ~ N(0, I)``."""
     return jax.random.normal(key, (n, self.z_dim), dtype)
+
+  def map_latents(self, g_params: PyTree, z_NxZ: jax.Array) -> jax.Array:
+    """The generator's intermediate latents ``w`` (``z`` itself without a mapping)."""
+    if self.mapping is None:
+      return z_NxZ
+    return self.mapping.apply({"params": g_params["mapping"]}, z_NxZ)
+
+  def synthesize(self, g_params: PyTree, w_NxW: jax.Array) -> jax.Array:
+    """Samples from intermediate latents: ``generate(g, z) == synthesize(g, map_latents(g, z))``."""
+    if self.mapping is None:
+      return self.generate(g_params, w_NxW)
+    return self.synthesis.apply({"params": g_params["synthesis"]}, w_NxW)
+
+  def generate_truncated(self, g_params: PyTree, z_NxZ: jax.Array, psi,
+                         z_avg_MxZ: jax.Array) -> jax.Array:
+    """StyleGAN's truncation trick: ``x = G(w_avg + psi (w - w_avg))``.
+
+    ``w_avg`` is the mean of :meth:`map_latents` over ``z_avg_MxZ`` (a few
+    thousand latents), so it is the mean of *these* parameters' mapping: after
+    adaptation, the adapted class's centre. ``psi = 1`` samples as
+    :meth:`generate` does (up to float rounding), ``psi = 0`` draws the one
+    image at ``w_avg``; in between, samples trade diversity for typicality.
+
+    Args:
+      g_params: generator parameters.
+      z_NxZ: the latents to sample.
+      psi: the truncation, a scalar in [0, 1] (may be traced).
+      z_avg_MxZ: latents whose mapped mean is the centre.
+    """
+    w = self.map_latents(g_params, z_NxZ)
+    w_avg = jnp.mean(self.map_latents(g_params, z_avg_MxZ), axis=0)
+    return self.synthesize(g_params, w_avg + psi * (w - w_avg))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -288,7 +325,10 @@ def fsgan28(z_dim: int = 64, channels: int = 1, g_width: int = 32, d_width: int 
                      f"use g_width = 16, 32, 48, ... or another g_norm.")
   return GanModel("fsgan28", z_dim, (28, 28, channels),
                   FSGAN28Generator(g_width, channels, w_dim, mapping_layers, g_norm, up),
-                  FSGAN28Discriminator(d_width, spectral, power_iters))
+                  FSGAN28Discriminator(d_width, spectral, power_iters),
+                  mapping=Mapping(w_dim, mapping_layers) if mapping_layers else None,
+                  synthesis=(_Synthesis(g_width, channels, g_norm, up) if mapping_layers
+                             else None))
 
 
 # --- 32x32 / 64x64 conv pairs for GPU-sized experiments ----------------------

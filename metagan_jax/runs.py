@@ -84,7 +84,8 @@ class LoadedRun:
     headline: the run's headline number of adaptation steps.
     train_k: support images per task the run was meta-trained with.
     config: the experiment config (a plain dict, from ``config.json``).
-    rule: the rule's description (optimiser, rate, what adapts).
+    rule: the rule's description (optimiser, rate, what adapts, and ``psi``, the
+      sampling truncation the run's tuning chose; absent means 1, none).
   """
 
   path: str
@@ -125,11 +126,18 @@ class LoadedRun:
     """Adapts to ``support [K, *data_shape]`` (in [-1, 1]) and draws ``n`` samples.
 
     Equal to ``model.generate(adapt(meta_params, support, k_adapt, rule).g,
-    model.sample_z(k_z, n))`` with ``k_adapt, k_z = keys(seed)``. One compiled
+    model.sample_z(k_z, n))`` with ``k_adapt, k_z = keys(seed)``; with a
+    truncation ``psi < 1`` in the rule, ``model.generate_truncated`` of the same
+    latents, centred on ``N_AVG`` latents from ``fold_in(k_z, 1)``. One compiled
     program, the same for every call with the same rule, support shape and
     ``n`` (so a persistent compilation cache serves later processes).
     """
     return self._run(self.adapt_config_for(steps), _support(support, self.model), seed, int(n))
+
+  @property
+  def psi(self) -> float:
+    """The rule's sampling truncation (1: none; see ``GanModel.generate_truncated``)."""
+    return float(self.rule.get("psi", 1.0))
 
   def generate_many(self, supports: Sequence, n: int, seed: int = 0, steps: int | None = None,
                     vectorize: str = "auto") -> list[np.ndarray]:
@@ -150,7 +158,7 @@ class LoadedRun:
     for k in sorted({s.shape[0] for s in sups}):  # one batched program per support size
       idx = [i for i, s in enumerate(sups) if s.shape[0] == k]
       got = np.asarray(_adapt_and_sample_classes(self.meta_params, np.stack([sups[i] for i in idx]),
-                                                 _seed(seed), ac, int(n)))
+                                                 _seed(seed), ac, int(n), self.psi))
       for j, i in enumerate(idx):
         out[i] = got[j]
     return out
@@ -160,13 +168,14 @@ class LoadedRun:
     pk = self._program_key
     if (compile_cache.export_dir() is None or pk is None or pk[1] is not self.adapt_config
         or pk[2] is not self.per_steps):
-      return np.asarray(_adapt_and_sample(self.meta_params, support, _seed(seed), ac, n))
+      return np.asarray(_adapt_and_sample(self.meta_params, support, _seed(seed), ac, n, self.psi))
     leaves, treedef = jax.tree.flatten(self.meta_params)
 
     def flat(*arrays):  # arrays only: what jax.export serialises
-      return _one_class(jax.tree.unflatten(treedef, arrays[:-2]), *arrays[-2:], ac, n)
+      return _one_class(jax.tree.unflatten(treedef, arrays[:-2]), *arrays[-2:], ac, n, self.psi)
     return np.asarray(compile_cache.exported_call(
-        flat, [*leaves, support, _seed(seed)], f"{pk[0]}|steps={ac.inner_steps}|n={n}|{treedef}"))
+        flat, [*leaves, support, _seed(seed)],
+        f"{pk[0]}|steps={ac.inner_steps}|n={n}|psi={self.psi}|{treedef}"))
 
 
 def _keys(seed) -> tuple[jax.Array, jax.Array]:
@@ -188,19 +197,27 @@ def _support(support, model: GanModel) -> np.ndarray:
   return s
 
 
-def _one_class(meta_params, support, seed, ac: AdaptConfig, n: int):
+N_AVG = 2048  # latents whose mapped mean centres a truncated sample
+
+
+def _one_class(meta_params, support, seed, ac: AdaptConfig, n: int, psi: float = 1.0):
   k_adapt, k_z = _keys(seed)
   adapted = adapt(meta_params, support, k_adapt, ac)
-  return ac.model.generate(adapted.g, ac.model.sample_z(k_z, n))
+  z = ac.model.sample_z(k_z, n)
+  if psi == 1.0:
+    return ac.model.generate(adapted.g, z)
+  z_avg = ac.model.sample_z(jax.random.fold_in(k_z, 1), N_AVG)
+  return ac.model.generate_truncated(adapted.g, z, psi, z_avg)
 
 
 # Keys are derived inside the program, so a call is one compiled program and no eager ops.
-_adapt_and_sample = jax.jit(_one_class, static_argnames=("ac", "n"))
+_adapt_and_sample = jax.jit(_one_class, static_argnames=("ac", "n", "psi"))
 
 
-@functools.partial(jax.jit, static_argnames=("ac", "n"))
-def _adapt_and_sample_classes(meta_params, supports_CxK, seed, ac: AdaptConfig, n: int):
-  return jax.vmap(lambda s: _one_class(meta_params, s, seed, ac, n))(supports_CxK)
+@functools.partial(jax.jit, static_argnames=("ac", "n", "psi"))
+def _adapt_and_sample_classes(meta_params, supports_CxK, seed, ac: AdaptConfig, n: int,
+                              psi: float = 1.0):
+  return jax.vmap(lambda s: _one_class(meta_params, s, seed, ac, n, psi))(supports_CxK)
 
 
 def _read_json(path: str, what: str) -> dict:

@@ -68,3 +68,10 @@ def test_usage_errors_are_named_before_compute(tmp_path):
     cli.read_images(str(tmp_path))
   with pytest.raises(cli.UsageError, match="none of its 1 image files is readable"):
     cli.read_images(str(tmp_path), skip_bad=True)
+
+
+def test_psi_outside_0_1_is_refused_before_anything_loads(tmp_path):
+  args = cli.parser().parse_args(["generate", str(tmp_path / "no_run"), "--images", str(tmp_path),
+                                  "--out", str(tmp_path / "out"), "--psi", "1.5"])
+  with pytest.raises(cli.UsageError, match=r"--psi must be in \[0, 1\].*got 1.5"):
+    cli.generate(args)

@@ -4,6 +4,7 @@ The cache tests run the command in fresh processes (JAX decides once per
 process whether a cache is used), each with its own cache folder.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -86,6 +87,23 @@ def test_generate_uses_the_cache_survives_corrupt_entries_and_can_turn_it_off(ti
   assert off["compilation_cache"] == {"dir": None, "hits": 0, "misses": 0, "repaired": 0}
   assert not os.path.exists(off_cache)
   np.testing.assert_array_equal(x1, x5)
+
+
+@TINY_RUN_GROUP
+def test_psi_flag_samples_the_truncated_program_not_the_cached_plain_one(tiny_run, tmp_path):
+  images = write_pngs(str(tmp_path / "mine"), _strokes(3, 3))
+  cache = str(tmp_path / "cache")
+  _, plain, _ = _generate(tiny_run["workdir"], images, str(tmp_path / "o1"), cache, "--psi", "1")
+  report, trunc, _ = _generate(tiny_run["workdir"], images, str(tmp_path / "o2"), cache,
+                               "--psi", "0.3")
+  assert report["rule"]["psi"] == 0.3
+  assert report["compilation_cache"]["misses"] >= 1  # its own program, keyed by psi
+  assert np.abs(trunc - plain).max() > 1e-3
+  run = mg.load_run(tiny_run["workdir"], method="reptile")
+  support, _ = cli.prepare(cli.read_images(images)[0], run.preprocessing, "auto")
+  want = dataclasses.replace(run, rule=dict(run.rule, psi=0.3)).generate(support, 3, seed=5,
+                                                                         steps=2)
+  np.testing.assert_allclose(trunc, want, atol=1e-5)
 
 
 @TINY_RUN_GROUP

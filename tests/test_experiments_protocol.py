@@ -1,5 +1,6 @@
 """The Omniglot protocol end to end on the tiny config: table, figures, run folders."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -11,11 +12,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 import metagan_jax as mg
 from experiments import omniglot, protocol
 from experiments.configs import tiny
-from metagan_jax import cli
+from metagan_jax import cli, runs
 from tests.conftest import TINY_RUN_GROUP
 from tests.helpers import HANG_TIMEOUT_S
 from tests.test_cli import write_pngs
@@ -104,10 +106,10 @@ def test_protocol_end_to_end_tiny(tmp_path, tiny_run):
   k = res["info"]["train_seconds"]["maml_s0"]["equal_time_steps"]
   assert 1 <= k <= config.train.steps and f"{k} steps at reptile's time" in table
   assert s["best_second_order"] in ("maml", "maml@time", "metasgd")
-  # every run tuned over the same 2 x 2 grid; each method's rule is the best of its
-  # seed-pooled scores, and all its seeds use it
+  # every run tuned over the same 2 x 2 x 2 grid (rates, G's parts, truncations); each
+  # method's rule is the best of its seed-pooled scores, and all its seeds use it
   for run, scores in res["info"]["tuning"].items():
-    assert len(scores) == 4, run
+    assert len(scores) == 8, run
     m, seed = run.split("|")
     pooled = res["info"]["tuning_by_method"][m]
     assert pooled == scores  # one seed: the pooled score is the seed's
@@ -134,15 +136,22 @@ def _load_run_adapts_as_the_evaluation_did(config, work, res):
   sup = protocol.test_classes(config, verbose=False)["support"]
   key, t = jax.random.key(5), 2
   for method in ("reptile", "transfer"):
-    ref = protocol.adapt_and_generate(config, params[(method, 0)], sup, [t], key, 4,
-                                      res["info"]["rule_dicts"][f"{method}_s0"])[t]
+    rule = res["info"]["rule_dicts"][f"{method}_s0"]
     run = mg.load_run(work, method=method)
+    assert run.psi == rule["psi"]
     z = jax.random.normal(jax.random.fold_in(key, 1_000_000 + t), (len(sup), 4, run.model.z_dim))
-    for c in range(len(sup)):
-      k = jax.random.fold_in(jax.random.fold_in(key, c), t)
-      g = mg.adapt(run.meta_params, sup[c], k, run.adapt_config_for(t)).g
-      # float32: one class at a time here, all classes batched in the protocol
-      np.testing.assert_allclose(run.model.generate(g, z[c]), ref[c], atol=1e-4)
+    z_avg = jax.random.normal(jax.random.fold_in(key, 2_000_000 + t),
+                              (protocol.scoring.N_AVG, run.model.z_dim))
+    for psi in (1.0, 0.5):  # plain and truncated sampling, whichever the tuning chose
+      ref = protocol.adapt_and_generate(config, params[(method, 0)], sup, [t], key, 4,
+                                        dict(rule, psi=psi))[t]
+      for c in range(len(sup)):
+        k = jax.random.fold_in(jax.random.fold_in(key, c), t)
+        g = mg.adapt(run.meta_params, sup[c], k, run.adapt_config_for(t)).g
+        x = (run.model.generate(g, z[c]) if psi == 1.0 else
+             run.model.generate_truncated(g, z[c], psi, z_avg))
+        # float32: one class at a time here, all classes batched in the protocol
+        np.testing.assert_allclose(x, ref[c], atol=1e-4)
 
 
 def _generate_from_own_images(tmp_path, work, res):
@@ -171,6 +180,15 @@ def _generate_from_own_images(tmp_path, work, res):
   assert "more than the 2 per class" in report["notes"][0]  # 3 images, trained with K = 2
   support, _ = cli.prepare(cli.read_images(folder)[0], run.preprocessing, "auto")
   np.testing.assert_allclose(samples, run.generate(support, 5, seed=7, steps=2), atol=1e-5)
+  # a truncated rule samples as documented: the same latents, centred on N_AVG others
+  trunc = dataclasses.replace(run, rule=dict(run.rule, psi=0.3))
+  k_adapt, k_z = trunc.keys(7)
+  g = mg.adapt(run.meta_params, jnp.asarray(support), k_adapt, run.adapt_config_for(2)).g
+  want = run.model.generate_truncated(g, run.model.sample_z(k_z, 5), 0.3, run.model.sample_z(
+      jax.random.fold_in(k_z, 1), runs.N_AVG))
+  got = trunc.generate(support, 5, seed=7, steps=2)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  assert np.abs(got - samples).max() > 1e-3
   again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
   assert again.returncode == 2 and "--overwrite" in again.stderr  # out exists: refused
 
@@ -250,14 +268,19 @@ def test_tuning_pools_seeds_so_one_noisy_seed_cannot_flip_a_method(monkeypatch):
   # Validation KID per (params, lr): seed 1 alone prefers lr 0.01 by a hair, the
   # mean over the method's seeds prefers 0.001, and every seed gets that rule.
   config = tiny.get_config()
+  config.eval.tune_psi = ""
   rng = np.random.default_rng(0)
   val = {"names": ["a", "b"], "support": np.zeros((2, 2, 28, 28, 1)),
          "heldout": rng.normal(size=(2, 6, 4))}
   kid = {("p0", 0.001): 1.0, ("p0", 0.01): 2.0, ("p1", 0.001): 1.1, ("p1", 0.01): 1.0,
          ("q", 0.001): 3.0, ("q", 0.01): 2.5}
   monkeypatch.setattr(protocol.classes, "val_classes", lambda config: val)
-  monkeypatch.setattr(protocol.scoring, "adapt_and_generate", lambda config, p, sup, steps, key, n, rule:
-                      {steps[0]: (p, rule["lr"])})
+  adaptations = []
+  def adapt_and_generate_psis(config, p, sup, steps, key, n, rule, psis):
+    adaptations.append(list(psis))
+    return {steps[0]: {psi: (p, rule["lr"]) if psi == 1.0 else (p, rule["lr"], psi)
+                       for psi in psis}}
+  monkeypatch.setattr(protocol.scoring, "adapt_and_generate_psis", adapt_and_generate_psis)
   monkeypatch.setattr(protocol.tuning.M, "kid", lambda f_gen, f_held: kid[f_gen])
   seen = []
   class Gen:  # stands for the generated images: carries (params, lr) to the KID
@@ -282,6 +305,19 @@ def test_tuning_pools_seeds_so_one_noisy_seed_cannot_flip_a_method(monkeypatch):
   assert out["scores"]["reptile|1"][protocol.rule_name(out["rules"][("reptile", 1)])] == 1.1
   np.testing.assert_allclose(sorted(out["method_scores"]["reptile"].values()), [1.05, 1.05, 1.5, 1.5])
   assert len(seen) == 2 * 3 * 2  # 2 grid g_trainables x (2 reptile + 1 shared transfer) x 2 lrs
+  # A truncation grid scores every psi but adapts once per rule without it.
+  config.eval.tune_psi = "1,0.5"
+  kid.update({(p, lr, 0.5): v - 0.5 if p == "q" else v + 0.1 for (p, lr), v in list(kid.items())})
+  seen.clear(), adaptations.clear()
+  out = protocol.tune_rules(config, params, features, verbose=False)
+  assert len(seen) == 2 * 3 * 2 * 2 and adaptations == [[1.0, 0.5]] * (2 * 3 * 2)
+  assert {r["psi"] for run, r in out["rules"].items() if run[0] == "reptile"} == {1.0}
+  assert {r["psi"] for run, r in out["rules"].items() if run[0] == "transfer"} == {0.5}
+  assert out["scores"]["transfer|0"][protocol.rule_name(out["rules"][("transfer", 0)])] == 2.0
+  assert protocol.rule_name(out["rules"][("transfer", 0)]).endswith(", psi 0.5")
+  config.eval.tune_psi = "1,1.5"
+  with pytest.raises(ValueError, match="tune_psi has 1.5"):
+    protocol.rule_grid(config)
 
 
 def test_lowdata_gain_is_the_paired_difference_over_seeds_and_classes():
@@ -322,3 +358,25 @@ def test_feature_net_keeps_flax_convs_parameters_and_outputs():
       {"params": ref_p}, x)
   for a, b in zip(out, ref):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+def test_protocol_samples_at_psi_1_exactly_as_before_truncation_existed():
+  from experiments import train_lib  # pylint: disable=g-import-not-at-top
+  from experiments.protocol import scoring  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  model = train_lib.get_model(config)
+  params = model.init(jax.random.key(0))
+  sup = jax.random.uniform(jax.random.key(1), (2, config.eval.k, *model.data_shape), minval=-1.0)
+  key, t = jax.random.key(3), 2
+  rule = dict(train_lib.default_rule(config), psi=1.0)
+  got = protocol.adapt_and_generate(config, params, np.asarray(sup), [t], key, 4, rule)[t]
+  # the pre-truncation computation: adaptation, then model.generate of the same latents
+  cj = json.dumps(config.to_dict(), sort_keys=True)
+  rj = json.dumps({k: v for k, v in rule.items() if k not in ("lr", "psi")}, sort_keys=True)
+  keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.fold_in(key, c), t))(jnp.arange(2))
+  g = scoring._adapt_fn(cj, rj, t)(params, jnp.float32(rule["lr"]), sup, keys).g  # pylint: disable=protected-access
+  z = jax.random.normal(jax.random.fold_in(key, 1_000_000 + t), (2, 4, model.z_dim))
+  np.testing.assert_array_equal(got, np.asarray(scoring._generate(cj, True)(g, z)))  # pylint: disable=protected-access
+  half = protocol.adapt_and_generate(config, params, np.asarray(sup), [t], key, 4,
+                                     dict(rule, psi=0.5))[t]
+  assert np.abs(half - got).max() > 1e-3

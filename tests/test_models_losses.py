@@ -97,3 +97,38 @@ def test_fsgan28_nearest_upsampling_is_repeat_then_3x3_conv():
   np.testing.assert_allclose(jax.jit(model.generate)(p.g, z), want, atol=1e-4)
   with pytest.raises(ValueError, match="up='bilinear'"):
     mg.models.fsgan28(up="bilinear")
+
+
+def test_truncation_interpolates_between_the_mean_image_and_plain_samples():
+  model = mg.models.fsgan28()
+  g = model.init(jax.random.key(0)).g
+  z = model.sample_z(jax.random.key(1), 5)
+  z_avg = model.sample_z(jax.random.key(2), 256)
+  x = model.generate(g, z)
+  np.testing.assert_allclose(model.synthesize(g, model.map_latents(g, z)), x, atol=1e-6)
+  np.testing.assert_allclose(model.generate_truncated(g, z, 1.0, z_avg), x, atol=1e-5)
+  # psi = 0: every latent draws the image at the mapped mean w_avg
+  w_avg = model.map_latents(g, z_avg).mean(0)
+  x0 = model.generate_truncated(g, z, 0.0, z_avg)
+  np.testing.assert_allclose(x0, jnp.broadcast_to(model.synthesize(g, w_avg[None]), x0.shape),
+                             atol=1e-6)
+  # in between: w moves linearly toward w_avg, so the synthesis input is exactly that
+  w_half = w_avg + 0.5 * (model.map_latents(g, z) - w_avg)
+  np.testing.assert_allclose(model.generate_truncated(g, z, 0.5, z_avg),
+                             model.synthesize(g, w_half), atol=1e-6)
+  assert float(jnp.abs(model.generate_truncated(g, z, 0.5, z_avg) - x).max()) > 1e-2
+  # differentiable in psi (the sampling rule could be meta-learned); float64 finite differences
+  with jax.enable_x64(True):
+    g64, z64, za64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), (g, z[:2], z_avg[:16]))
+    check_grads(lambda p: model.generate_truncated(g64, z64, p, za64).sum(), (0.7,),
+                order=1, modes=["rev"])
+
+
+def test_truncation_without_a_mapping_shrinks_z_toward_its_mean():
+  model = mg.models.dcgan28()
+  g = model.init(jax.random.key(0)).g
+  z = model.sample_z(jax.random.key(1), 3)
+  z_avg = model.sample_z(jax.random.key(2), 64)
+  assert model.map_latents(g, z) is z
+  want = model.generate(g, z_avg.mean(0) + 0.6 * (z - z_avg.mean(0)))
+  np.testing.assert_allclose(model.generate_truncated(g, z, 0.6, z_avg), want, atol=1e-6)

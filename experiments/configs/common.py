@@ -119,5 +119,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.tune_lrs = ""            # e.g. "0.0003,0.001,0.003"
   c.eval.tune_g_trainable = ""    # e.g. "all;mapping" (';'-separated: prefixes use ',')
   c.eval.tune_d_trainable = ""    # e.g. "all;conv3,fc" (FreezeD: conv1, conv2 fixed at test time)
+  c.eval.tune_psi = ""            # e.g. "1,0.8,0.6,0.4": sampling truncation (research log 22)
   c.eval.tune_classes = 20
   return c

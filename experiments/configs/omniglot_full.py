@@ -28,4 +28,5 @@ def get_config():
   c.eval.tune_lrs = "0.001,0.003"
   c.eval.tune_g_trainable = "all;mapping"
   c.eval.tune_d_trainable = "all;conv3,fc"  # FreezeD at test time (research log 14)
+  c.eval.tune_psi = "1,0.8,0.6,0.4"         # truncation after adaptation (research log 22)
   return c

@@ -1,6 +1,6 @@
 """The main job: pre-train a GAN, meta-train Reptile from it (3 seeds), adapt to unseen classes.
 
-Run (15.5 min on a 2-core AMD EPYC, 13.5 with its caches warm; prints the results table):
+Run (18.6 min on a 2-core AMD EPYC, 15.3 with its caches warm; prints the results table):
   python experiments/omniglot.py --config experiments/configs/omniglot_short.py \
       --workdir runs/omniglot_short
 A second run with other seeds: --config.meta_seeds=10,11,12 (the pre-trained GAN is
@@ -33,4 +33,5 @@ def get_config():
   c.eval.tune_lrs = "0.001,0.003"   # every method picks its rate on validation classes
   c.eval.tune_g_trainable = "all"   # (the full protocol also tunes G: mapping only)
   c.eval.tune_d_trainable = "all;conv3,fc"  # FreezeD at test time (research log 14)
+  c.eval.tune_psi = "1,0.8,0.6,0.4"         # truncation after adaptation (research log 22)
   return c

@@ -44,5 +44,6 @@ def get_config():
   c.eval.grid_classes = 2
   c.eval.tune_lrs = "0.001,0.01"
   c.eval.tune_g_trainable = "all;mapping"
+  c.eval.tune_psi = "1,0.5"
   c.eval.tune_classes = 3
   return c

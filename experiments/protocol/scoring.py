@@ -49,6 +49,17 @@ def _generate(config_json: str, per_class: bool):
   return jax.jit(jax.vmap(model.generate, in_axes=(0 if per_class else None, 0)))
 
 
+@functools.lru_cache(maxsize=None)
+def _generate_truncated(config_json: str, per_class: bool):
+  """Truncated samples; ``psi`` is an argument, so a grid of truncations shares one compile."""
+  model = train_lib.get_model(_config_from_json(config_json))
+  return jax.jit(jax.vmap(model.generate_truncated,
+                          in_axes=(0 if per_class else None, 0, None, None)))
+
+
+N_AVG = 2048  # latents whose mapped mean centres a truncated sample (as metagan generate)
+
+
 def adapt_and_generate(config, meta_params, support_CxK, steps: list[int], key: jax.Array,
                        n_gen: int, rule: dict | None = None) -> dict[int, np.ndarray]:
   """Adapts ``meta_params`` to each class for every T in ``steps``; samples ``n_gen`` per class.
@@ -56,30 +67,49 @@ def adapt_and_generate(config, meta_params, support_CxK, steps: list[int], key: 
   Each T is a fresh adaptation of T steps from the meta-parameters (with Adam
   as the inner optimiser, its state starts at zero every time). Class ``c`` at
   ``T`` adapts with key ``fold_in(fold_in(key, c), T)``; its latents for T are
-  drawn from ``fold_in(key, 1e6 + T)``.
+  drawn from ``fold_in(key, 1e6 + T)``. A rule with ``psi < 1`` samples with
+  truncation (``GanModel.generate_truncated``), centred on ``N_AVG`` latents from
+  ``fold_in(key, 2e6 + T)``.
 
   Args:
     rule: the adaptation rule (``train_lib.default_rule`` fields); default the config's.
 
   Returns ``{T: images [C, n_gen, 28, 28, 1]}``.
   """
+  rule = dict(train_lib.default_rule(config), **(rule or {}))
+  psi = float(rule.get("psi", 1.0))
+  out = adapt_and_generate_psis(config, meta_params, support_CxK, steps, key, n_gen, rule, [psi])
+  return {t: imgs[psi] for t, imgs in out.items()}
+
+
+def adapt_and_generate_psis(config, meta_params, support_CxK, steps: list[int], key: jax.Array,
+                            n_gen: int, rule: dict | None, psis) -> dict[int, dict[float, np.ndarray]]:
+  """:func:`adapt_and_generate` at several truncations of one adaptation: ``{T: {psi: images}}``.
+
+  The rule's own ``psi`` is ignored; ``psi = 1`` samples exactly as ``model.generate``.
+  """
   cj = json.dumps(config.to_dict(), sort_keys=True)
   rule = dict(train_lib.default_rule(config), **(rule or {}))
-  rj = json.dumps({k: v for k, v in rule.items() if k not in ("lr", "lr_mult")}, sort_keys=True)
+  rj = json.dumps({k: v for k, v in rule.items() if k not in ("lr", "lr_mult", "psi")},
+                  sort_keys=True)
   C = support_CxK.shape[0]
   model = train_lib.get_model(config)
-  params = mg.recipes.with_rule(meta_params, rule)
+  params = mg.recipes.with_rule(meta_params, {k: v for k, v in rule.items() if k != "psi"})
   sup = jnp.asarray(support_CxK)
   out = {}
   for t in sorted(steps):
     z = jax.random.normal(jax.random.fold_in(key, 1_000_000 + t), (C, n_gen, model.z_dim))
     if t == 0:
       g = params.init.g if isinstance(params, mg.MetaSGDParams) else params.g
-      out[t] = np.asarray(_generate(cj, False)(g, z))
-      continue
-    keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.fold_in(key, c), t))(jnp.arange(C))
-    adapted = _adapt_fn(cj, rj, t)(params, jnp.float32(rule["lr"]), sup, keys)
-    out[t] = np.asarray(_generate(cj, True)(adapted.g, z))
+      per_class = False
+    else:
+      keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.fold_in(key, c), t))(jnp.arange(C))
+      g = _adapt_fn(cj, rj, t)(params, jnp.float32(rule["lr"]), sup, keys).g
+      per_class = True
+    z_avg = jax.random.normal(jax.random.fold_in(key, 2_000_000 + t), (N_AVG, model.z_dim))
+    out[t] = {float(psi): np.asarray(
+        _generate(cj, per_class)(g, z) if float(psi) == 1.0 else
+        _generate_truncated(cj, per_class)(g, z, jnp.float32(psi), z_avg)) for psi in psis}
   return out
 
 

@@ -3,6 +3,7 @@ validation KID on classes of the validation alphabets."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import jax
@@ -18,7 +19,7 @@ from experiments.protocol.features import scaled_features
 
 def rule_grid(config, meta_params=None) -> list[dict]:
   """The rules every method is tuned over (``eval.tune_lrs`` x ``eval.tune_g_trainable`` x
-  ``eval.tune_d_trainable``).
+  ``eval.tune_d_trainable`` x ``eval.tune_psi``, the sampling truncation).
 
   For Meta-SGD the learning rates of the grid become multipliers of its learned
   rates (``lr / inner_lr``), so every method gets a grid of the same size.
@@ -27,8 +28,13 @@ def rule_grid(config, meta_params=None) -> list[dict]:
   lrs = train_lib.parse_list(ec.get("tune_lrs", ""), float) or [base["lr"]]
   gts = [g.strip() for g in str(ec.get("tune_g_trainable", "")).split(";") if g.strip()]
   dts = [d.strip() for d in str(ec.get("tune_d_trainable", "")).split(";") if d.strip()]
-  grid = [dict(base, lr=lr, g_trainable=g, d_trainable=d) for d in (dts or [base["d_trainable"]])
-          for g in (gts or [base["g_trainable"]]) for lr in lrs]
+  psis = train_lib.parse_list(ec.get("tune_psi", ""), float)
+  for psi in psis:
+    if not 0.0 <= psi <= 1.0:
+      raise ValueError(f"config.eval.tune_psi has {psi}; truncations lie in [0, 1] (1: none).")
+  grid = [dict(base, lr=lr, g_trainable=g, d_trainable=d, **({"psi": psi} if psis else {}))
+          for d in (dts or [base["d_trainable"]]) for g in (gts or [base["g_trainable"]])
+          for lr in lrs for psi in (psis or [None])]
   if isinstance(meta_params, mg.MetaSGDParams):
     grid = [dict(r, lr=base["lr"], lr_mult=r["lr"] / base["lr"]) for r in grid]
   return grid
@@ -36,7 +42,8 @@ def rule_grid(config, meta_params=None) -> list[dict]:
 
 def rule_name(rule: dict) -> str:
   lr = f"x{rule['lr_mult']:g} learned rates" if "lr_mult" in rule else f"lr {rule['lr']:g}"
-  return f"{rule['opt']} {lr}, G: {rule['g_trainable']}, D: {rule['d_trainable']}"
+  psi = f", psi {rule['psi']:g}" if "psi" in rule else ""
+  return f"{rule['opt']} {lr}, G: {rule['g_trainable']}, D: {rule['d_trainable']}{psi}"
 
 
 def tune_rules(config, params_by_run: dict, features_fn, verbose: bool = True) -> dict:
@@ -68,13 +75,20 @@ def tune_rules(config, params_by_run: dict, features_fn, verbose: bool = True) -
     if method not in grids:
       grids[method] = {rule_name(r): r for r in rule_grid(config, params)}
     if (method, id(params)) not in done:
-      scores = {}
+      # rules that differ only in the truncation share one adaptation
+      by_adaptation = {}
       for name, rule in grids[method].items():
-        gen = scoring.adapt_and_generate(config, params, vc["support"], [t], jax.random.key(20_000),
-                                 config.eval.n_gen, rule)[t]
-        f_gen = features_fn(gen)
-        scores[name] = float(np.mean([M.kid(f_gen[c], f_held[c]) for c in range(len(f_gen))]))
-      done[(method, id(params))] = scores
+        k = json.dumps({f: v for f, v in rule.items() if f != "psi"}, sort_keys=True)
+        by_adaptation.setdefault(k, (rule, []))[1].append((name, float(rule.get("psi", 1.0))))
+      scores = {}
+      for rule, names in by_adaptation.values():
+        gens = scoring.adapt_and_generate_psis(config, params, vc["support"], [t],
+                                               jax.random.key(20_000), config.eval.n_gen, rule,
+                                               [psi for _, psi in names])[t]
+        for name, psi in names:
+          f_gen = features_fn(gens[psi])
+          scores[name] = float(np.mean([M.kid(f_gen[c], f_held[c]) for c in range(len(f_gen))]))
+      done[(method, id(params))] = {name: scores[name] for name in grids[method]}
     out["scores"][f"{method}|{seed}"] = done[(method, id(params))]
     secs[method] = secs.get(method, 0.0) + time.perf_counter() - t0
   for method, grid in grids.items():
