@@ -224,9 +224,8 @@ def generate(args) -> dict:
     raise UsageError(f"--steps must be >= 1, got {args.steps}.")
   if not 0 <= args.seed < 2**32:
     raise UsageError(f"--seed must be in [0, 2**32), got {args.seed}.")
-  psi = getattr(args, "psi", None)
-  if psi is not None and not 0.0 <= psi <= 1.0:
-    raise UsageError(f"--psi must be in [0, 1] (1: no truncation), got {psi}.")
+  if args.psi is not None and not 0.0 <= args.psi <= 1.0:
+    raise UsageError(f"--psi must be in [0, 1] (1: no truncation), got {args.psi}.")
   parent = os.path.dirname(out) or "."
   if os.path.exists(parent) and not os.access(parent, os.W_OK):
     raise UsageError(f"--out {args.out}: cannot write into {parent}.")
@@ -241,8 +240,8 @@ def generate(args) -> dict:
     classes.append((os.path.basename(os.path.normpath(folder)), images, names, skipped))
   t_load = time.perf_counter()
   run = mg.load_run(args.run_dir, method=args.method)
-  if psi is not None:
-    run = dataclasses.replace(run, rule=dict(run.rule, psi=float(psi)))
+  if args.psi is not None:
+    run = dataclasses.replace(run, rule=dict(run.rule, psi=args.psi))
   t_loaded = time.perf_counter()
   steps = run.headline if args.steps is None else args.steps
   supports, flips = zip(*(prepare(c[1], run.preprocessing, args.invert) for c in classes))

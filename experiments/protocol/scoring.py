@@ -17,6 +17,7 @@ import optax
 import metagan_jax as mg
 from metagan_jax import augment
 from metagan_jax import metrics as M
+from metagan_jax.runs import N_AVG  # the centre of a truncated sample, as metagan generate
 
 from experiments import train_lib
 from experiments.protocol.classes import test_classes
@@ -57,9 +58,6 @@ def _generate_truncated(config_json: str, per_class: bool):
                           in_axes=(0 if per_class else None, 0, None, None)))
 
 
-N_AVG = 2048  # latents whose mapped mean centres a truncated sample (as metagan generate)
-
-
 def adapt_and_generate(config, meta_params, support_CxK, steps: list[int], key: jax.Array,
                        n_gen: int, rule: dict | None = None) -> dict[int, np.ndarray]:
   """Adapts ``meta_params`` to each class for every T in ``steps``; samples ``n_gen`` per class.
@@ -76,8 +74,7 @@ def adapt_and_generate(config, meta_params, support_CxK, steps: list[int], key: 
 
   Returns ``{T: images [C, n_gen, 28, 28, 1]}``.
   """
-  rule = dict(train_lib.default_rule(config), **(rule or {}))
-  psi = float(rule.get("psi", 1.0))
+  psi = float((rule or {}).get("psi", 1.0))
   out = adapt_and_generate_psis(config, meta_params, support_CxK, steps, key, n_gen, rule, [psi])
   return {t: imgs[psi] for t, imgs in out.items()}
 
@@ -94,7 +91,7 @@ def adapt_and_generate_psis(config, meta_params, support_CxK, steps: list[int], 
                   sort_keys=True)
   C = support_CxK.shape[0]
   model = train_lib.get_model(config)
-  params = mg.recipes.with_rule(meta_params, {k: v for k, v in rule.items() if k != "psi"})
+  params = mg.recipes.with_rule(meta_params, rule)
   sup = jnp.asarray(support_CxK)
   out = {}
   for t in sorted(steps):
@@ -106,10 +103,13 @@ def adapt_and_generate_psis(config, meta_params, support_CxK, steps: list[int], 
       keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.fold_in(key, c), t))(jnp.arange(C))
       g = _adapt_fn(cj, rj, t)(params, jnp.float32(rule["lr"]), sup, keys).g
       per_class = True
-    z_avg = jax.random.normal(jax.random.fold_in(key, 2_000_000 + t), (N_AVG, model.z_dim))
-    out[t] = {float(psi): np.asarray(
-        _generate(cj, per_class)(g, z) if float(psi) == 1.0 else
-        _generate_truncated(cj, per_class)(g, z, jnp.float32(psi), z_avg)) for psi in psis}
+    out[t] = {}
+    for psi in map(float, psis):
+      if psi == 1.0:
+        out[t][psi] = np.asarray(_generate(cj, per_class)(g, z))
+      else:
+        z_avg = jax.random.normal(jax.random.fold_in(key, 2_000_000 + t), (N_AVG, model.z_dim))
+        out[t][psi] = np.asarray(_generate_truncated(cj, per_class)(g, z, jnp.float32(psi), z_avg))
   return out
 
 
