@@ -262,6 +262,18 @@ def test_lowdata_cnn_learns_from_images_and_is_hurt_by_wrong_ones():
   np.testing.assert_array_equal(acc, protocol.lowdata_cnn_accuracy(config, sup, held, seed=0))
   wrong = np.stack([draw((c + 1) % 3, 16) for c in range(3)])
   assert protocol.lowdata_cnn_accuracy(config, sup, held, wrong, seed=0).mean() < 0.5
+  # the compiled training loop is the per-step computation, step i keyed by fold_in(key, i)
+  from experiments.protocol import scoring  # pylint: disable=g-import-not-at-top
+  init, opt_init, train, _, step = scoring._cnn_fns(3, 8, 1e-3, 0.1)  # pylint: disable=protected-access
+  x, y = jnp.asarray(sup.reshape(6, 28, 28, 1)), jnp.repeat(jnp.arange(3), 2)
+  p = init(jax.random.key(0), x)
+  got, _ = train(p, opt_init(p), x, y, 4, jax.random.key(1))
+  want, s = p, opt_init(p)
+  for i in range(4):
+    want, s = jax.jit(step)(want, s, x, y, jax.random.fold_in(jax.random.key(1), i))
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  assert float(jnp.abs(got["Dense_1"]["kernel"] - p["Dense_1"]["kernel"]).max()) > 1e-4
 
 
 def test_tuning_pools_seeds_so_one_noisy_seed_cannot_flip_a_method(monkeypatch):
@@ -377,6 +389,10 @@ def test_protocol_samples_at_psi_1_exactly_as_before_truncation_existed():
   g = scoring._adapt_fn(cj, rj, t)(params, jnp.float32(rule["lr"]), sup, keys).g  # pylint: disable=protected-access
   z = jax.random.normal(jax.random.fold_in(key, 1_000_000 + t), (2, 4, model.z_dim))
   np.testing.assert_array_equal(got, np.asarray(scoring._generate(cj, True)(g, z)))  # pylint: disable=protected-access
+  # one class at a time (lax.map) is each class's own generator on its own latents
+  np.testing.assert_allclose(got, jax.vmap(model.generate)(g, z), atol=1e-5)
+  shared = scoring._generate(cj, False)(params.g, z)  # pylint: disable=protected-access
+  np.testing.assert_allclose(shared[1], model.generate(params.g, z[1]), atol=1e-5)
   half = protocol.adapt_and_generate(config, params, np.asarray(sup), [t], key, 4,
                                      dict(rule, psi=0.5))[t]
   assert np.abs(half - got).max() > 1e-3

@@ -44,18 +44,30 @@ def _adapt_fn(config_json: str, rule_json: str, n_steps: int):
   return jax.jit(adapt_all)
 
 
+def _per_class(fn, g, z_CxN, per_class: bool):
+  # One class at a time (lax.map), not one vmap over all classes: on CPU, C batches of
+  # n_gen latents through G take 1.8-2.8x less time than one batch of C x n_gen
+  # (benchmarks/README.md, "The main job's time").
+  if per_class:
+    return jax.lax.map(lambda a: fn(*a), (g, z_CxN))
+  return jax.lax.map(lambda z: fn(g, z), z_CxN)
+
+
 @functools.lru_cache(maxsize=None)
 def _generate(config_json: str, per_class: bool):
+  """Samples ``[C, n, ...]`` of per-class generators (or of one shared G)."""
   model = train_lib.get_model(_config_from_json(config_json))
-  return jax.jit(jax.vmap(model.generate, in_axes=(0 if per_class else None, 0)))
+  return jax.jit(lambda g, z: _per_class(model.generate, g, z, per_class))
 
 
 @functools.lru_cache(maxsize=None)
 def _generate_truncated(config_json: str, per_class: bool):
   """Truncated samples; ``psi`` is an argument, so a grid of truncations shares one compile."""
   model = train_lib.get_model(_config_from_json(config_json))
-  return jax.jit(jax.vmap(model.generate_truncated,
-                          in_axes=(0 if per_class else None, 0, None, None)))
+
+  def fn(g, z, psi, z_avg):
+    return _per_class(lambda g1, z1: model.generate_truncated(g1, z1, psi, z_avg), g, z, per_class)
+  return jax.jit(fn)
 
 
 def adapt_and_generate(config, meta_params, support_CxK, steps: list[int], key: jax.Array,
@@ -172,8 +184,6 @@ def low_data_cnn(num_classes: int) -> FeatureNet:
 def _cnn_fns(num_classes: int, batch: int, lr: float, shift: float):
   net, opt = low_data_cnn(num_classes), optax.adam(lr)
 
-  # One jitted step per call: XLA:CPU runs convolutions inside a loop much slower.
-  @jax.jit
   def step(p, s, x_all, y_all, key):
     k_idx, k_aug = jax.random.split(key)
     idx = jax.random.randint(k_idx, (batch,), 0, x_all.shape[0])
@@ -185,9 +195,16 @@ def _cnn_fns(num_classes: int, batch: int, lr: float, shift: float):
     u, s = opt.update(jax.grad(loss)(p), s, p)
     return optax.apply_updates(p, u), s
 
+  # All steps in one compiled loop: with im2col convolutions (layers.Conv3x3) that is
+  # bitwise the same as one call per step and 1.8-1.9x faster on CPU (benchmarks/README.md).
+  @functools.partial(jax.jit, static_argnums=(4,))
+  def train(p, s, x_all, y_all, n_steps, key):
+    body = lambda i, ps: step(*ps, x_all, y_all, jax.random.fold_in(key, i))
+    return jax.lax.fori_loop(0, n_steps, body, (p, s))
+
   init = jax.jit(lambda key, x: net.init(key, x[:1])["params"])
   predict = jax.jit(lambda p, x: net.apply({"params": p}, x)[0].argmax(-1))
-  return init, opt.init, step, predict
+  return init, opt.init, train, predict, step
 
 
 def lowdata_cnn_accuracy(config, sup_CxK, held_CxH, aug_CxN=None, seed: int = 0) -> np.ndarray:
@@ -208,14 +225,13 @@ def lowdata_cnn_accuracy(config, sup_CxK, held_CxH, aug_CxN=None, seed: int = 0)
     ys.append(np.repeat(np.arange(C), aug_CxN.shape[1]))
   x_all = jnp.asarray(np.concatenate(xs), jnp.float32)
   y_all = jnp.asarray(np.concatenate(ys))
-  init, opt_init, step, predict = _cnn_fns(C, int(ec.cnn_batch), float(ec.cnn_lr),
-                                           float(ec.cnn_shift))
+  init, opt_init, train, predict, _ = _cnn_fns(C, int(ec.cnn_batch), float(ec.cnn_lr),
+                                               float(ec.cnn_shift))
   key = jax.random.key(int(seed))
   params = init(jax.random.fold_in(key, 0), x_all)
-  state = opt_init(params)
-  k_steps = jax.random.fold_in(key, 1)
-  for i in range(int(ec.cnn_steps)):
-    params, state = step(params, state, x_all, y_all, jax.random.fold_in(k_steps, i))
+  # step i draws its batch and shifts from fold_in(fold_in(key, 1), i)
+  params, _ = train(params, opt_init(params), x_all, y_all, int(ec.cnn_steps),
+                    jax.random.fold_in(key, 1))
   H = held_CxH.shape[1]
   pred = np.asarray(predict(params, jnp.asarray(held_CxH.reshape(C * H, *held_CxH.shape[2:]),
                                                 jnp.float32)))
