@@ -116,11 +116,12 @@ def adapt_and_generate_psis(config, meta_params, support_CxK, steps: list[int], 
       g = _adapt_fn(cj, rj, t)(params, jnp.float32(rule["lr"]), sup, keys).g
       per_class = True
     out[t] = {}
+    if any(float(psi) != 1.0 for psi in psis):
+      z_avg = jax.random.normal(jax.random.fold_in(key, 2_000_000 + t), (N_AVG, model.z_dim))
     for psi in map(float, psis):
       if psi == 1.0:
         out[t][psi] = np.asarray(_generate(cj, per_class)(g, z))
       else:
-        z_avg = jax.random.normal(jax.random.fold_in(key, 2_000_000 + t), (N_AVG, model.z_dim))
         out[t][psi] = np.asarray(_generate_truncated(cj, per_class)(g, z, jnp.float32(psi), z_avg))
   return out
 
