@@ -9,7 +9,7 @@ only for TFDS sources.
 from metagan_jax import (augment, backend, compile_cache, data, gan, layers, lopt_train, losses, metrics, models,
                          parallel, recipes, toy)
 from metagan_jax.gan import GanTrainConfig, GanTrainState
-from metagan_jax.inner import (AdaptConfig, InnerNoise, MetaSGDParams, adapt,
+from metagan_jax.inner import (AdaptConfig, InnerNoise, MetaSGDParams, adapt, adapt_prefix,
                                adapt_with_aux, inner_noise, per_parameter_sgd, trainable_mask)
 from metagan_jax.lopt import (LOptMetaParams, LOptParams, LOptSpec, LOptState,
                               init_lopt_params, learned_optimizer)
@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ALGORITHMS", "AdaptConfig", "augment", "backend", "compile_cache", "data", "gan", "layers", "GanLoss", "GanModel", "GanParams",
     "GanTrainConfig", "GanTrainState", "InnerNoise", "trainable_mask",
-    "MetaConfig", "MetaSGDParams", "MetaState", "Tasks", "adapt", "adapt_with_aux",
+    "MetaConfig", "MetaSGDParams", "MetaState", "Tasks", "adapt", "adapt_prefix", "adapt_with_aux",
     "LOptMetaParams", "LOptParams", "LOptSpec", "LOptState", "init_lopt_params",
     "learned_optimizer", "lopt_train",
     "get_loss", "get_model", "init", "inner_noise", "losses", "maml_objective",

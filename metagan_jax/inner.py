@@ -351,6 +351,32 @@ def adapt_with_aux(meta_params, support: jax.Array, key: jax.Array, config: Adap
   return GanParams(g=g, d=d), {"d_loss": jnp.concatenate(d_l), "g_loss": jnp.concatenate(g_l)}
 
 
+def adapt_prefix(meta_params, support: jax.Array, key: jax.Array, config: AdaptConfig,
+                 steps) -> GanParams:
+  """The first ``steps`` inner steps of :func:`adapt`, ``steps`` a (possibly traced) integer.
+
+  Equal to ``adapt`` with ``inner_steps = steps`` and the same ``key``: the latents of
+  :func:`inner_noise` are drawn position by position, so a shorter adaptation's are a
+  prefix of a longer one's. Because ``steps`` may be traced, one compiled program serves
+  every ``steps <= config.inner_steps`` (the evaluation adapts for several T). A
+  ``lax.fori_loop`` with a traced trip count: for evaluation, not reverse-differentiable.
+
+  Raises:
+    ValueError: a concrete ``steps`` outside ``[0, config.inner_steps]``.
+  """
+  if isinstance(steps, int) and not 0 <= steps <= config.inner_steps:
+    raise ValueError(f"adapt_prefix: steps={steps} must lie in [0, inner_steps="
+                     f"{config.inner_steps}]; build the AdaptConfig with the largest T.")
+  check_samples(support, config.model, "support")
+  params, d_opt, g_opt = _split_meta_params(meta_params, config)
+  noise = inner_noise(key, config, config.n_fake or support.shape[0], support.dtype)
+  step = functools.partial(inner_step, support=support, d_opt=d_opt, g_opt=g_opt, config=config)
+  carry = (params.g, params.d, g_opt.init(params.g), d_opt.init(params.d))
+  carry = jax.lax.fori_loop(0, steps, lambda i, c: step(c, (noise.z[i], noise.gp_keys[i]))[0],
+                            carry)
+  return GanParams(g=carry[0], d=carry[1])
+
+
 def adapt(meta_params, support: jax.Array, key: jax.Array, config: AdaptConfig) -> GanParams:
   """Adapts a GAN pair to one task by alternating D/G gradient steps.
 

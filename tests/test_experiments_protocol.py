@@ -386,7 +386,17 @@ def test_protocol_samples_at_psi_1_exactly_as_before_truncation_existed():
   cj = json.dumps(config.to_dict(), sort_keys=True)
   rj = json.dumps({k: v for k, v in rule.items() if k not in ("lr", "psi")}, sort_keys=True)
   keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.fold_in(key, c), t))(jnp.arange(2))
-  g = scoring._adapt_fn(cj, rj, t)(params, jnp.float32(rule["lr"]), sup, keys).g  # pylint: disable=protected-access
+  # the adaptation as it was: a T-step mg.adapt per class (the protocol now runs the first T
+  # steps of one program for every T, mg.adapt_prefix)
+  rule_t = dict(json.loads(rj), lr=rule["lr"])
+  adapt_t = jax.jit(jax.vmap(lambda s, k: mg.adapt(
+      params, s, k, train_lib.adapt_config(config, inner_steps=t, rule=rule_t))))
+  g = adapt_t(sup, keys).g
+  g_prefix = scoring._adapt_fn(cj, rj, scoring.max_steps(config))(  # pylint: disable=protected-access
+      params, jnp.float32(rule["lr"]), sup, keys, jnp.int32(t)).g
+  for a, b in zip(jax.tree.leaves(g_prefix), jax.tree.leaves(g)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  g = g_prefix
   z = jax.random.normal(jax.random.fold_in(key, 1_000_000 + t), (2, 4, model.z_dim))
   np.testing.assert_array_equal(got, np.asarray(scoring._generate(cj, True)(g, z)))  # pylint: disable=protected-access
   # one class at a time (lax.map) is each class's own generator on its own latents

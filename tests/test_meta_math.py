@@ -300,6 +300,16 @@ def test_adapt_with_adam_and_several_d_steps_equals_reference():
   for kw in [dict(), dict(unroll=True), dict(remat=True), dict(unroll=True, remat=True)]:
     out = mg.adapt(params, support, key, dataclasses.replace(base, **kw))
     assert tree_max_rel_err(out, ref) < 1e-10, kw
+  # adapt_prefix: the first T steps of a longer adaptation, T traced, one program for every T
+  longer = dataclasses.replace(base, inner_steps=5)
+  prefix = jax.jit(lambda p, s, k, t: mg.adapt_prefix(p, s, k, longer, t))
+  assert tree_max_rel_err(prefix(params, support, key, 3), ref) < 1e-10
+  two = mg.adapt(params, support, key, dataclasses.replace(base, inner_steps=2))
+  assert tree_max_rel_err(prefix(params, support, key, 2), two) < 1e-10
+  assert prefix._cache_size() == 1  # pylint: disable=protected-access
+  assert tree_max_rel_err(mg.adapt_prefix(params, support, key, longer, 0), params) == 0
+  with pytest.raises(ValueError, match="steps=6 must lie in"):
+    mg.adapt_prefix(params, support, key, longer, 6)
 
 
 @pytest.mark.parametrize("loss", ["ns", "wasserstein", "ns-r1"])

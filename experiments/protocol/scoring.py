@@ -31,16 +31,23 @@ def _config_from_json(s: str):
   return ml_collections.ConfigDict(json.loads(s))
 
 
+def max_steps(config) -> int:
+  """The longest adaptation the protocol runs: the largest T of ``eval.steps`` and the headline."""
+  ec = config.eval
+  return max([int(ec.get("headline", 0)), *train_lib.parse_list(ec.get("steps", ""), int)])
+
+
 @functools.lru_cache(maxsize=None)
-def _adapt_fn(config_json: str, rule_json: str, n_steps: int):
-  """Jitted adaptation of every class; the learning rate is an argument, so a grid of
-  rates shares one compilation."""
+def _adapt_fn(config_json: str, rule_json: str, n_max: int):
+  """Jitted adaptation of every class for ``t <= n_max`` steps. The learning rate and T are
+  arguments, so a grid of rates and every T of the evaluation share one compilation
+  (``mg.adapt_prefix``: the same numbers as a T-step ``mg.adapt``)."""
   config = _config_from_json(config_json)
   rule = json.loads(rule_json)
 
-  def adapt_all(params, lr, support_CxK, keys_C):
-    ac = train_lib.adapt_config(config, inner_steps=n_steps, rule=dict(rule, lr=lr))
-    return jax.vmap(lambda s, k: mg.adapt(params, s, k, ac))(support_CxK, keys_C)
+  def adapt_all(params, lr, support_CxK, keys_C, t):
+    ac = train_lib.adapt_config(config, inner_steps=n_max, rule=dict(rule, lr=lr))
+    return jax.vmap(lambda s, k: mg.adapt_prefix(params, s, k, ac, t))(support_CxK, keys_C)
   return jax.jit(adapt_all)
 
 
@@ -113,7 +120,8 @@ def adapt_and_generate_psis(config, meta_params, support_CxK, steps: list[int], 
       per_class = False
     else:
       keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.fold_in(key, c), t))(jnp.arange(C))
-      g = _adapt_fn(cj, rj, t)(params, jnp.float32(rule["lr"]), sup, keys).g
+      n_max = max(t, max_steps(config))
+      g = _adapt_fn(cj, rj, n_max)(params, jnp.float32(rule["lr"]), sup, keys, jnp.int32(t)).g
       per_class = True
     out[t] = {}
     if any(float(psi) != 1.0 for psi in psis):
