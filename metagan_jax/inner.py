@@ -355,9 +355,11 @@ def adapt_prefix(meta_params, support: jax.Array, key: jax.Array, config: AdaptC
                  steps) -> GanParams:
   """The first ``steps`` inner steps of :func:`adapt`, ``steps`` a (possibly traced) integer.
 
-  Equal to ``adapt`` with ``inner_steps = steps`` and the same ``key``: the latents of
-  :func:`inner_noise` are drawn position by position, so a shorter adaptation's are a
-  prefix of a longer one's. Because ``steps`` may be traced, one compiled program serves
+  The same computation as ``adapt`` with ``inner_steps = steps`` and the same ``key``: the
+  latents of :func:`inner_noise` are drawn position by position, so a shorter adaptation's
+  are a prefix of a longer one's (bitwise equal results for the protocol's T = 5, 10, 25, 50;
+  XLA compiles a scan of one step differently, so T = 1 differs by float rounding, about
+  1e-5). Because ``steps`` may be traced, one compiled program serves
   every ``steps <= config.inner_steps`` (the evaluation adapts for several T). A
   ``lax.fori_loop`` with a traced trip count: for evaluation, not reverse-differentiable.
 
