@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from typing import Any, NamedTuple
 
 import jax
@@ -315,6 +316,15 @@ def inner_step(carry, xs, *, support, d_opt, g_opt, config: AdaptConfig):
   return (g, d, g_state, d_state), (jnp.mean(jnp.stack(d_losses)), jnp.mean(jnp.stack(g_losses)))
 
 
+def _start(meta_params, support: jax.Array, key: jax.Array, config: AdaptConfig):
+  """What every adaptation begins with: ``(carry, noise, d_opt, g_opt)``, the support checked."""
+  check_samples(support, config.model, "support")
+  params, d_opt, g_opt = _split_meta_params(meta_params, config)
+  noise = inner_noise(key, config, config.n_fake or support.shape[0], support.dtype)
+  carry = (params.g, params.d, g_opt.init(params.g), d_opt.init(params.d))
+  return carry, noise, d_opt, g_opt
+
+
 def adapt_with_aux(meta_params, support: jax.Array, key: jax.Array, config: AdaptConfig):
   """Like :func:`adapt`, also returning per-step inner losses.
 
@@ -322,14 +332,10 @@ def adapt_with_aux(meta_params, support: jax.Array, key: jax.Array, config: Adap
     ``(adapted GanParams, {"d_loss": [inner_steps], "g_loss": [inner_steps]})``,
     each loss the mean over that step's player updates, measured before the update.
   """
-  check_samples(support, config.model, "support")
-  params, d_opt, g_opt = _split_meta_params(meta_params, config)
-  n_fake = config.n_fake or support.shape[0]
-  noise = inner_noise(key, config, n_fake, support.dtype)
+  carry, noise, d_opt, g_opt = _start(meta_params, support, key, config)
   n_all = config.inner_steps
   n_first = 0 if config.first_order or config.second_order_steps is None else (
       n_all - config.second_order_steps)
-  carry = (params.g, params.d, g_opt.init(params.g), d_opt.init(params.d))
   # Steps [0, n_first) first-order, [n_first, n_all) as configured.
   segments = [(0, n_first, dataclasses.replace(config, first_order=True))] if n_first else []
   segments += [(n_first, n_all, config)] if n_all > n_first else []
@@ -366,14 +372,11 @@ def adapt_prefix(meta_params, support: jax.Array, key: jax.Array, config: AdaptC
   Raises:
     ValueError: a concrete ``steps`` outside ``[0, config.inner_steps]``.
   """
-  if isinstance(steps, int) and not 0 <= steps <= config.inner_steps:
+  if isinstance(steps, numbers.Integral) and not 0 <= steps <= config.inner_steps:
     raise ValueError(f"adapt_prefix: steps={steps} must lie in [0, inner_steps="
                      f"{config.inner_steps}]; build the AdaptConfig with the largest T.")
-  check_samples(support, config.model, "support")
-  params, d_opt, g_opt = _split_meta_params(meta_params, config)
-  noise = inner_noise(key, config, config.n_fake or support.shape[0], support.dtype)
+  carry, noise, d_opt, g_opt = _start(meta_params, support, key, config)
   step = functools.partial(inner_step, support=support, d_opt=d_opt, g_opt=g_opt, config=config)
-  carry = (params.g, params.d, g_opt.init(params.g), d_opt.init(params.d))
   carry = jax.lax.fori_loop(0, steps, lambda i, c: step(c, (noise.z[i], noise.gp_keys[i]))[0],
                             carry)
   return GanParams(g=carry[0], d=carry[1])
