@@ -4,6 +4,7 @@
   python benchmarks/main_job_step.py --method pretrain          # the GAN pre-training step
   python benchmarks/main_job_step.py --method fomaml --config experiments/configs/omniglot_full.py
   python benchmarks/main_job_step.py --vectorize vmap           # override the resolved default
+  python benchmarks/main_job_step.py --matmul-dtype bfloat16    # bf16 products (AVX512-BF16 / AMX)
 
 The step is exactly the experiment's (``experiments/train_lib.py``: model, loss,
 inner rule, T / K / Q, outer optimiser) on random images of the config's shape.
@@ -63,6 +64,8 @@ def apply_overrides(config, pairs):
 
 def run(args) -> dict:
   config = apply_overrides(load_config(args.config), args.set)
+  if args.matmul_dtype:
+    config.model_kw.matmul_dtype = args.matmul_dtype
   tc = config.train
   shape = train_lib.get_model(config).data_shape
   rng = np.random.default_rng(0)
@@ -104,6 +107,7 @@ def run(args) -> dict:
   return {
       "benchmark": "main_job_step", "experiment_config": os.path.basename(args.config),
       "method": args.method, "overrides": args.set or [], "model": config.model,
+      "matmul_dtype": args.matmul_dtype,
       "loss": config.loss, "inner_opt": config.inner_opt,
       "vectorize": asked, "vectorize_resolved": resolved, "T": t, "K": k, "Q": q,
       "inner_steps": inner, "second_order_steps": config.get("second_order_steps", "all"),
@@ -128,6 +132,9 @@ def main(argv=None) -> None:
   p.add_argument("--remat", action="store_true", help="jax.checkpoint every inner step")
   p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                  help="override a config field, e.g. --set loss=ns --set second_order_steps=2")
+  p.add_argument("--matmul-dtype", default=None, choices=["bfloat16"],
+                 help="the model's products in bf16 (models.fsgan28(matmul_dtype=...)); for "
+                      "CPUs with AVX512-BF16 or AMX")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
   common.emit(run(p.parse_args(argv)), required=REQUIRED)

@@ -3,6 +3,7 @@
   python benchmarks/maml_speed.py --workload omniglot28-dcgan --algorithm maml
   python benchmarks/maml_speed.py --algorithm reptile --inner-steps 20 --remat
   python benchmarks/maml_speed.py --vectorize vmap --conv-impl xla   # the plain formulation
+  python benchmarks/maml_speed.py --matmul-dtype bfloat16   # bf16 products (AVX512-BF16 / AMX)
   XLA_FLAGS=--xla_force_host_platform_device_count=4 python benchmarks/maml_speed.py  # 4 CPU devices
 
 Fields (see ``common.py`` for the useful-FLOP formula): backend, device,
@@ -50,7 +51,8 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
 def build(w: common.Workload, args) -> tuple:
   """The meta-config, initial state and a fixed batch of tasks for workload ``w``."""
   dtype = jnp.dtype(args.dtype)
-  model = mg.models.dcgan28(z_dim=w.z_dim, channels=w.channels, conv_impl=args.conv_impl)
+  model = mg.models.dcgan28(z_dim=w.z_dim, channels=w.channels, conv_impl=args.conv_impl,
+                            matmul_dtype=args.matmul_dtype)
   adapt = mg.AdaptConfig(model, inner_steps=w.inner_steps, inner_lr=w.inner_lr, loss="ns",
                          unroll=args.loop == "unroll", remat=args.remat)
   mesh = (mg.parallel.task_mesh(jax.devices()[:args.devices]) if args.devices else None)
@@ -106,7 +108,8 @@ def run(args) -> dict:
       "device": f"{jax.devices()[0].platform}: {common.cpu_name()}"
                 if jax.devices()[0].platform == "cpu" else str(jax.devices()[0].device_kind),
       "workload": w.name, "algorithm": args.algorithm, "T": w.T, "K": w.K, "Q": w.Q,
-      "inner_steps": w.inner_steps, "dtype": args.dtype, "loop": args.loop, "remat": args.remat,
+      "inner_steps": w.inner_steps, "dtype": args.dtype, "matmul_dtype": args.matmul_dtype,
+      "loop": args.loop, "remat": args.remat,
       "vectorize": args.vectorize, "vectorize_resolved": config.resolved_vectorize(),
       "map_batch": args.map_batch, "conv_impl": args.conv_impl,
       "conv_impl_resolved": mg.backend.resolve_conv_impl(args.conv_impl),
@@ -129,6 +132,10 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--Q", type=int, default=None, help="query images per task")
   p.add_argument("--inner-steps", type=int, default=None)
   p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
+  p.add_argument("--matmul-dtype", default=None, choices=["bfloat16"],
+                 help="products in bf16 with float32 accumulation, in every derivative "
+                      "(parameters and everything else stay --dtype); for CPUs with "
+                      "AVX512-BF16 or AMX")
   p.add_argument("--loop", default="scan", choices=["scan", "unroll"])
   p.add_argument("--remat", action="store_true", help="jax.checkpoint each inner step")
   p.add_argument("--vectorize", default=None, choices=["auto", "map", "vmap"],

@@ -42,6 +42,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -427,11 +428,13 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
 
 
 def _make_step(impl: str, w: common.Workload, algorithm: str, dtype, seed: int = 0,
-               compiled_fn: Callable | None = None):
+               compiled_fn: Callable | None = None, autocast: str | None = None):
   """Returns (step(), info dict). ``step`` runs one full meta-step incl. the Adam update.
 
   Tasks are fixed random images; the latents are drawn afresh (torch.randn) every step.
   ``compiled_fn`` (impl ``compile`` only) replaces the default compiled gradient function.
+  ``autocast="bfloat16"`` runs the meta-gradient under ``torch.autocast("cpu", bf16)``
+  (PyTorch's own bf16: convolutions and matmuls in bf16, parameters and Adam in float32).
   """
   gen = torch.Generator().manual_seed(seed)
   meta = init_params(w.z_dim, w.channels, dtype=dtype, seed=seed)
@@ -458,25 +461,26 @@ def _make_step(impl: str, w: common.Workload, algorithm: str, dtype, seed: int =
   def step():
     zi = torch.randn((w.T, w.inner_steps, 2, w.K, w.z_dim), generator=gen, dtype=dtype)
     zq = torch.randn((w.T, w.Q, w.z_dim), generator=gen, dtype=dtype)
-    grads = grad_fn(zi, zq)
+    with (torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()):
+      grads = grad_fn(zi, zq)
     for p in ("g", "d"):
       for k, v in meta[p].items():
-        v.grad = grads[p][k].detach()
+        v.grad = grads[p][k].detach().to(v.dtype)
     opt.step()
 
   return step, info
 
 
 def run_one(impl: str, w: common.Workload, algorithm: str, dtype_name: str, steps: int,
-            matmul: float) -> dict:
+            matmul: float, autocast: str | None = None) -> dict:
   dtype = _DTYPES[dtype_name]
   record: dict[str, Any] = {
       "backend": "torch", "device": common.cpu_name(), "impl": impl, "algorithm": algorithm,
       "workload": w.name, "T": w.T, "K": w.K, "Q": w.Q, "inner_steps": w.inner_steps,
-      "dtype": dtype_name, "torch": torch.__version__, "threads": torch.get_num_threads(),
-      "matmul_gflops_per_s": matmul,
+      "dtype": dtype_name, "autocast": autocast, "torch": torch.__version__,
+      "threads": torch.get_num_threads(), "matmul_gflops_per_s": matmul,
   }
-  step, info = _make_step(impl, w, algorithm, dtype)
+  step, info = _make_step(impl, w, algorithm, dtype, autocast=autocast)
   record.update(info)
   t0 = time.perf_counter()
   try:
@@ -489,7 +493,7 @@ def run_one(impl: str, w: common.Workload, algorithm: str, dtype_name: str, step
     torch._dynamo.reset()
     fn, what = _compiled_grad_fn(w.inner_lr, algorithm, force_fallback=True)
     record["compiled"] = what
-    step, _ = _make_step("compile", w, algorithm, dtype, compiled_fn=fn)
+    step, _ = _make_step("compile", w, algorithm, dtype, compiled_fn=fn, autocast=autocast)
     t0 = time.perf_counter()
     try:
       step()
@@ -517,6 +521,8 @@ def main(argv=None) -> None:
   p.add_argument("--inner-steps", type=int, default=None)
   p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
   p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+  p.add_argument("--autocast", default=None, choices=["bfloat16"],
+                 help="the meta-gradient under torch.autocast (PyTorch's bf16 mixed precision)")
   p.add_argument("--matmul-n", type=int, default=2048,
                  help="size of the float32 matmul that gives matmul_gflops_per_s")
   args = p.parse_args(argv)
@@ -531,7 +537,7 @@ def main(argv=None) -> None:
   matmul = matmul_gflops(args.matmul_n)
   impls = IMPLS if args.impl == "all" else (args.impl,)
   for impl in impls:
-    common.emit(run_one(impl, w, args.algorithm, args.dtype, args.steps, matmul))
+    common.emit(run_one(impl, w, args.algorithm, args.dtype, args.steps, matmul, args.autocast))
 
 
 if __name__ == "__main__":

@@ -131,17 +131,17 @@ def _norm(kind: str | None, name: str) -> Callable[[jax.Array], jax.Array]:
 CONV_IMPLS = backend.CONV_IMPLS
 
 
-def _conv(impl: str, features: int, name: str) -> nn.Module:
+def _conv(impl: str, features: int, name: str, matmul_dtype=None) -> nn.Module:
   """4x4 stride-2 conv, padding 1: as im2col + matmul, or XLA's convolution."""
   if impl == "matmul":
-    return layers.Conv4x4s2(features, name=name)
+    return layers.Conv4x4s2(features, name=name, compute_dtype=matmul_dtype)
   return nn.Conv(features, (4, 4), (2, 2), padding=((1, 1), (1, 1)), name=name)
 
 
-def _deconv(impl: str, features: int, name: str) -> nn.Module:
+def _deconv(impl: str, features: int, name: str, matmul_dtype=None) -> nn.Module:
   """4x4 stride-2 transposed conv (x2 upsampling), == PyTorch ConvTranspose2d(k=4, s=2, p=1)."""
   if impl == "matmul":
-    return layers.ConvTranspose4x4s2(features, name=name)
+    return layers.ConvTranspose4x4s2(features, name=name, compute_dtype=matmul_dtype)
   # Explicit padding (2, 2) on the stride-dilated input is exactly PyTorch's
   # ConvTranspose2d(k=4, s=2, p=1) up to the kernel flip.
   return nn.ConvTranspose(features, (4, 4), (2, 2), padding=((2, 2), (2, 2)), name=name)
@@ -150,6 +150,31 @@ def _deconv(impl: str, features: int, name: str) -> nn.Module:
 def _check_impl(conv_impl: str) -> str:
   """Validates ``conv_impl`` and resolves ``"auto"`` for the default backend."""
   return backend.resolve_conv_impl(conv_impl)
+
+
+MATMUL_DTYPES = (None, "bfloat16")
+
+
+def _check_matmul_dtype(matmul_dtype, conv_impl: str):
+  """``None`` or ``"bfloat16"`` (as a jnp dtype); bf16 products need the matmul layers."""
+  try:
+    name = None if matmul_dtype is None else str(jnp.dtype(matmul_dtype))
+  except TypeError:
+    name = repr(matmul_dtype)
+  if name not in MATMUL_DTYPES:
+    raise ValueError(f"matmul_dtype={matmul_dtype!r}: choose None (float32 products) or "
+                     f"'bfloat16' (bf16 products, float32 accumulation).")
+  if matmul_dtype is not None and conv_impl != "matmul":
+    raise ValueError(f"matmul_dtype={matmul_dtype!r} needs conv_impl='matmul' (got "
+                     f"{conv_impl!r}): only the matmul layers compute in bfloat16.")
+  return None if matmul_dtype is None else jnp.bfloat16
+
+
+def _fc(features: int, name: str, matmul_dtype=None) -> nn.Module:
+  # nn.Dense by default, so float32 models keep their exact numbers.
+  if matmul_dtype is None:
+    return nn.Dense(features, name=name)
+  return layers.Dense(features, name=name, compute_dtype=matmul_dtype)
 
 
 # --- dcgan28: the standard benchmark config "omniglot28-dcgan" --------------
@@ -161,14 +186,16 @@ class DCGAN28Generator(nn.Module):
   base: int = 32
   channels: int = 1
   conv_impl: str = "matmul"
+  matmul_dtype: Any = None
 
   @nn.compact
   def __call__(self, z_NxZ):
     n = z_NxZ.shape[0]
-    h = nn.relu(nn.Dense(7 * 7 * 2 * self.base, name="fc")(z_NxZ))
+    md = self.matmul_dtype
+    h = nn.relu(_fc(7 * 7 * 2 * self.base, "fc", md)(z_NxZ))
     h_Nx7x7xC = h.reshape(n, 7, 7, 2 * self.base)
-    h = nn.relu(_deconv(self.conv_impl, self.base, "deconv1")(h_Nx7x7xC))  # 14x14
-    x = _deconv(self.conv_impl, self.channels, "deconv2")(h)  # 28x28
+    h = nn.relu(_deconv(self.conv_impl, self.base, "deconv1", md)(h_Nx7x7xC))  # 14x14
+    x = _deconv(self.conv_impl, self.channels, "deconv2", md)(h)  # 28x28
     return jnp.tanh(x)
 
 
@@ -177,17 +204,20 @@ class DCGAN28Discriminator(nn.Module):
 
   base: int = 32
   conv_impl: str = "matmul"
+  matmul_dtype: Any = None
 
   @nn.compact
   def __call__(self, x_NxHxWxC):
     # == PyTorch Conv2d(k=4, s=2, p=1): 28 -> 14 -> 7
-    h = nn.leaky_relu(_conv(self.conv_impl, self.base, "conv1")(x_NxHxWxC), 0.2)
-    h = nn.leaky_relu(_conv(self.conv_impl, 2 * self.base, "conv2")(h), 0.2)
+    md = self.matmul_dtype
+    h = nn.leaky_relu(_conv(self.conv_impl, self.base, "conv1", md)(x_NxHxWxC), 0.2)
+    h = nn.leaky_relu(_conv(self.conv_impl, 2 * self.base, "conv2", md)(h), 0.2)
     h = h.reshape(h.shape[0], -1)
-    return nn.Dense(1, name="fc")(h)[:, 0]
+    return _fc(1, "fc", md)(h)[:, 0]
 
 
-def dcgan28(z_dim: int = 64, channels: int = 1, conv_impl: str = "auto") -> GanModel:
+def dcgan28(z_dim: int = 64, channels: int = 1, conv_impl: str = "auto",
+            matmul_dtype=None) -> GanModel:
   """The ``omniglot28-dcgan`` pair (28x28xC images, z_dim 64, no normalisation).
 
   Args:
@@ -197,11 +227,17 @@ def dcgan28(z_dim: int = 64, channels: int = 1, conv_impl: str = "auto") -> GanM
       fast on CPU when vmapped over per-task weights), ``"xla"`` (flax's
       ``nn.Conv``/``nn.ConvTranspose``) or ``"auto"`` (default: matmul on CPU,
       xla on accelerators; :mod:`metagan_jax.backend`). Same parameters, same numbers.
+    matmul_dtype: ``None`` (float32 products) or ``"bfloat16"``: every matmul,
+      and every matmul of every derivative, rounds its operands to bf16 and
+      accumulates in float32 (:func:`metagan_jax.layers.matmul`). Faster on CPUs
+      with bf16 matmul units (AVX512-BF16, AMX), slower on others; the
+      parameters stay float32. Needs ``conv_impl="matmul"``.
   """
   conv_impl = _check_impl(conv_impl)
+  md = _check_matmul_dtype(matmul_dtype, conv_impl)
   return GanModel("dcgan28", z_dim, (28, 28, channels),
-                  DCGAN28Generator(channels=channels, conv_impl=conv_impl),
-                  DCGAN28Discriminator(conv_impl=conv_impl))
+                  DCGAN28Generator(channels=channels, conv_impl=conv_impl, matmul_dtype=md),
+                  DCGAN28Discriminator(conv_impl=conv_impl, matmul_dtype=md))
 
 
 # --- fsgan28: the pair that draws Omniglot (few-shot experiments) -------------
@@ -217,12 +253,14 @@ class Mapping(nn.Module):
 
   w_dim: int = 128
   layers: int = 2
+  matmul_dtype: Any = None
 
   @nn.compact
   def __call__(self, z_NxZ):
     w = z_NxZ
     for i in range(self.layers):
-      w = nn.leaky_relu(layers.Dense(self.w_dim, name=f"fc{i}")(w), 0.2)
+      w = nn.leaky_relu(layers.Dense(self.w_dim, name=f"fc{i}",
+                                     compute_dtype=self.matmul_dtype)(w), 0.2)
     return w
 
 
@@ -240,13 +278,14 @@ class FSGAN28Generator(nn.Module):
   mapping_layers: int = 2
   norm: str | None = "group"
   up: str = "transposed"
+  matmul_dtype: Any = None
 
   @nn.compact
   def __call__(self, z_NxZ):
     n = z_NxZ.shape[0]
-    w = Mapping(self.w_dim, self.mapping_layers, name="mapping")(z_NxZ) \
+    w = Mapping(self.w_dim, self.mapping_layers, self.matmul_dtype, name="mapping")(z_NxZ) \
         if self.mapping_layers else z_NxZ
-    return _Synthesis(self.width, self.channels, self.norm, self.up,
+    return _Synthesis(self.width, self.channels, self.norm, self.up, self.matmul_dtype,
                       name="synthesis")(w.reshape(n, -1))
 
 
@@ -255,20 +294,22 @@ class _Synthesis(nn.Module):
   channels: int
   norm: str | None
   up: str = "transposed"
+  matmul_dtype: Any = None
 
   @nn.compact
   def __call__(self, w_NxW):
     n, c = w_NxW.shape[0], 2 * self.width
-    h = layers.Dense(7 * 7 * c, name="fc")(w_NxW).reshape(n, 7, 7, c)
+    md = dict(compute_dtype=self.matmul_dtype)
+    h = layers.Dense(7 * 7 * c, name="fc", **md)(w_NxW).reshape(n, 7, 7, c)
     h = nn.relu(_norm(self.norm, "norm0")(h))
     for i, width in enumerate((self.width, self.width // 2)):
       if self.up == "nearest":  # FIGR's G: no transposed-conv overlap pattern
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
-        h = layers.Conv3x3(width, name=f"upconv{i + 1}")(h)
+        h = layers.Conv3x3(width, name=f"upconv{i + 1}", **md)(h)
       else:
-        h = layers.ConvTranspose4x4s2(width, name=f"deconv{i + 1}")(h)
+        h = layers.ConvTranspose4x4s2(width, name=f"deconv{i + 1}", **md)(h)
       h = nn.relu(_norm(self.norm, f"norm{i + 1}")(h))
-    return jnp.tanh(layers.Conv3x3(self.channels, name="out")(h))
+    return jnp.tanh(layers.Conv3x3(self.channels, name="out", **md)(h))
 
 
 class FSGAN28Discriminator(nn.Module):
@@ -282,10 +323,12 @@ class FSGAN28Discriminator(nn.Module):
   width: int = 32
   spectral: bool = False
   power_iters: int = 5
+  matmul_dtype: Any = None
 
   @nn.compact
   def __call__(self, x_NxHxWxC):
-    sn = dict(spectral=self.spectral, power_iters=self.power_iters)
+    sn = dict(spectral=self.spectral, power_iters=self.power_iters,
+              compute_dtype=self.matmul_dtype)
     h = nn.leaky_relu(layers.Conv4x4s2(self.width, name="conv1", **sn)(x_NxHxWxC), 0.2)
     h = nn.leaky_relu(layers.Conv4x4s2(2 * self.width, name="conv2", **sn)(h), 0.2)
     h = nn.leaky_relu(layers.Conv3x3(2 * self.width, name="conv3", **sn)(h), 0.2)
@@ -294,7 +337,8 @@ class FSGAN28Discriminator(nn.Module):
 
 def fsgan28(z_dim: int = 64, channels: int = 1, g_width: int = 32, d_width: int = 32,
             w_dim: int = 128, mapping_layers: int = 2, g_norm: str | None = "group",
-            spectral: bool = False, power_iters: int = 5, up: str = "transposed") -> GanModel:
+            spectral: bool = False, power_iters: int = 5, up: str = "transposed",
+            matmul_dtype=None) -> GanModel:
   """The 28x28 pair that draws Omniglot: a latent mapping and a normalised G; a 3-conv D.
 
   The defaults are the recipe of the few-shot experiments (trained with WGAN-GP,
@@ -315,8 +359,10 @@ def fsgan28(z_dim: int = 64, channels: int = 1, g_width: int = 32, d_width: int 
       :func:`metagan_jax.layers.spectral_normalize`).
     up: the generator's x2 upsampling: ``"transposed"`` (4x4 stride-2 transposed
       convs, the default) or ``"nearest"`` (nearest-neighbour x2 then a 3x3 conv).
+    matmul_dtype: ``None`` or ``"bfloat16"``, as in :func:`dcgan28`.
   """
   _norm(g_norm, "check")
+  md = _check_matmul_dtype(matmul_dtype, "matmul")
   if up not in ("transposed", "nearest"):
     raise ValueError(f"fsgan28: up={up!r}; use 'transposed' or 'nearest'.")
   if g_norm == "group" and (g_width // 2) % 8:
@@ -324,10 +370,10 @@ def fsgan28(z_dim: int = 64, channels: int = 1, g_width: int = 32, d_width: int 
                      f"g_width // 2 = {g_width // 2} channels must be a multiple of 8; "
                      f"use g_width = 16, 32, 48, ... or another g_norm.")
   return GanModel("fsgan28", z_dim, (28, 28, channels),
-                  FSGAN28Generator(g_width, channels, w_dim, mapping_layers, g_norm, up),
-                  FSGAN28Discriminator(d_width, spectral, power_iters),
-                  mapping=Mapping(w_dim, mapping_layers) if mapping_layers else None,
-                  synthesis=(_Synthesis(g_width, channels, g_norm, up) if mapping_layers
+                  FSGAN28Generator(g_width, channels, w_dim, mapping_layers, g_norm, up, md),
+                  FSGAN28Discriminator(d_width, spectral, power_iters, md),
+                  mapping=Mapping(w_dim, mapping_layers, md) if mapping_layers else None,
+                  synthesis=(_Synthesis(g_width, channels, g_norm, up, md) if mapping_layers
                              else None))
 
 
