@@ -465,7 +465,7 @@ def _make_step(impl: str, w: common.Workload, algorithm: str, dtype, seed: int =
       grads = grad_fn(zi, zq)
     for p in ("g", "d"):
       for k, v in meta[p].items():
-        v.grad = grads[p][k].detach().to(v.dtype)
+        v.grad = grads[p][k].detach()
     opt.step()
 
   return step, info
