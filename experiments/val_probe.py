@@ -34,8 +34,10 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import metagan_jax as mg  # pylint: disable=g-import-not-at-top
 from experiments import protocol, train_lib  # pylint: disable=g-import-not-at-top
 from experiments.protocol import scoring  # pylint: disable=g-import-not-at-top
+from metagan_jax import metrics as M  # pylint: disable=g-import-not-at-top
 
-COLUMNS = ("kid", "fidelity", "diversity", "memorisation", "lowdata_acc", "lowdata_cnn_acc")
+COLUMNS = ("kid", "fidelity", "diversity", "memorisation", "lowdata_acc", "lowdata_cnn_acc",
+           "pieces")
 
 
 def probe(run_dir: str, methods: list[str], variants: dict, t: int, adapt_seeds: list[int],
@@ -56,7 +58,8 @@ def probe(run_dir: str, methods: list[str], variants: dict, t: int, adapt_seeds:
   rows = []
   real, _ = scoring.real_scores(config, f_sup, f_held, images=(vc["support"], vc["heldout"], 0))
   rows.append({"run": run_dir, "method": "real", "variant": "",
-               **{m: float(np.mean(v)) for m, v in real.items()}})
+               **{m: float(np.mean(v)) for m, v in real.items()},
+               "pieces": _pieces(vc["heldout"])})
   real_only = scoring.lowdata_accuracy(config, f_sup, f_held)
   cnn_only = (scoring.lowdata_cnn_accuracy(config, vc["support"], vc["heldout"], seed=0)
               if scoring._cnn_on(config) else np.nan)  # pylint: disable=protected-access
@@ -81,6 +84,7 @@ def probe(run_dir: str, methods: list[str], variants: dict, t: int, adapt_seeds:
                                  images=(gen, vc["support"], vc["heldout"], a))
           for m, v in per.items():
             vals.setdefault(m, []).append(np.mean(v))
+          vals.setdefault("pieces", []).append(_pieces(gen))
           if grid is None:
             grid = gen
       row = {"run": run_dir, "method": method, "variant": vname,
@@ -94,6 +98,12 @@ def probe(run_dir: str, methods: list[str], variants: dict, t: int, adapt_seeds:
             np.concatenate([vc["support"][:6], grid[:6, :8]], 1).reshape(-1, *grid.shape[2:]),
             cols=config.eval.k + 8))
   return rows
+
+
+def _pieces(imgs) -> float:
+  """Mean connected pieces of ink per image (real Omniglot: about 1.3)."""
+  imgs = np.asarray(imgs)
+  return float(np.mean(M.stroke_components(imgs.reshape(-1, *imgs.shape[-3:-1]))))
 
 
 def _row(r: dict) -> str:

@@ -107,3 +107,22 @@ def test_hierarchical_bootstrap_covers_seed_variability():
   narrow = metrics.bootstrap_ci(seeds.mean(0), 2000)
   assert wide[0] < narrow[0] - 0.2 and wide[1] > narrow[1] + 0.2
   assert wide[0] < seeds.mean() < wide[1]
+
+
+def test_stroke_components_counts_8_connected_pieces():
+  img = -np.ones((5, 12, 12), np.float32)
+  img[1, 2, 2:9] = 1                       # one horizontal stroke
+  img[2, 2, 2:9:2] = 1                     # the same stroke broken into 4 dots
+  img[3, 2:7, 2] = 1                       # an L: two strokes that touch
+  img[3, 6, 2:7] = 1
+  img[4, np.arange(8), np.arange(8)] = 1   # a diagonal: 8-connected, one piece
+  img[4, 0, 11] = 1                        # and a dot in the corner
+  np.testing.assert_array_equal(metrics.stroke_components(img), [0, 1, 4, 1, 2])
+  np.testing.assert_array_equal(metrics.stroke_components(img[..., None]), [0, 1, 4, 1, 2])
+  # A spiral, the worst case for label spreading, is still one piece.
+  s = -np.ones((1, 11, 11))
+  s[0, 0, :] = s[0, :, 10] = s[0, 10, :] = s[0, 2:, 0] = s[0, 2, 0:9] = s[0, 2:9, 8] = 1
+  s[0, 8, 2:9] = s[0, 4:9, 2] = s[0, 4, 2:7] = 1
+  assert metrics.stroke_components(s)[0] == 1
+  with pytest.raises(ValueError, match="N, H, W"):
+    metrics.stroke_components(np.zeros((12, 12)))
