@@ -9,7 +9,7 @@ generator (the raw one for no_ema) and 1,000 images of the validation alphabets 
 classes), in the protocol's feature space (experiments/protocol/; the blur variant
 is scored in the feature space of blurred images, so compare it by eye), and the
 mean number of separate pieces of ink per sample (``metrics.stroke_components``;
-real images about 1.2-1.5, broken strokes many more). Any recipe field can be
+real images 1.2-1.6, broken strokes many more). Any recipe field can be
 overridden, e.g. the pre-training rate of the main job: --set d_lr=8e-4 g_lr=8e-4.
 """
 

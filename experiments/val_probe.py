@@ -101,9 +101,9 @@ def probe(run_dir: str, methods: list[str], variants: dict, t: int, adapt_seeds:
 
 
 def _pieces(imgs) -> float:
-  """Mean connected pieces of ink per image (real Omniglot: about 1.3)."""
+  """Mean connected pieces of ink per image of ``[..., H, W, 1]`` (real Omniglot: 1.2-1.6)."""
   imgs = np.asarray(imgs)
-  return float(np.mean(M.stroke_components(imgs.reshape(-1, *imgs.shape[-3:-1]))))
+  return float(np.mean(M.stroke_components(imgs.reshape(-1, *imgs.shape[-3:]))))
 
 
 def _row(r: dict) -> str:

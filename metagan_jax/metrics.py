@@ -129,7 +129,7 @@ def stroke_components(imgs_NxHxW, threshold: float = 0.0) -> np.ndarray:
   """Connected pieces of ink per image (8-connectivity): how broken the strokes are.
 
   A handwritten character is one to a few continuous strokes (Omniglot's real
-  images: 1.3 pieces on average); a sample whose strokes break into dots has many.
+  images: 1.2-1.6 pieces on average); a sample whose strokes break into dots has many.
   Pixels above ``threshold`` are ink (the models draw light strokes on dark).
 
   Args:

@@ -119,7 +119,7 @@ def test_stroke_components_counts_8_connected_pieces():
   img[4, 0, 11] = 1                        # and a dot in the corner
   np.testing.assert_array_equal(metrics.stroke_components(img), [0, 1, 4, 1, 2])
   np.testing.assert_array_equal(metrics.stroke_components(img[..., None]), [0, 1, 4, 1, 2])
-  # A spiral, the worst case for label spreading, is still one piece.
+  # A long winding stroke, over which labels take many steps to spread, is still one piece.
   s = -np.ones((1, 11, 11))
   s[0, 0, :] = s[0, :, 10] = s[0, 10, :] = s[0, 2:, 0] = s[0, 2, 0:9] = s[0, 2:9, 8] = 1
   s[0, 8, 2:9] = s[0, 4:9, 2] = s[0, 4, 2:7] = 1
