@@ -185,15 +185,7 @@ def val_classes(config) -> dict:
   split = train_lib.load_split(config, "val", verbose=False)
   rng = np.random.default_rng(config.lopt.seed)
   pick = rng.permutation(len(split))[:config.lopt.n_val]
-  k = config.eval.k
-  n_held = min(len(split.images[i]) for i in pick) - k
-  sup, held = [], []
-  for i in pick:
-    perm = rng.permutation(len(split.images[i]))
-    sup.append(split.images[i][perm[:k]])
-    held.append(split.images[i][perm[k:k + n_held]])
-  return {"names": [split.names[i] for i in pick], "support": np.stack(sup),
-          "heldout": np.stack(held)}
+  return protocol.support_heldout(split, pick, config.eval.k, rng)
 
 
 def tune(config, init_params, features_fn) -> dict:

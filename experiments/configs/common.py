@@ -51,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.pretrain.per_seed = True      # one pre-trained GAN per meta seed (False: one per run)
   c.pretrain.steps = 2000
   c.pretrain.batch = 64
-  c.pretrain.lr = 1e-4            # Adam, D and G (the main job: 8e-4, research log 26)
+  c.pretrain.lr = 1e-4            # Adam, D and G (the main job and the full protocol: 8e-4, log 26)
   c.pretrain.b1 = 0.0
   c.pretrain.b2 = 0.9
   c.pretrain.d_steps = 2

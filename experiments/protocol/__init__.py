@@ -15,7 +15,8 @@ See experiments/README.md for the protocol in words. One module per stage:
 A new metric is one function in ``scoring``; a new test, one in ``stats``.
 """
 
-from experiments.protocol.classes import TEST_CLASSES_FILE, test_classes, val_classes
+from experiments.protocol.classes import (TEST_CLASSES_FILE, support_heldout, test_classes,
+                                          val_classes)
 from experiments.protocol.features import FeatureNet, feature_net, scaled_features
 from experiments.protocol.report import (headline_picture, jsonable, markdown_table,
                                          plot_curves, sample_grid, save_grids)

@@ -54,7 +54,16 @@ def val_classes(config) -> dict:
     for a in alphabets:
       if by_alpha[a] and len(pick) < n:
         pick.append(by_alpha[a].pop())
-  k = config.eval.k
+  return support_heldout(split, pick, config.eval.k, rng)
+
+
+def support_heldout(split, pick, k: int, rng: np.random.Generator) -> dict:
+  """K support and the same number of held-out images of each class in ``pick``.
+
+  Every class keeps as many held-out images as the smallest picked class has
+  beyond K, so the reference sets stack; ``rng`` draws one permutation per class,
+  in ``pick``'s order.
+  """
   n_held = min(len(split.images[i]) for i in pick) - k
   sup, held = [], []
   for i in pick:
