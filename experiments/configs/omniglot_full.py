@@ -9,7 +9,7 @@ a GPU runs it unchanged):
 Resume a killed run by adding --resume.
 """
 
-from experiments.configs import common
+from experiments.configs import common, omniglot_short
 
 
 def get_config():
@@ -19,8 +19,10 @@ def get_config():
   c.train.equal_time = "maml,metasgd"   # rows maml@time, metasgd@time: Reptile's time per seed
   c.meta_seeds = "0,1,2"
   c.pretrain.per_seed = True
-  c.pretrain.steps = 1000          # the main job's pre-training recipe, validated there
-  c.pretrain.lr = 8e-4             # (research logs 17 and 26); 2,000 steps at 1e-4 before
+  # The main job's pre-training, as validated there (research logs 17 and 26: 1,000 steps at
+  # Adam 8e-4; this protocol pre-trained 2,000 steps at 1e-4 before).
+  main_job = omniglot_short.get_config().pretrain
+  c.pretrain.steps, c.pretrain.lr = main_job.steps, main_job.lr
   c.train.steps = 200              # the main job's meta-training; what differs is below
   c.train.tasks = 4
   c.train.outer_lr = 1e-3
