@@ -25,30 +25,43 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 # (row name, main_job_step.py arguments)
 ROWS = [
-    ("reptile", ["--method", "reptile"]),
-    ("fomaml", ["--method", "fomaml"]),
-    ("maml", ["--method", "maml"]),
-    ("metasgd", ["--method", "metasgd"]),
-    ("maml, second order through the last 2 inner steps", ["--method", "maml",
-                                                          "--set", "second_order_steps=2"]),
-    ("metasgd, second order through the last 2 inner steps", ["--method", "metasgd",
-                                                             "--set", "second_order_steps=2"]),
+  ("reptile", ["--method", "reptile"]),
+  ("fomaml", ["--method", "fomaml"]),
+  ("maml", ["--method", "maml"]),
+  ("metasgd", ["--method", "metasgd"]),
+  (
+    "maml, second order through the last 2 inner steps",
+    ["--method", "maml", "--set", "second_order_steps=2"],
+  ),
+  (
+    "metasgd, second order through the last 2 inner steps",
+    ["--method", "metasgd", "--set", "second_order_steps=2"],
+  ),
 ]
 PROFILE = [
-    ("maml, NS loss (no gradient penalty)", ["--method", "maml", "--set", "loss=ns"]),
-    ("fomaml, NS loss", ["--method", "fomaml", "--set", "loss=ns"]),
-    ("maml, SGD inside (no Adam)", ["--method", "maml", "--set", "inner_opt=sgd"]),
-    ("maml, two backward passes", ["--method", "maml", "--meta-backward", "sequential"]),
-    ("maml, remat", ["--method", "maml", "--remat"]),
-    ("maml, unrolled inner loop", ["--method", "maml", "--unroll"]),
-    ("maml, vmap over the tasks", ["--method", "maml", "--vectorize", "vmap"]),
-    ("maml, lax.map 2 tasks at a time", ["--method", "maml", "--map-batch", "2"]),
+  ("maml, NS loss (no gradient penalty)", ["--method", "maml", "--set", "loss=ns"]),
+  ("fomaml, NS loss", ["--method", "fomaml", "--set", "loss=ns"]),
+  ("maml, SGD inside (no Adam)", ["--method", "maml", "--set", "inner_opt=sgd"]),
+  ("maml, two backward passes", ["--method", "maml", "--meta-backward", "sequential"]),
+  ("maml, remat", ["--method", "maml", "--remat"]),
+  ("maml, unrolled inner loop", ["--method", "maml", "--unroll"]),
+  ("maml, vmap over the tasks", ["--method", "maml", "--vectorize", "vmap"]),
+  ("maml, lax.map 2 tasks at a time", ["--method", "maml", "--map-batch", "2"]),
 ]
 
 
 def measure(config: str, extra: list[str], steps: int, warmup: int) -> dict:
-  cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "main_job_step.py"), "--config", config,
-         "--steps", str(steps), "--warmup", str(warmup), *extra]
+  cmd = [
+    sys.executable,
+    os.path.join(ROOT, "benchmarks", "main_job_step.py"),
+    "--config",
+    config,
+    "--steps",
+    str(steps),
+    "--warmup",
+    str(warmup),
+    *extra,
+  ]
   out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
   if out.returncode:
     return {"error": out.stderr[-500:]}
@@ -56,8 +69,9 @@ def measure(config: str, extra: list[str], steps: int, warmup: int) -> dict:
 
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--config", default=os.path.join(ROOT, "experiments/configs/omniglot_short.py"))
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--warmup", type=int, default=1)
@@ -71,10 +85,12 @@ def main(argv=None) -> None:
     recs.append((name, rec))
   base = dict(recs)["fomaml"].get("median_ms")
   r0 = recs[0][1]
-  print(f"\n{os.path.basename(args.config)}: T={r0.get('T')}, K={r0.get('K')}, Q={r0.get('Q')}, "
-        f"{r0.get('inner_steps')} inner steps of {r0.get('d_steps')} D + 1 G, {r0.get('loss')}, "
-        f"{r0.get('inner_opt')} inside; {r0.get('device')}; median of {args.steps} steps "
-        f"after {args.warmup} warm-up\n")
+  print(
+    f"\n{os.path.basename(args.config)}: T={r0.get('T')}, K={r0.get('K')}, Q={r0.get('Q')}, "
+    f"{r0.get('inner_steps')} inner steps of {r0.get('d_steps')} D + 1 G, {r0.get('loss')}, "
+    f"{r0.get('inner_opt')} inside; {r0.get('device')}; median of {args.steps} steps "
+    f"after {args.warmup} warm-up\n"
+  )
   # The fastest step next to the median shows each row's spread (a busy core shows in one row).
   print("| algorithm | ms / meta-step | fastest ms | x fomaml | compile s | peak RSS MB |")
   print("|---|---|---|---|---|---|")
@@ -83,8 +99,10 @@ def main(argv=None) -> None:
       print(f"| {name} | error: {rec['error'].splitlines()[-1] if rec['error'] else '?'} | | | | |")
       continue
     ratio = f"{rec['median_ms'] / base:.2f}" if base else "-"
-    print(f"| {name} | {rec['median_ms']:,.0f} | {rec['min_ms']:,.0f} | {ratio} | {rec['compile_s']:.0f} | "
-          f"{rec['peak_rss_mb']:,.0f} |")
+    print(
+      f"| {name} | {rec['median_ms']:,.0f} | {rec['min_ms']:,.0f} | {ratio} | {rec['compile_s']:.0f} | "
+      f"{rec['peak_rss_mb']:,.0f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ import resource
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,16 +64,26 @@ class Workload:
 
 
 WORKLOADS = {
-    # The standard workload of the project (issue 3).
-    "omniglot28-dcgan": Workload("omniglot28-dcgan"),
-    # A tiny one for tests: same architecture, few tasks and steps.
-    "tiny": Workload("tiny", T=2, K=2, Q=2, inner_steps=2),
+  # The standard workload of the project (issue 3).
+  "omniglot28-dcgan": Workload("omniglot28-dcgan"),
+  # A tiny one for tests: same architecture, few tasks and steps.
+  "tiny": Workload("tiny", T=2, K=2, Q=2, inner_steps=2),
 }
 
 # Fields every benchmark JSON line carries.
 REQUIRED_FIELDS = (
-    "backend", "device", "compile_s", "median_ms", "min_ms", "max_ms", "meta_steps_per_s",
-    "tasks_per_s", "peak_rss_mb", "useful_gflop", "useful_gflops_per_s", "matmul_gflops_per_s",
+  "backend",
+  "device",
+  "compile_s",
+  "median_ms",
+  "min_ms",
+  "max_ms",
+  "meta_steps_per_s",
+  "tasks_per_s",
+  "peak_rss_mb",
+  "useful_gflop",
+  "useful_gflops_per_s",
+  "matmul_gflops_per_s",
 )
 
 
@@ -83,14 +93,14 @@ def dcgan28_layer_macs(z_dim: int = 64, channels: int = 1):
   Lists run from the network's input to its output.
   """
   g = [
-      z_dim * 7 * 7 * 64,  # fc
-      7 * 7 * 4 * 4 * 64 * 32,  # deconv1: H_in * W_in * k * k * C_in * C_out
-      14 * 14 * 4 * 4 * 32 * channels,  # deconv2
+    z_dim * 7 * 7 * 64,  # fc
+    7 * 7 * 4 * 4 * 64 * 32,  # deconv1: H_in * W_in * k * k * C_in * C_out
+    14 * 14 * 4 * 4 * 32 * channels,  # deconv2
   ]
   d = [
-      14 * 14 * 4 * 4 * channels * 32,  # conv1: H_out * W_out * k * k * C_in * C_out
-      7 * 7 * 4 * 4 * 32 * 64,  # conv2
-      7 * 7 * 64 * 1,  # fc
+    14 * 14 * 4 * 4 * channels * 32,  # conv1: H_out * W_out * k * k * C_in * C_out
+    7 * 7 * 4 * 4 * 32 * 64,  # conv2
+    7 * 7 * 64 * 1,  # fc
   ]
   return g, d
 
@@ -102,13 +112,12 @@ def useful_gflop(w: Workload, algorithm: str) -> float:
   K, Q = w.K, w.Q
   fwd = lambda macs, n: 2 * n * macs
   d_update = fwd(sg, K) + fwd(sd, 2 * K) + fwd(sd, 2 * K) + fwd(sd - d[0], 2 * K)
-  g_update = (fwd(sg, K) + fwd(sd, K) + fwd(sd, K) + fwd(sg, K) + fwd(sg - g[0], K))
+  g_update = fwd(sg, K) + fwd(sd, K) + fwd(sd, K) + fwd(sg, K) + fwd(sg - g[0], K)
   inner = w.inner_steps * (d_update + g_update)
   query = fwd(sg, Q) + fwd(sd, 2 * Q)
   # Backward of the two query losses through the adapted pair (D: weights on
   # 2Q, inputs above conv1; G loss: D inputs on Q, G weights and inputs).
-  query_bwd = (fwd(sd, 2 * Q) + fwd(sd - d[0], 2 * Q)
-               + fwd(sd, Q) + fwd(sg, Q) + fwd(sg - g[0], Q))
+  query_bwd = fwd(sd, 2 * Q) + fwd(sd - d[0], 2 * Q) + fwd(sd, Q) + fwd(sg, Q) + fwd(sg - g[0], Q)
   if algorithm == "reptile":
     per_task = inner + query
   elif algorithm == "fomaml":
@@ -146,23 +155,31 @@ def time_steps(step: Callable[[], None], steps: int, warmup: int = 2) -> dict:
     t0 = time.perf_counter()
     step()
     times.append((time.perf_counter() - t0) * 1e3)
-  return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
-          "steps": steps}
+  return {
+    "median_ms": statistics.median(times),
+    "min_ms": min(times),
+    "max_ms": max(times),
+    "steps": steps,
+  }
 
 
 def finish(record: dict, w: Workload, algorithm: str) -> dict:
   """Adds the derived throughput fields to ``record`` (which has median_ms)."""
   sec = record["median_ms"] / 1e3
   gflop = useful_gflop(w, algorithm)
-  record.update({
+  record.update(
+    {
       "meta_steps_per_s": 1.0 / sec,
       "tasks_per_s": w.T / sec,
       "useful_gflop": gflop,
       "useful_gflops_per_s": gflop / sec,
       "peak_rss_mb": peak_rss_mb(),
-  })
+    }
+  )
   if record.get("matmul_gflops_per_s"):
-    record["useful_fraction_of_matmul"] = record["useful_gflops_per_s"] / record["matmul_gflops_per_s"]
+    record["useful_fraction_of_matmul"] = (
+      record["useful_gflops_per_s"] / record["matmul_gflops_per_s"]
+    )
   return record
 
 

@@ -41,7 +41,9 @@ from benchmarks import common  # noqa: E402  pylint: disable=wrong-import-positi
 def write_classes(folder: str, n_classes: int = 5, k: int = 4) -> list[str]:
   """``k`` images of each of ``n_classes`` evaluation classes as PNGs, one sub-folder each."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from metagan_jax import cli, data  # pylint: disable=g-import-not-at-top
+
   test = data.load_split("omniglot", "test", verbose=False)
   names = []
   for c in range(n_classes):
@@ -58,8 +60,22 @@ def call(run: str, images: str, out: str, cache: str, num: int, *extra: str) -> 
   """One ``generate`` in a fresh process: wall seconds plus the fields of its report."""
   env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache}
   env.pop("METAGAN_COMPILATION_CACHE", None)
-  cmd = [sys.executable, "-m", "metagan_jax", "generate", run, "--images", images, "--num",
-         str(num), "--out", out, "--quiet", "--overwrite", *extra]
+  cmd = [
+    sys.executable,
+    "-m",
+    "metagan_jax",
+    "generate",
+    run,
+    "--images",
+    images,
+    "--num",
+    str(num),
+    "--out",
+    out,
+    "--quiet",
+    "--overwrite",
+    *extra,
+  ]
   t0 = time.perf_counter()
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
   wall = time.perf_counter() - t0
@@ -67,14 +83,20 @@ def call(run: str, images: str, out: str, cache: str, num: int, *extra: str) -> 
     raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
   with open(os.path.join(out, "report.json")) as f:
     rep = json.load(f)
-  return {"wall_s": round(wall, 2), "total_s": rep["total_s"], "load_run_s": rep["load_run_s"],
-          "adapt_and_sample_s": rep["adapt_and_sample_s"], "cache_hits": rep["compilation_cache"]["hits"],
-          "cache_misses": rep["compilation_cache"]["misses"]}
+  return {
+    "wall_s": round(wall, 2),
+    "total_s": rep["total_s"],
+    "load_run_s": rep["load_run_s"],
+    "adapt_and_sample_s": rep["adapt_and_sample_s"],
+    "cache_hits": rep["compilation_cache"]["hits"],
+    "cache_misses": rep["compilation_cache"]["misses"],
+  }
 
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--run", default=os.path.join(ROOT, "runs", "omniglot_short"))
   p.add_argument("--images", default=None, help="one class's folder (default: 4 omniglot images)")
   p.add_argument("--num", type=int, default=64)
@@ -97,18 +119,26 @@ def main(argv=None) -> None:
   row("cold (empty cache)", call(args.run, one, out, cache, args.num))
   warm = [call(args.run, one, out, cache, args.num) for _ in range(args.warm)]
   med = statistics.median(w["wall_s"] for w in warm)
-  row(f"warm (median of {args.warm})", {**min(warm, key=lambda w: abs(w["wall_s"] - med)),
-                                        "wall_s": med})
-  row("no cache", call(args.run, one, out, os.path.join(tmp, "unused"), args.num,
-                       "--no-compilation-cache"))
+  row(
+    f"warm (median of {args.warm})",
+    {**min(warm, key=lambda w: abs(w["wall_s"] - med)), "wall_s": med},
+  )
+  row(
+    "no cache",
+    call(args.run, one, out, os.path.join(tmp, "unused"), args.num, "--no-compilation-cache"),
+  )
   if classes:
     cache5 = os.path.join(tmp, "cache5")
     row("5 classes, cold (empty cache)", call(args.run, classes, out, cache5, args.num))
     row("5 classes, warm", call(args.run, classes, out, cache5, args.num))
-  print("\n| call | wall s | load_run s | adapt + sample s | cache hits / misses |\n|---|---|---|---|---|")
+  print(
+    "\n| call | wall s | load_run s | adapt + sample s | cache hits / misses |\n|---|---|---|---|---|"
+  )
   for r in rows:
-    print(f"| {r['row']} | {r['wall_s']:.1f} | {r['load_run_s']:.1f} | "
-          f"{r['adapt_and_sample_s']:.1f} | {r['cache_hits']} / {r['cache_misses']} |")
+    print(
+      f"| {r['row']} | {r['wall_s']:.1f} | {r['load_run_s']:.1f} | "
+      f"{r['adapt_and_sample_s']:.1f} | {r['cache_hits']} / {r['cache_misses']} |"
+    )
 
 
 if __name__ == "__main__":

@@ -34,9 +34,16 @@ from benchmarks import common  # noqa: E402
 from experiments import train_lib  # noqa: E402
 from metagan_jax import gan  # noqa: E402
 
-
-REQUIRED = ("benchmark", "experiment_config", "method", "vectorize_resolved", "device", "compile_s",
-            "median_ms", "steps_per_s")
+REQUIRED = (
+  "benchmark",
+  "experiment_config",
+  "method",
+  "vectorize_resolved",
+  "device",
+  "compile_s",
+  "median_ms",
+  "steps_per_s",
+)
 
 
 def load_config(path: str):
@@ -55,10 +62,12 @@ def apply_overrides(config, pairs):
     for part in parents:
       node = node[part]
     if not sep or leaf not in node:
-      raise ValueError(f"--set {pair!r}: expected FIELD=VALUE with FIELD a field of the config "
-                       f"(e.g. loss=ns, inner_opt=sgd, train.tasks=8).")
+      raise ValueError(
+        f"--set {pair!r}: expected FIELD=VALUE with FIELD a field of the config "
+        f"(e.g. loss=ns, inner_opt=sgd, train.tasks=8)."
+      )
     old = node[leaf]
-    node[leaf] = (value.lower() in ("1", "true") if isinstance(old, bool) else type(old)(value))
+    node[leaf] = value.lower() in ("1", "true") if isinstance(old, bool) else type(old)(value)
   return config
 
 
@@ -82,14 +91,17 @@ def run(args) -> dict:
     mc = train_lib.meta_config(config, args.method)
     if args.vectorize:
       mc = dataclasses.replace(mc, vectorize=args.vectorize)
-    mc = dataclasses.replace(mc, meta_backward=args.meta_backward, map_batch=args.map_batch,
-                             adapt=dataclasses.replace(mc.adapt, unroll=args.unroll,
-                                                       remat=args.remat))
+    mc = dataclasses.replace(
+      mc,
+      meta_backward=args.meta_backward,
+      map_batch=args.map_batch,
+      adapt=dataclasses.replace(mc.adapt, unroll=args.unroll, remat=args.remat),
+    )
     asked, resolved = mc.vectorize, mc.resolved_vectorize()
     mesh = mc.task_mesh()
     state = mg.parallel.replicate(mg.init(jax.random.key(0), mc), mesh)
     imgs = rng.uniform(-1, 1, (tc.tasks, tc.k + tc.q, *shape)).astype(np.float32)
-    tasks = mg.parallel.shard_tasks(mg.Tasks(imgs[:, :tc.k], imgs[:, tc.k:]), mesh)
+    tasks = mg.parallel.shard_tasks(mg.Tasks(imgs[:, : tc.k], imgs[:, tc.k :]), mesh)
     fn = jax.jit(functools.partial(mg.meta_step, config=mc))
     args_ = (state, tasks, key)
     t, k, q, inner = int(tc.tasks), int(tc.k), int(tc.q), int(config.inner_steps)
@@ -105,24 +117,40 @@ def run(args) -> dict:
   stats = common.time_steps(one, args.steps, warmup=args.warmup)
   dev = jax.devices()[0]
   return {
-      "benchmark": "main_job_step", "experiment_config": os.path.basename(args.config),
-      "method": args.method, "overrides": args.set or [], "model": config.model,
-      "matmul_dtype": args.matmul_dtype,
-      "loss": config.loss, "inner_opt": config.inner_opt,
-      "vectorize": asked, "vectorize_resolved": resolved, "T": t, "K": k, "Q": q,
-      "inner_steps": inner, "second_order_steps": config.get("second_order_steps", "all"),
-      "meta_backward": args.meta_backward, "map_batch": args.map_batch, "unroll": args.unroll,
-      "remat": args.remat,
-      "d_steps": int(config.pretrain.d_steps if args.method == "pretrain" else config.d_steps),
-      "device": f"cpu: {common.cpu_name()}" if dev.platform == "cpu" else str(dev.device_kind),
-      "num_devices": jax.device_count(), "jax": jax.__version__, "compile_s": compile_s,
-      **stats, "steps_per_s": 1e3 / stats["median_ms"], "peak_rss_mb": common.peak_rss_mb(),
+    "benchmark": "main_job_step",
+    "experiment_config": os.path.basename(args.config),
+    "method": args.method,
+    "overrides": args.set or [],
+    "model": config.model,
+    "matmul_dtype": args.matmul_dtype,
+    "loss": config.loss,
+    "inner_opt": config.inner_opt,
+    "vectorize": asked,
+    "vectorize_resolved": resolved,
+    "T": t,
+    "K": k,
+    "Q": q,
+    "inner_steps": inner,
+    "second_order_steps": config.get("second_order_steps", "all"),
+    "meta_backward": args.meta_backward,
+    "map_batch": args.map_batch,
+    "unroll": args.unroll,
+    "remat": args.remat,
+    "d_steps": int(config.pretrain.d_steps if args.method == "pretrain" else config.d_steps),
+    "device": f"cpu: {common.cpu_name()}" if dev.platform == "cpu" else str(dev.device_kind),
+    "num_devices": jax.device_count(),
+    "jax": jax.__version__,
+    "compile_s": compile_s,
+    **stats,
+    "steps_per_s": 1e3 / stats["median_ms"],
+    "peak_rss_mb": common.peak_rss_mb(),
   }
 
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--config", default=os.path.join(ROOT, "experiments/configs/omniglot_short.py"))
   p.add_argument("--method", default="reptile", choices=list(mg.ALGORITHMS) + ["pretrain"])
   p.add_argument("--vectorize", default=None, choices=["auto", "map", "vmap"])
@@ -130,11 +158,19 @@ def main(argv=None) -> None:
   p.add_argument("--meta-backward", default="batched", choices=["batched", "sequential"])
   p.add_argument("--unroll", action="store_true", help="unroll the inner loop instead of scan")
   p.add_argument("--remat", action="store_true", help="jax.checkpoint every inner step")
-  p.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                 help="override a config field, e.g. --set loss=ns --set second_order_steps=2")
-  p.add_argument("--matmul-dtype", default=None, choices=["bfloat16"],
-                 help="the model's products in bf16 (models.fsgan28(matmul_dtype=...)); for "
-                      "CPUs with AVX512-BF16 or AMX")
+  p.add_argument(
+    "--set",
+    action="append",
+    metavar="FIELD=VALUE",
+    help="override a config field, e.g. --set loss=ns --set second_order_steps=2",
+  )
+  p.add_argument(
+    "--matmul-dtype",
+    default=None,
+    choices=["bfloat16"],
+    help="the model's products in bf16 (models.fsgan28(matmul_dtype=...)); for "
+    "CPUs with AVX512-BF16 or AMX",
+  )
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
   common.emit(run(p.parse_args(argv)), required=REQUIRED)

@@ -51,34 +51,53 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
 def build(w: common.Workload, args) -> tuple:
   """The meta-config, initial state and a fixed batch of tasks for workload ``w``."""
   dtype = jnp.dtype(args.dtype)
-  model = mg.models.dcgan28(z_dim=w.z_dim, channels=w.channels, conv_impl=args.conv_impl,
-                            matmul_dtype=args.matmul_dtype)
-  adapt = mg.AdaptConfig(model, inner_steps=w.inner_steps, inner_lr=w.inner_lr, loss="ns",
-                         unroll=args.loop == "unroll", remat=args.remat)
-  mesh = (mg.parallel.task_mesh(jax.devices()[:args.devices]) if args.devices else None)
-  config = mg.MetaConfig(adapt, algorithm=args.algorithm, outer_lr=w.outer_lr,
-                         vectorize=args.vectorize, map_batch=args.map_batch,
-                         meta_backward=args.meta_backward, mesh=mesh)
+  model = mg.models.dcgan28(
+    z_dim=w.z_dim, channels=w.channels, conv_impl=args.conv_impl, matmul_dtype=args.matmul_dtype
+  )
+  adapt = mg.AdaptConfig(
+    model,
+    inner_steps=w.inner_steps,
+    inner_lr=w.inner_lr,
+    loss="ns",
+    unroll=args.loop == "unroll",
+    remat=args.remat,
+  )
+  mesh = mg.parallel.task_mesh(jax.devices()[: args.devices]) if args.devices else None
+  config = mg.MetaConfig(
+    adapt,
+    algorithm=args.algorithm,
+    outer_lr=w.outer_lr,
+    vectorize=args.vectorize,
+    map_batch=args.map_batch,
+    meta_backward=args.meta_backward,
+    mesh=mesh,
+  )
   state = mg.init(jax.random.key(0), config)
-  state = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                       state)
+  state = jax.tree.map(
+    lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, state
+  )
   rng = np.random.default_rng(0)
   shape = (w.T, w.K + w.Q, w.image_hw, w.image_hw, w.channels)
   imgs = jnp.asarray(rng.uniform(-1, 1, shape), dtype)
-  tasks = mg.Tasks(support=imgs[:, :w.K], query=imgs[:, w.K:])
+  tasks = mg.Tasks(support=imgs[:, : w.K], query=imgs[:, w.K :])
   return config, state, tasks
 
 
 def run(args) -> dict:
-  w = dataclasses.replace(common.WORKLOADS[args.workload],
-                          **{k: v for k, v in (("T", args.T), ("K", args.K), ("Q", args.Q),
-                                               ("inner_steps", args.inner_steps)) if v})
+  w = dataclasses.replace(
+    common.WORKLOADS[args.workload],
+    **{
+      k: v
+      for k, v in (("T", args.T), ("K", args.K), ("Q", args.Q), ("inner_steps", args.inner_steps))
+      if v
+    },
+  )
   config, state, tasks = build(w, args)
   # Tasks split over every device (one device: a mesh of one), params replicated.
   # With several processes each feeds its own T / processes tasks.
   mesh = config.task_mesh()
   n_local = w.T // jax.process_count()
-  tasks = jax.tree.map(lambda x: x[jax.process_index() * n_local:][:n_local], tasks)
+  tasks = jax.tree.map(lambda x: x[jax.process_index() * n_local :][:n_local], tasks)
   state, tasks = mg.parallel.replicate(state, mesh), mg.parallel.shard_tasks(tasks, mesh)
   step_fn = jax.jit(functools.partial(mg.meta_step, config=config), donate_argnums=0)
   key = jax.random.key(1)
@@ -89,9 +108,11 @@ def run(args) -> dict:
   mem = {}
   try:
     ma = compiled.memory_analysis()
-    mem = {"xla_temp_mb": ma.temp_size_in_bytes / 2**20,
-           "xla_argument_mb": ma.argument_size_in_bytes / 2**20,
-           "xla_output_mb": ma.output_size_in_bytes / 2**20}
+    mem = {
+      "xla_temp_mb": ma.temp_size_in_bytes / 2**20,
+      "xla_argument_mb": ma.argument_size_in_bytes / 2**20,
+      "xla_output_mb": ma.output_size_in_bytes / 2**20,
+    }
   except Exception:  # noqa: BLE001 - not every backend reports it
     pass
 
@@ -104,27 +125,42 @@ def run(args) -> dict:
 
   stats = common.time_steps(one, args.steps, warmup=args.warmup)
   record = {
-      "backend": "jax",
-      "device": f"{jax.devices()[0].platform}: {common.cpu_name()}"
-                if jax.devices()[0].platform == "cpu" else str(jax.devices()[0].device_kind),
-      "workload": w.name, "algorithm": args.algorithm, "T": w.T, "K": w.K, "Q": w.Q,
-      "inner_steps": w.inner_steps, "dtype": args.dtype, "matmul_dtype": args.matmul_dtype,
-      "loop": args.loop, "remat": args.remat,
-      "vectorize": args.vectorize, "vectorize_resolved": config.resolved_vectorize(),
-      "map_batch": args.map_batch, "conv_impl": args.conv_impl,
-      "conv_impl_resolved": mg.backend.resolve_conv_impl(args.conv_impl),
-      "meta_backward": args.meta_backward, "jax": jax.__version__,
-      "num_devices": mesh.size, "devices_available": jax.device_count(),
-      "num_processes": jax.process_count(),
-      "compile_s": compile_s, **stats, **mem,
-      "matmul_gflops_per_s": matmul_gflops() if not args.no_matmul else None,
+    "backend": "jax",
+    "device": f"{jax.devices()[0].platform}: {common.cpu_name()}"
+    if jax.devices()[0].platform == "cpu"
+    else str(jax.devices()[0].device_kind),
+    "workload": w.name,
+    "algorithm": args.algorithm,
+    "T": w.T,
+    "K": w.K,
+    "Q": w.Q,
+    "inner_steps": w.inner_steps,
+    "dtype": args.dtype,
+    "matmul_dtype": args.matmul_dtype,
+    "loop": args.loop,
+    "remat": args.remat,
+    "vectorize": args.vectorize,
+    "vectorize_resolved": config.resolved_vectorize(),
+    "map_batch": args.map_batch,
+    "conv_impl": args.conv_impl,
+    "conv_impl_resolved": mg.backend.resolve_conv_impl(args.conv_impl),
+    "meta_backward": args.meta_backward,
+    "jax": jax.__version__,
+    "num_devices": mesh.size,
+    "devices_available": jax.device_count(),
+    "num_processes": jax.process_count(),
+    "compile_s": compile_s,
+    **stats,
+    **mem,
+    "matmul_gflops_per_s": matmul_gflops() if not args.no_matmul else None,
   }
   return common.finish(record, w, args.algorithm)
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--workload", default="omniglot28-dcgan", choices=sorted(common.WORKLOADS))
   p.add_argument("--algorithm", default="maml", choices=mg.ALGORITHMS)
   p.add_argument("--T", type=int, default=None, help="tasks per meta-step")
@@ -132,20 +168,36 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--Q", type=int, default=None, help="query images per task")
   p.add_argument("--inner-steps", type=int, default=None)
   p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
-  p.add_argument("--matmul-dtype", default=None, choices=["bfloat16"],
-                 help="products in bf16 with float32 accumulation, in every derivative "
-                      "(parameters and everything else stay --dtype); for CPUs with "
-                      "AVX512-BF16 or AMX")
+  p.add_argument(
+    "--matmul-dtype",
+    default=None,
+    choices=["bfloat16"],
+    help="products in bf16 with float32 accumulation, in every derivative "
+    "(parameters and everything else stay --dtype); for CPUs with "
+    "AVX512-BF16 or AMX",
+  )
   p.add_argument("--loop", default="scan", choices=["scan", "unroll"])
   p.add_argument("--remat", action="store_true", help="jax.checkpoint each inner step")
-  p.add_argument("--vectorize", default=None, choices=["auto", "map", "vmap"],
-                 help="how tasks are vectorised (default: the library's default)")
+  p.add_argument(
+    "--vectorize",
+    default=None,
+    choices=["auto", "map", "vmap"],
+    help="how tasks are vectorised (default: the library's default)",
+  )
   p.add_argument("--map-batch", type=int, default=None)
   p.add_argument("--meta-backward", default=None, choices=["batched", "sequential"])
-  p.add_argument("--conv-impl", default="auto", choices=["auto", "matmul", "xla"],
-                 help="auto: matmul on CPU, xla on accelerators (metagan_jax/backend.py)")
-  p.add_argument("--devices", type=int, default=None,
-                 help="split the tasks over the first N devices (default: all)")
+  p.add_argument(
+    "--conv-impl",
+    default="auto",
+    choices=["auto", "matmul", "xla"],
+    help="auto: matmul on CPU, xla on accelerators (metagan_jax/backend.py)",
+  )
+  p.add_argument(
+    "--devices",
+    type=int,
+    default=None,
+    help="split the tasks over the first N devices (default: all)",
+  )
   p.add_argument("--steps", type=int, default=20, help="timed meta-steps (>= 20 for reports)")
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--no-matmul", action="store_true", help="skip the matmul reference")

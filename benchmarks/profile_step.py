@@ -21,7 +21,7 @@ import os
 import sys
 import tempfile
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true")
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import jax  # noqa: E402
@@ -31,8 +31,9 @@ from benchmarks import common, maml_speed  # noqa: E402
 
 
 def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--algorithm", default="maml", choices=mg.ALGORITHMS)
   p.add_argument("--steps", type=int, default=3)
   args = p.parse_args()
@@ -58,16 +59,24 @@ def main() -> None:
     by_kind[name.rstrip("0123456789.").rstrip("_")] += e["dur"] / 1e3 / args.steps
   bench_args.loop = "unroll"
   config_u, _, _ = maml_speed.build(w, bench_args)
-  cost = jax.jit(functools.partial(mg.meta_step, config=config_u)).lower(
-      state, tasks, jax.random.key(0)).compile().cost_analysis()
+  cost = (
+    jax.jit(functools.partial(mg.meta_step, config=config_u))
+    .lower(state, tasks, jax.random.key(0))
+    .compile()
+    .cost_analysis()
+  )
   cost = cost[0] if isinstance(cost, list) else cost
-  print(json.dumps({
-      "algorithm": args.algorithm,
-      "thread_ms_per_step_total": round(sum(by_kind.values()), 1),
-      "thread_ms_per_step_by_kind": {k: round(v, 1) for k, v in by_kind.most_common(12)},
-      "xla_gflop_per_step": round(cost.get("flops", 0.0) * w.T / 1e9, 2),
-      "useful_gflop_per_step": round(common.useful_gflop(w, args.algorithm), 2),
-  }))
+  print(
+    json.dumps(
+      {
+        "algorithm": args.algorithm,
+        "thread_ms_per_step_total": round(sum(by_kind.values()), 1),
+        "thread_ms_per_step_by_kind": {k: round(v, 1) for k, v in by_kind.most_common(12)},
+        "xla_gflop_per_step": round(cost.get("flops", 0.0) * w.T / 1e9, 2),
+        "useful_gflop_per_step": round(common.useful_gflop(w, args.algorithm), 2),
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

@@ -46,11 +46,19 @@ def _timed(fns: dict, repeats: int) -> tuple[dict, dict]:
 
 def _line(bench: str, case: str, out: dict, times: dict) -> dict:
   old, new = np.median(times["old"]), np.median(times["new"])  # times in the order run
-  diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
-             for a, b in zip(jax.tree.leaves(out["old"]), jax.tree.leaves(out["new"])))
-  return {"benchmark": bench, "case": case, "old_s": [round(t, 4) for t in times["old"]],
-          "new_s": [round(t, 4) for t in times["new"]], "ratio_of_medians": round(old / new, 3),
-          "max_abs_diff": diff, "device": f"cpu: {common.cpu_name()}"}
+  diff = max(
+    float(np.abs(np.asarray(a) - np.asarray(b)).max())
+    for a, b in zip(jax.tree.leaves(out["old"]), jax.tree.leaves(out["new"]))
+  )
+  return {
+    "benchmark": bench,
+    "case": case,
+    "old_s": [round(t, 4) for t in times["old"]],
+    "new_s": [round(t, 4) for t in times["new"]],
+    "ratio_of_medians": round(old / new, 3),
+    "max_abs_diff": diff,
+    "device": f"cpu: {common.cpu_name()}",
+  }
 
 
 def sampling(config, repeats: int, C: int = 20, n: int = 64):
@@ -62,15 +70,22 @@ def sampling(config, repeats: int, C: int = 20, n: int = 64):
   z_avg = jax.random.normal(jax.random.key(2), (2048, model.z_dim))
   psi = jnp.float32(0.8)
   cases = {
-      "per_class": (jax.jit(jax.vmap(model.generate)), scoring._generate(cj, True), (gs, z)),  # pylint: disable=protected-access
-      "shared_g": (jax.jit(jax.vmap(model.generate, in_axes=(None, 0))),
-                   scoring._generate(cj, False), (g0, z)),  # pylint: disable=protected-access
-      "truncated": (jax.jit(jax.vmap(model.generate_truncated, in_axes=(0, 0, None, None))),
-                    scoring._generate_truncated(cj, True), (gs, z, psi, z_avg)),  # pylint: disable=protected-access
+    "per_class": (jax.jit(jax.vmap(model.generate)), scoring._generate(cj, True), (gs, z)),  # pylint: disable=protected-access
+    "shared_g": (
+      jax.jit(jax.vmap(model.generate, in_axes=(None, 0))),
+      scoring._generate(cj, False),
+      (g0, z),
+    ),  # pylint: disable=protected-access
+    "truncated": (
+      jax.jit(jax.vmap(model.generate_truncated, in_axes=(0, 0, None, None))),
+      scoring._generate_truncated(cj, True),
+      (gs, z, psi, z_avg),
+    ),  # pylint: disable=protected-access
   }
   for case, (old, new, args) in cases.items():
-    out, times = _timed({"old": lambda: np.asarray(old(*args)),
-                         "new": lambda: np.asarray(new(*args))}, repeats)
+    out, times = _timed(
+      {"old": lambda: np.asarray(old(*args)), "new": lambda: np.asarray(new(*args))}, repeats
+    )
     yield _line("sampling", case, out, times)
 
 
@@ -79,8 +94,12 @@ def lowdata_cnn(config, repeats: int, C: int = 20, K: int = 4, n: int = 64):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.uniform(-1, 1, (C * (K + n), 28, 28, 1)).astype(np.float32))
   y = jnp.asarray(np.concatenate([np.repeat(np.arange(C), K), np.repeat(np.arange(C), n)]))
-  init, opt_init, train, _, step = scoring._cnn_fns(C, int(ec.cnn_batch), float(ec.cnn_lr),  # pylint: disable=protected-access
-                                                    float(ec.cnn_shift))
+  init, opt_init, train, _, step = scoring._cnn_fns(
+    C,
+    int(ec.cnn_batch),
+    float(ec.cnn_lr),  # pylint: disable=protected-access
+    float(ec.cnn_shift),
+  )
   jstep, steps = jax.jit(step), int(ec.cnn_steps)
   key = jax.random.key(0)
   p0, k_steps = init(key, x), jax.random.fold_in(key, 1)
@@ -93,13 +112,15 @@ def lowdata_cnn(config, repeats: int, C: int = 20, K: int = 4, n: int = 64):
 
   def loop():
     return jax.block_until_ready(train(p0, opt_init(p0), x, y, steps, k_steps)[0])
+
   out, times = _timed({"old": per_step, "new": loop}, repeats)
   yield _line("lowdata_cnn", f"{steps} steps", out, times)
 
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--config", default=os.path.join(ROOT, "experiments/configs/omniglot_short.py"))
   p.add_argument("--repeats", type=int, default=3)
   args = p.parse_args(argv)

@@ -29,8 +29,17 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SHOW = ("num_devices", "num_processes", "cores", "algorithm", "T", "median_ms",
-        "meta_steps_per_s", "tasks_per_s", "compile_s")
+SHOW = (
+  "num_devices",
+  "num_processes",
+  "cores",
+  "algorithm",
+  "T",
+  "median_ms",
+  "meta_steps_per_s",
+  "tasks_per_s",
+  "compile_s",
+)
 
 
 def _free_port() -> int:
@@ -40,8 +49,17 @@ def _free_port() -> int:
 
 
 def _speed_cmd(args, cores=None) -> list:
-  cmd = [sys.executable, os.path.join(HERE, "maml_speed.py"), "--algorithm", args.algorithm,
-         "--T", str(args.T), "--steps", str(args.steps), "--no-matmul"]
+  cmd = [
+    sys.executable,
+    os.path.join(HERE, "maml_speed.py"),
+    "--algorithm",
+    args.algorithm,
+    "--T",
+    str(args.T),
+    "--steps",
+    str(args.steps),
+    "--no-matmul",
+  ]
   if cores is not None:
     if not shutil.which("taskset"):
       raise SystemExit("--processes needs taskset (util-linux) to pin processes to cores.")
@@ -76,15 +94,25 @@ def by_processes(args, num: int) -> list[dict]:
   """1 process on core 0, then ``num`` processes on cores 0..num-1, one device each."""
   if num > os.cpu_count():
     raise SystemExit(f"--processes needs {num} cores; this machine has {os.cpu_count()}.")
-  base = {**os.environ, "PYTHONPATH": ROOT,
-          "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  base = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   out = subprocess.run(_speed_cmd(args, "0"), cwd=ROOT, env=base, capture_output=True, text=True)
   recs = [r for r in [_record(out.stdout, out.stderr, out.returncode, cores=1)] if r]
-  env = {**base, "METAGAN_COORDINATOR": f"localhost:{_free_port()}",
-         "METAGAN_NUM_PROCESSES": str(num)}
-  procs = [subprocess.Popen(_speed_cmd(args, str(i)), cwd=ROOT,
-                            env={**env, "METAGAN_PROCESS_ID": str(i)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for i in range(num)]
+  env = {
+    **base,
+    "METAGAN_COORDINATOR": f"localhost:{_free_port()}",
+    "METAGAN_NUM_PROCESSES": str(num),
+  }
+  procs = [
+    subprocess.Popen(
+      _speed_cmd(args, str(i)),
+      cwd=ROOT,
+      env={**env, "METAGAN_PROCESS_ID": str(i)},
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(num)
+  ]
   outs = [p.communicate() for p in procs]
   r = _record(outs[0][0], outs[0][1] + outs[-1][1], max(p.returncode for p in procs), cores=num)
   if r:
@@ -93,11 +121,18 @@ def by_processes(args, num: int) -> list[dict]:
 
 
 def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--devices", default="1,2,4")
-  p.add_argument("--processes", nargs="?", type=int, const=2, default=None,
-                 help="measure 1 vs this many single-core processes instead (default 2)")
+  p.add_argument(
+    "--processes",
+    nargs="?",
+    type=int,
+    const=2,
+    default=None,
+    help="measure 1 vs this many single-core processes instead (default 2)",
+  )
   p.add_argument("--algorithm", default="maml")
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--T", type=int, default=8)

@@ -35,10 +35,14 @@ def _rate(it, steps: int) -> float:
 
 
 def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--data-dir", default=None,
-                 help="offline omniglot28 folder (default: $METAGAN_OMNIGLOT28_DIR, ../shared)")
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument(
+    "--data-dir",
+    default=None,
+    help="offline omniglot28 folder (default: $METAGAN_OMNIGLOT28_DIR, ../shared)",
+  )
   p.add_argument("--split", default="train")
   p.add_argument("--T", type=int, default=8)
   p.add_argument("--K", type=int, default=5)
@@ -51,32 +55,47 @@ def main() -> None:
   args = p.parse_args()
 
   t0 = time.perf_counter()
-  sampler = data.make_sampler("omniglot28", args.split, data_dir=args.data_dir, T=args.T, K=args.K,
-                              Q=args.Q, seed=args.seed, jitter=args.jitter,
-                              image_size=args.image_size, verbose=False)
+  sampler = data.make_sampler(
+    "omniglot28",
+    args.split,
+    data_dir=args.data_dir,
+    T=args.T,
+    K=args.K,
+    Q=args.Q,
+    seed=args.seed,
+    jitter=args.jitter,
+    image_size=args.image_size,
+    verbose=False,
+  )
   load_s = time.perf_counter() - t0
 
   batches_per_s = _rate(sampler, args.steps)
   with sampler.prefetch(size=args.prefetch_size) as it:
     prefetch_batches_per_s = _rate(it, args.steps)
 
-  print(json.dumps({
-      "benchmark": "task_sampler",
-      "tasks_per_s": round(batches_per_s * args.T, 1),
-      "batches_per_s": round(batches_per_s, 1),
-      "prefetch_tasks_per_s": round(prefetch_batches_per_s * args.T, 1),
-      "prefetch_batches_per_s": round(prefetch_batches_per_s, 1),
-      "T": args.T, "K": args.K, "Q": args.Q,
-      "image_shape": list(sampler.image_shape),
-      "jitter": args.jitter,
-      "split": args.split,
-      "num_classes": sampler.num_classes,
-      "steps": args.steps,
-      "load_s": round(load_s, 2),
-      "device": str(jax.devices()[0]),
-      "cpus": os.cpu_count(),
-      "python": platform.python_version(),
-  }))
+  print(
+    json.dumps(
+      {
+        "benchmark": "task_sampler",
+        "tasks_per_s": round(batches_per_s * args.T, 1),
+        "batches_per_s": round(batches_per_s, 1),
+        "prefetch_tasks_per_s": round(prefetch_batches_per_s * args.T, 1),
+        "prefetch_batches_per_s": round(prefetch_batches_per_s, 1),
+        "T": args.T,
+        "K": args.K,
+        "Q": args.Q,
+        "image_shape": list(sampler.image_shape),
+        "jitter": args.jitter,
+        "split": args.split,
+        "num_classes": sampler.num_classes,
+        "steps": args.steps,
+        "load_s": round(load_s, 2),
+        "device": str(jax.devices()[0]),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ import contextlib
 import os
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,8 +71,9 @@ def generate(g: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
   c = g["deconv1.weight"].shape[0]
   h = F.relu(F.linear(z, g["fc.weight"], g["fc.bias"])).reshape(z.shape[0], c, 7, 7)
   h = F.relu(F.conv_transpose2d(h, g["deconv1.weight"], g["deconv1.bias"], stride=2, padding=1))
-  return torch.tanh(F.conv_transpose2d(h, g["deconv2.weight"], g["deconv2.bias"], stride=2,
-                                       padding=1))
+  return torch.tanh(
+    F.conv_transpose2d(h, g["deconv2.weight"], g["deconv2.bias"], stride=2, padding=1)
+  )
 
 
 def discriminate(d: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -103,29 +105,42 @@ def query_losses(g, d, query, z_query):
   return d_loss(d, query, fake), g_loss_logits(discriminate(d, fake))
 
 
-def init_params(z_dim: int = 64, channels: int = 1, base: int = 32, dtype=torch.float32,
-                seed: int = 0) -> Params:
+def init_params(
+  z_dim: int = 64, channels: int = 1, base: int = 32, dtype=torch.float32, seed: int = 0
+) -> Params:
   """LeCun-normal weights, zero biases (flax's default init), in torch layout."""
   gen = torch.Generator().manual_seed(seed)
 
   def w(shape, fan_in):
-    return (torch.randn(shape, generator=gen, dtype=torch.float64) / fan_in ** 0.5).to(dtype)
+    return (torch.randn(shape, generator=gen, dtype=torch.float64) / fan_in**0.5).to(dtype)
 
   zeros = lambda n: torch.zeros(n, dtype=dtype)
-  g = {"fc.weight": w((7 * 7 * 2 * base, z_dim), z_dim), "fc.bias": zeros(7 * 7 * 2 * base),
-       "deconv1.weight": w((2 * base, base, 4, 4), 16 * 2 * base), "deconv1.bias": zeros(base),
-       "deconv2.weight": w((base, channels, 4, 4), 16 * base), "deconv2.bias": zeros(channels)}
-  d = {"conv1.weight": w((base, channels, 4, 4), 16 * channels), "conv1.bias": zeros(base),
-       "conv2.weight": w((2 * base, base, 4, 4), 16 * base), "conv2.bias": zeros(2 * base),
-       "fc.weight": w((1, 7 * 7 * 2 * base), 7 * 7 * 2 * base), "fc.bias": zeros(1)}
+  g = {
+    "fc.weight": w((7 * 7 * 2 * base, z_dim), z_dim),
+    "fc.bias": zeros(7 * 7 * 2 * base),
+    "deconv1.weight": w((2 * base, base, 4, 4), 16 * 2 * base),
+    "deconv1.bias": zeros(base),
+    "deconv2.weight": w((base, channels, 4, 4), 16 * base),
+    "deconv2.bias": zeros(channels),
+  }
+  d = {
+    "conv1.weight": w((base, channels, 4, 4), 16 * channels),
+    "conv1.bias": zeros(base),
+    "conv2.weight": w((2 * base, base, 4, 4), 16 * base),
+    "conv2.bias": zeros(2 * base),
+    "fc.weight": w((1, 7 * 7 * 2 * base), 7 * 7 * 2 * base),
+    "fc.bias": zeros(1),
+  }
   return {"g": g, "d": d}
 
 
 # --- layout conversion between flax (NHWC) and torch (NCHW) -------------------
 
 # (player, flax module name) -> torch name prefix
-_NAMES = {"g": {"fc": "fc", "deconv1": "deconv1", "deconv2": "deconv2"},
-          "d": {"conv1": "conv1", "conv2": "conv2", "fc": "fc"}}
+_NAMES = {
+  "g": {"fc": "fc", "deconv1": "deconv1", "deconv2": "deconv2"},
+  "d": {"conv1": "conv1", "conv2": "conv2", "fc": "fc"},
+}
 
 
 def _to_torch_kernel(player: str, name: str, k: np.ndarray, c_hidden: int) -> np.ndarray:
@@ -177,8 +192,10 @@ def _c_hidden(params_flax_or_torch, torch_layout: bool) -> dict:
   p = params_flax_or_torch
   if torch_layout:
     return {"g": p["g"]["deconv1.weight"].shape[0], "d": p["d"]["conv2.weight"].shape[0]}
-  return {"g": np.shape(p["g"]["deconv1"]["kernel"])[2],
-          "d": np.shape(p["d"]["conv2"]["kernel"])[3]}
+  return {
+    "g": np.shape(p["g"]["deconv1"]["kernel"])[2],
+    "d": np.shape(p["d"]["conv2"]["kernel"])[3],
+  }
 
 
 def jax_to_torch_params(params, dtype=torch.float32) -> Params:
@@ -207,8 +224,9 @@ def torch_to_jax_grads(grads: Params) -> dict:
       w = grads[player][f"{tname}.weight"].detach().cpu().numpy()
       b = grads[player][f"{tname}.bias"].detach().cpu().numpy()
       out[player][name] = {
-          "kernel": np.ascontiguousarray(_to_flax_kernel(player, name, w, ch[player])),
-          "bias": np.ascontiguousarray(_to_flax_bias(player, name, b, ch[player]))}
+        "kernel": np.ascontiguousarray(_to_flax_kernel(player, name, w, ch[player])),
+        "bias": np.ascontiguousarray(_to_flax_bias(player, name, b, ch[player])),
+      }
   return out
 
 
@@ -245,8 +263,12 @@ def loop_adapt(meta: Params, support, z_inner, lr: float, mode: str):
   for s in range(z_inner.shape[0]):
     fake = generate(g, z_inner[s, 0])
     d_in = alias(d)
-    grads = torch.autograd.grad(d_loss(d_in, support, fake), list(d_in.values()),
-                                create_graph=create, retain_graph=mode != "none")
+    grads = torch.autograd.grad(
+      d_loss(d_in, support, fake),
+      list(d_in.values()),
+      create_graph=create,
+      retain_graph=mode != "none",
+    )
     if mode == "none":
       with torch.no_grad():
         d = _sgd(d, grads, lr)
@@ -254,8 +276,12 @@ def loop_adapt(meta: Params, support, z_inner, lr: float, mode: str):
     else:
       d = _sgd(d_in, grads, lr)  # first order: grads carry no graph (constants)
     g_in = alias(g)
-    grads = torch.autograd.grad(g_loss(g_in, d, z_inner[s, 1]), list(g_in.values()),
-                                create_graph=create, retain_graph=mode != "none")
+    grads = torch.autograd.grad(
+      g_loss(g_in, d, z_inner[s, 1]),
+      list(g_in.values()),
+      create_graph=create,
+      retain_graph=mode != "none",
+    )
     if mode == "none":
       with torch.no_grad():
         g = _sgd(g, grads, lr)
@@ -265,16 +291,19 @@ def loop_adapt(meta: Params, support, z_inner, lr: float, mode: str):
   return g, d
 
 
-def loop_task_grads(meta: Params, support, query, z_inner, z_query, lr: float,
-                    algorithm: str, naive: bool = False) -> Params:
+def loop_task_grads(
+  meta: Params, support, query, z_inner, z_query, lr: float, algorithm: str, naive: bool = False
+) -> Params:
   """One task's meta-gradient (reptile: direction theta - theta'), torch layout.
 
   ``meta`` leaves must require grad (except for reptile).
   """
   if algorithm == "reptile":
     g, d = loop_adapt(meta, support, z_inner, lr, "none")
-    return {"g": {k: (meta["g"][k] - v).detach() for k, v in g.items()},
-            "d": {k: (meta["d"][k] - v).detach() for k, v in d.items()}}
+    return {
+      "g": {k: (meta["g"][k] - v).detach() for k, v in g.items()},
+      "d": {k: (meta["d"][k] - v).detach() for k, v in d.items()},
+    }
   mode = "first" if algorithm == "fomaml" else ("naive" if naive else "second")
   g, d = loop_adapt(meta, support, z_inner, lr, mode)
   l_d, l_g = query_losses(g, d, query, z_query)
@@ -283,8 +312,17 @@ def loop_task_grads(meta: Params, support, query, z_inner, z_query, lr: float,
   return {"g": dict(zip(meta["g"], gg)), "d": dict(zip(meta["d"], gd))}
 
 
-def loop_meta_grads(meta: Params, support_T, query_T, z_inner_T, z_query_T, lr: float,
-                    algorithm: str, naive: bool = False, task_fn: Callable | None = None) -> Params:
+def loop_meta_grads(
+  meta: Params,
+  support_T,
+  query_T,
+  z_inner_T,
+  z_query_T,
+  lr: float,
+  algorithm: str,
+  naive: bool = False,
+  task_fn: Callable | None = None,
+) -> Params:
   """Task-averaged meta-gradient: a Python loop over tasks."""
   task_fn = task_fn or loop_task_grads
   total = None
@@ -319,8 +357,10 @@ def func_task_grads(meta: Params, support, query, z_inner, z_query, lr: float, a
   """One task's meta-gradient (reptile: direction), written for torch.func.vmap."""
   if algorithm == "reptile":
     g, d = func_adapt(meta, support, z_inner, lr)
-    return {"g": {k: meta["g"][k] - v for k, v in g.items()},
-            "d": {k: meta["d"][k] - v for k, v in d.items()}}
+    return {
+      "g": {k: meta["g"][k] - v for k, v in g.items()},
+      "d": {k: meta["d"][k] - v for k, v in d.items()},
+    }
   if algorithm == "fomaml":
     # Inner gradients are constants, so d theta'/d theta = I: the meta-gradient
     # is the query losses' gradient at the adapted pair.
@@ -340,20 +380,31 @@ def func_task_grads(meta: Params, support, query, z_inner, z_query, lr: float, a
   return {"g": grads_g["g"], "d": grads_d["d"]}
 
 
-def func_meta_grads(meta: Params, support_T, query_T, z_inner_T, z_query_T, lr: float,
-                    algorithm: str) -> Params:
+def func_meta_grads(
+  meta: Params, support_T, query_T, z_inner_T, z_query_T, lr: float, algorithm: str
+) -> Params:
   """Task-averaged meta-gradient: torch.func.vmap of the per-task function over tasks."""
   fn = lambda mp, s, q, zi, zq: func_task_grads(mp, s, q, zi, zq, lr, algorithm)
-  grads_T = torch.func.vmap(fn, in_dims=(None, 0, 0, 0, 0))(meta, support_T, query_T, z_inner_T,
-                                                            z_query_T)
+  grads_T = torch.func.vmap(fn, in_dims=(None, 0, 0, 0, 0))(
+    meta, support_T, query_T, z_inner_T, z_query_T
+  )
   return {p: {k: v.mean(0) for k, v in grads_T[p].items()} for p in grads_T}
 
 
 # --- entry point for tests ----------------------------------------------------
 
 
-def torch_meta_grads(params_np, support_np, query_np, z_inner_np, z_query_np, inner_lr: float,
-                     algorithm: str, impl: str = "loop", dtype: str = "float64") -> dict:
+def torch_meta_grads(
+  params_np,
+  support_np,
+  query_np,
+  z_inner_np,
+  z_query_np,
+  inner_lr: float,
+  algorithm: str,
+  impl: str = "loop",
+  dtype: str = "float64",
+) -> dict:
   """Meta-gradients (reptile: directions) of a dcgan28 pair, in the flax layout, as numpy.
 
   Args:
@@ -394,10 +445,14 @@ def torch_meta_grads(params_np, support_np, query_np, z_inner_np, z_query_np, in
 def _compiled_grad_fn(lr: float, algorithm: str, force_fallback: bool = False):
   """(fn(meta, s, q, zi, zq) -> grads, what was compiled); compilation happens at first call."""
   if not force_fallback:
+
     def step_grads(meta, s, q, zi, zq):
       return func_meta_grads(meta, s, q, zi, zq, lr, algorithm)
-    return torch.compile(step_grads), ("func_meta_grads: torch.func.vmap over tasks of the "
-                                       "per-task torch.func meta-gradient (inductor)")
+
+    return torch.compile(step_grads), (
+      "func_meta_grads: torch.func.vmap over tasks of the "
+      "per-task torch.func meta-gradient (inductor)"
+    )
 
   # Fallback: the loop impl with its per-task function compiled (graph breaks
   # at autograd.grad are allowed; dynamo compiles the forward pieces).
@@ -424,11 +479,18 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
     t0 = time.perf_counter()
     torch.mm(a, b)
     best = min(best, time.perf_counter() - t0)
-  return 2 * n ** 3 / best / 1e9
+  return 2 * n**3 / best / 1e9
 
 
-def _make_step(impl: str, w: common.Workload, algorithm: str, dtype, seed: int = 0,
-               compiled_fn: Callable | None = None, autocast: str | None = None):
+def _make_step(
+  impl: str,
+  w: common.Workload,
+  algorithm: str,
+  dtype,
+  seed: int = 0,
+  compiled_fn: Callable | None = None,
+  autocast: str | None = None,
+):
   """Returns (step(), info dict). ``step`` runs one full meta-step incl. the Adam update.
 
   Tasks are fixed random images; the latents are drawn afresh (torch.randn) every step.
@@ -449,8 +511,9 @@ def _make_step(impl: str, w: common.Workload, algorithm: str, dtype, seed: int =
   if impl == "loop":
     grad_fn = lambda zi, zq: loop_meta_grads(meta, support, query, zi, zq, w.inner_lr, algorithm)
   elif impl == "func":
-    grad_fn = lambda zi, zq: func_meta_grads(detached(), support, query, zi, zq, w.inner_lr,
-                                             algorithm)
+    grad_fn = lambda zi, zq: func_meta_grads(
+      detached(), support, query, zi, zq, w.inner_lr, algorithm
+    )
   elif impl == "compile":
     if compiled_fn is None:
       compiled_fn, info["compiled"] = _compiled_grad_fn(w.inner_lr, algorithm)
@@ -461,7 +524,7 @@ def _make_step(impl: str, w: common.Workload, algorithm: str, dtype, seed: int =
   def step():
     zi = torch.randn((w.T, w.inner_steps, 2, w.K, w.z_dim), generator=gen, dtype=dtype)
     zq = torch.randn((w.T, w.Q, w.z_dim), generator=gen, dtype=dtype)
-    with (torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()):
+    with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
       grads = grad_fn(zi, zq)
     for p in ("g", "d"):
       for k, v in meta[p].items():
@@ -471,14 +534,31 @@ def _make_step(impl: str, w: common.Workload, algorithm: str, dtype, seed: int =
   return step, info
 
 
-def run_one(impl: str, w: common.Workload, algorithm: str, dtype_name: str, steps: int,
-            matmul: float, autocast: str | None = None) -> dict:
+def run_one(
+  impl: str,
+  w: common.Workload,
+  algorithm: str,
+  dtype_name: str,
+  steps: int,
+  matmul: float,
+  autocast: str | None = None,
+) -> dict:
   dtype = _DTYPES[dtype_name]
   record: dict[str, Any] = {
-      "backend": "torch", "device": common.cpu_name(), "impl": impl, "algorithm": algorithm,
-      "workload": w.name, "T": w.T, "K": w.K, "Q": w.Q, "inner_steps": w.inner_steps,
-      "dtype": dtype_name, "autocast": autocast, "torch": torch.__version__,
-      "threads": torch.get_num_threads(), "matmul_gflops_per_s": matmul,
+    "backend": "torch",
+    "device": common.cpu_name(),
+    "impl": impl,
+    "algorithm": algorithm,
+    "workload": w.name,
+    "T": w.T,
+    "K": w.K,
+    "Q": w.Q,
+    "inner_steps": w.inner_steps,
+    "dtype": dtype_name,
+    "autocast": autocast,
+    "torch": torch.__version__,
+    "threads": torch.get_num_threads(),
+    "matmul_gflops_per_s": matmul,
   }
   step, info = _make_step(impl, w, algorithm, dtype, autocast=autocast)
   record.update(info)
@@ -500,8 +580,10 @@ def run_one(impl: str, w: common.Workload, algorithm: str, dtype_name: str, step
     except Exception as e2:  # noqa: BLE001
       record.update({f: None for f in common.REQUIRED_FIELDS if f not in record})
       record["compiled"] = None
-      record["error"] = (f"torch.compile failed for the func impl ({first_error}) and for "
-                         f"the loop's per-task fn ({type(e2).__name__}: {str(e2)[:300]})")
+      record["error"] = (
+        f"torch.compile failed for the func impl ({first_error}) and for "
+        f"the loop's per-task fn ({type(e2).__name__}: {str(e2)[:300]})"
+      )
       return record
   record["compile_s"] = time.perf_counter() - t0
   record.update(common.time_steps(step, steps))
@@ -509,8 +591,9 @@ def run_one(impl: str, w: common.Workload, algorithm: str, dtype_name: str, step
 
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--workload", default="omniglot28-dcgan", choices=sorted(common.WORKLOADS))
   p.add_argument("--algorithm", default="maml", choices=ALGORITHMS)
   p.add_argument("--impl", default="loop", choices=IMPLS + ("all",))
@@ -521,18 +604,30 @@ def main(argv=None) -> None:
   p.add_argument("--inner-steps", type=int, default=None)
   p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
   p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-  p.add_argument("--autocast", default=None, choices=["bfloat16"],
-                 help="the meta-gradient under torch.autocast (PyTorch's bf16 mixed precision)")
-  p.add_argument("--matmul-n", type=int, default=2048,
-                 help="size of the float32 matmul that gives matmul_gflops_per_s")
+  p.add_argument(
+    "--autocast",
+    default=None,
+    choices=["bfloat16"],
+    help="the meta-gradient under torch.autocast (PyTorch's bf16 mixed precision)",
+  )
+  p.add_argument(
+    "--matmul-n",
+    type=int,
+    default=2048,
+    help="size of the float32 matmul that gives matmul_gflops_per_s",
+  )
   args = p.parse_args(argv)
   if args.threads:
     torch.set_num_threads(args.threads)
   w = common.WORKLOADS[args.workload]
-  overrides = {k: v for k, v in (("T", args.T), ("K", args.K), ("Q", args.Q),
-                                 ("inner_steps", args.inner_steps)) if v is not None}
+  overrides = {
+    k: v
+    for k, v in (("T", args.T), ("K", args.K), ("Q", args.Q), ("inner_steps", args.inner_steps))
+    if v is not None
+  }
   if overrides:
     import dataclasses
+
     w = dataclasses.replace(w, **overrides)
   matmul = matmul_gflops(args.matmul_n)
   impls = IMPLS if args.impl == "all" else (args.impl,)

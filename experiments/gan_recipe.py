@@ -32,35 +32,56 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import optax  # pylint: disable=g-import-not-at-top
 
 import metagan_jax as mg  # pylint: disable=g-import-not-at-top
-from metagan_jax import gan  # pylint: disable=g-import-not-at-top
-from metagan_jax import metrics as M  # pylint: disable=g-import-not-at-top
 from experiments import protocol, train_lib  # pylint: disable=g-import-not-at-top
 from experiments.configs import common  # pylint: disable=g-import-not-at-top
+from metagan_jax import gan  # pylint: disable=g-import-not-at-top
+from metagan_jax import metrics as M  # pylint: disable=g-import-not-at-top
 
 # The recipe of the few-shot experiments (experiments/configs/common.py: fsgan28's
 # defaults, WGAN-GP, two critic steps, Adam(1e-4, 0, 0.9), EMA of G) ...
-BASE = dict(model="fsgan28", model_kw={}, loss=dict(kind="wasserstein", gp_weight=10.0),
-            d_lr=1e-4, g_lr=1e-4, b1=0.0, b2=0.9, d_steps=2, ema=0.999, blur=0.0, batch=64,
-            rotations=True, sample="ema", augment="")
+BASE = dict(
+  model="fsgan28",
+  model_kw={},
+  loss=dict(kind="wasserstein", gp_weight=10.0),
+  d_lr=1e-4,
+  g_lr=1e-4,
+  b1=0.0,
+  b2=0.9,
+  d_steps=2,
+  ema=0.999,
+  blur=0.0,
+  batch=64,
+  rotations=True,
+  sample="ema",
+  augment="",
+)
 # ... and one change at a time.
 RECIPES = {
-    "final": {},
-    "layer_norm": dict(model_kw=dict(g_norm="layer")),
-    "no_norm": dict(model_kw=dict(g_norm="none")),
-    "no_mapping": dict(model_kw=dict(mapping_layers=0)),
-    "wide_d": dict(model_kw=dict(d_width=64)),
-    "no_ema": dict(sample="raw"),
-    "one_d_step": dict(d_steps=1),
-    "hinge_sn": dict(model_kw=dict(spectral=True), loss=dict(kind="hinge"), d_lr=2e-4,
-                     g_lr=2e-4, b1=0.5, b2=0.999, d_steps=1),
-    "ns_r1": dict(loss=dict(kind="ns", r1_weight=1.0), d_lr=2e-4, g_lr=2e-4, b1=0.0, b2=0.99,
-                  d_steps=1),
-    "blur": dict(blur=0.5),
-    "dcgan28": dict(model="dcgan28"),
-    # issue 19's sample-quality levers
-    "nearest_up": dict(model_kw=dict(up="nearest")),
-    "diffaug_t": dict(augment="translation"),
-    "diffaug_tc": dict(augment="translation,cutout"),
+  "final": {},
+  "layer_norm": dict(model_kw=dict(g_norm="layer")),
+  "no_norm": dict(model_kw=dict(g_norm="none")),
+  "no_mapping": dict(model_kw=dict(mapping_layers=0)),
+  "wide_d": dict(model_kw=dict(d_width=64)),
+  "no_ema": dict(sample="raw"),
+  "one_d_step": dict(d_steps=1),
+  "hinge_sn": dict(
+    model_kw=dict(spectral=True),
+    loss=dict(kind="hinge"),
+    d_lr=2e-4,
+    g_lr=2e-4,
+    b1=0.5,
+    b2=0.999,
+    d_steps=1,
+  ),
+  "ns_r1": dict(
+    loss=dict(kind="ns", r1_weight=1.0), d_lr=2e-4, g_lr=2e-4, b1=0.0, b2=0.99, d_steps=1
+  ),
+  "blur": dict(blur=0.5),
+  "dcgan28": dict(model="dcgan28"),
+  # issue 19's sample-quality levers
+  "nearest_up": dict(model_kw=dict(up="nearest")),
+  "diffaug_t": dict(augment="translation"),
+  "diffaug_tc": dict(augment="translation,cutout"),
 }
 
 
@@ -75,9 +96,15 @@ def recipe(variant: str, overrides: dict) -> dict:
 def train_config(r: dict) -> gan.GanTrainConfig:
   model = mg.get_model(r["model"], **r["model_kw"])
   opt = lambda lr: optax.adam(lr, b1=r["b1"], b2=r["b2"])
-  return gan.GanTrainConfig(model, loss=mg.GanLoss(**r["loss"]), d_opt=opt(r["d_lr"]),
-                            g_opt=opt(r["g_lr"]),
-                            d_steps=r["d_steps"], ema=r["ema"], augment=r["augment"])
+  return gan.GanTrainConfig(
+    model,
+    loss=mg.GanLoss(**r["loss"]),
+    d_opt=opt(r["d_lr"]),
+    g_opt=opt(r["g_lr"]),
+    d_steps=r["d_steps"],
+    ema=r["ema"],
+    augment=r["augment"],
+  )
 
 
 def run(variant: str, steps: int, out: str, overrides: dict, seed: int = 0) -> dict:
@@ -102,8 +129,9 @@ def run(variant: str, steps: int, out: str, overrides: dict, seed: int = 0) -> d
     if (i + 1) % max(steps // 10, 1) == 0:
       m = {k: float(v) for k, v in m.items()}
       log.append({"step": i + 1, **m})
-      print(f"[{variant}] step {i + 1}: " + " ".join(f"{k}={v:.3f}" for k, v in m.items()),
-            flush=True)
+      print(
+        f"[{variant}] step {i + 1}: " + " ".join(f"{k}={v:.3f}" for k, v in m.items()), flush=True
+      )
   train_s = time.perf_counter() - t0
   gen = jax.jit(tc.model.generate)
   z = tc.model.sample_z(jax.random.key(99), 1000)
@@ -111,32 +139,43 @@ def run(variant: str, steps: int, out: str, overrides: dict, seed: int = 0) -> d
   x_gen = np.asarray(gen(g_eval, z))
   x_raw = np.asarray(gen(state.params.g, z[:64]))
   f_gen, f_val = feats(x_gen), feats(x_val)
-  scale = float(np.sqrt(np.mean(f_val ** 2)))
-  res = {"variant": variant, "recipe": r, "steps": steps, "train_s": round(train_s, 1),
-         "ms_per_step": round(1e3 * train_s / steps, 1),
-         "kid_x1e3": 1e3 * M.kid(f_gen / scale, f_val / scale),
-         "fd": M.frechet_distance(f_gen / scale, f_val / scale),
-         "diversity": M.mean_pairwise_distance(f_gen) / M.mean_pairwise_distance(f_val),
-         # broken strokes: pieces of ink per sample, against the real images' (research log 26)
-         "pieces": float(np.mean(M.stroke_components(x_gen))),
-         "pieces_real": float(np.mean(M.stroke_components(x_val))),
-         "finite": bool(np.all(np.isfinite(x_gen))), "log": log,
-         "featnet_heldout_acc": finfo["heldout_acc"]}
+  scale = float(np.sqrt(np.mean(f_val**2)))
+  res = {
+    "variant": variant,
+    "recipe": r,
+    "steps": steps,
+    "train_s": round(train_s, 1),
+    "ms_per_step": round(1e3 * train_s / steps, 1),
+    "kid_x1e3": 1e3 * M.kid(f_gen / scale, f_val / scale),
+    "fd": M.frechet_distance(f_gen / scale, f_val / scale),
+    "diversity": M.mean_pairwise_distance(f_gen) / M.mean_pairwise_distance(f_val),
+    # broken strokes: pieces of ink per sample, against the real images' (research log 26)
+    "pieces": float(np.mean(M.stroke_components(x_gen))),
+    "pieces_real": float(np.mean(M.stroke_components(x_val))),
+    "finite": bool(np.all(np.isfinite(x_gen))),
+    "log": log,
+    "featnet_heldout_acc": finfo["heldout_acc"],
+  }
   d = os.path.join(out, variant)
   os.makedirs(d, exist_ok=True)
   train_lib.save_png(os.path.join(d, "samples.png"), train_lib.image_grid(x_gen[:64]))
   train_lib.save_png(os.path.join(d, "raw_samples.png"), train_lib.image_grid(x_raw))
   train_lib.save_png(os.path.join(d, "real.png"), train_lib.image_grid(x_val[:64]))
   # uint8 keeps 1,000 samples at 0.8 MB for later analysis (stroke connectivity, ...).
-  np.savez_compressed(os.path.join(d, "samples.npz"),
-                      samples=np.round((np.clip(x_gen, -1, 1) + 1) * 127.5).astype(np.uint8))
+  np.savez_compressed(
+    os.path.join(d, "samples.npz"),
+    samples=np.round((np.clip(x_gen, -1, 1) + 1) * 127.5).astype(np.uint8),
+  )
   with open(os.path.join(d, "params.msgpack"), "wb") as f:
     f.write(flax.serialization.to_bytes({"params": state.params, "ema_g": state.ema_g}))
   with open(os.path.join(d, "result.json"), "w") as f:
     json.dump(res, f, indent=1)
-  print(f"[{variant}] KID x1e3 {res['kid_x1e3']:.1f}  FD {res['fd']:.2f}  diversity "
-        f"{res['diversity']:.2f}  pieces {res['pieces']:.2f} (real {res['pieces_real']:.2f})  "
-        f"{res['ms_per_step']} ms/step", flush=True)
+  print(
+    f"[{variant}] KID x1e3 {res['kid_x1e3']:.1f}  FD {res['fd']:.2f}  diversity "
+    f"{res['diversity']:.2f}  pieces {res['pieces']:.2f} (real {res['pieces_real']:.2f})  "
+    f"{res['ms_per_step']} ms/step",
+    flush=True,
+  )
   return res
 
 
@@ -157,12 +196,16 @@ def main():
 
 def table(results) -> str:
   """The ablation as markdown: one row per recipe."""
-  lines = ["| recipe | KID x1e3 | FD | diversity | pieces per sample | ms / step |",
-           "|---|---|---|---|---|---|"]
+  lines = [
+    "| recipe | KID x1e3 | FD | diversity | pieces per sample | ms / step |",
+    "|---|---|---|---|---|---|",
+  ]
   for r in results:
-    lines.append(f"| {r['variant']} | {r['kid_x1e3']:.0f} | {r['fd']:.2f} | "
-                 f"{r['diversity']:.2f} | {r.get('pieces', float('nan')):.2f} | "
-                 f"{r['ms_per_step']:.0f} |")
+    lines.append(
+      f"| {r['variant']} | {r['kid_x1e3']:.0f} | {r['fd']:.2f} | "
+      f"{r['diversity']:.2f} | {r.get('pieces', float('nan')):.2f} | "
+      f"{r['ms_per_step']:.0f} |"
+    )
   return "\n".join(lines)
 
 

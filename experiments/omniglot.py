@@ -64,9 +64,15 @@ def train_all(config, workdir: str, resume: bool = False, progress: bool = True)
   if "transfer" in methods or (meta and config.init == "pretrained"):
     for ps in sorted({train_lib.pretrain_seed(config, s) for s in seeds}):
       t0 = time.perf_counter()
-      state = train_lib.train_run(config, "pretrain", ps,
-                                  os.path.join(workdir, "train", f"pretrain_s{ps}"), split,
-                                  resume=resume, progress=progress)
+      state = train_lib.train_run(
+        config,
+        "pretrain",
+        ps,
+        os.path.join(workdir, "train", f"pretrain_s{ps}"),
+        split,
+        resume=resume,
+        progress=progress,
+      )
       pretrained[ps] = mg.parallel.to_host(train_lib.pretrained_params(state))
       timing[f"pretrain_s{ps}"] = round(time.perf_counter() - t0, 1)
   for method in methods:
@@ -75,22 +81,37 @@ def train_all(config, workdir: str, resume: bool = False, progress: bool = True)
         params[(method, seed)] = pretrained[train_lib.pretrain_seed(config, seed)]
         continue
       t0 = time.perf_counter()
-      init = (pretrained[train_lib.pretrain_seed(config, seed)]
-              if method in meta and config.init == "pretrained" else None)
+      init = (
+        pretrained[train_lib.pretrain_seed(config, seed)]
+        if method in meta and config.init == "pretrained"
+        else None
+      )
       run_dir = os.path.join(workdir, "train", f"{method}_s{seed}")
       budget_ms = None
       if method in equal_time:  # the reference's meta-steps x its median ms (process 0's)
         ref_dir = os.path.join(workdir, "train", f"{ref}_s{seed}")
         ref_ms = train_lib.median_step_ms(ref_dir)
         if ref_ms is None and main:  # other processes' budgets are replaced by process 0's k
-          raise RuntimeError(f"{ref_dir}/timing.json is missing, so {method}@time has no "
-                             f"budget; delete {ref_dir} and run again to time it.")
+          raise RuntimeError(
+            f"{ref_dir}/timing.json is missing, so {method}@time has no "
+            f"budget; delete {ref_dir} and run again to time it."
+          )
         budget_ms = (ref_ms or 1.0) * int(config.train.steps)
-      state = train_lib.train_run(config, method, seed, run_dir, split, resume=resume,
-                                  progress=progress, init_params=init, equal_time_ms=budget_ms)
+      state = train_lib.train_run(
+        config,
+        method,
+        seed,
+        run_dir,
+        split,
+        resume=resume,
+        progress=progress,
+        init_params=init,
+        equal_time_ms=budget_ms,
+      )
       # evaluated per process, from host copies
       params[(method, seed)] = mg.parallel.to_host(
-          state.params if method in meta else train_lib.Run.init_params(state))
+        state.params if method in meta else train_lib.Run.init_params(state)
+      )
       timing[f"{method}_s{seed}"] = round(time.perf_counter() - t0, 1)
       if method in equal_time:
         p_eq, rec = train_lib.equal_time_params(run_dir, params[(method, seed)])
@@ -132,8 +153,9 @@ def train_seconds(config, workdir: str) -> dict:
   return out
 
 
-def train_and_evaluate(config, workdir: str, resume: bool = False, mode: str = "all",
-                       progress: bool = True) -> dict:
+def train_and_evaluate(
+  config, workdir: str, resume: bool = False, mode: str = "all", progress: bool = True
+) -> dict:
   """The whole experiment: feature net, training runs, protocol, table, figures.
 
   Args:
@@ -158,8 +180,11 @@ def train_and_evaluate(config, workdir: str, resume: bool = False, mode: str = "
   if mode == "all":  # the feature net first: it is cached and reused by every run
     features_fn, feat_info = protocol.feature_net(config, verbose=main)
     if main:
-      print(f"[featnet] {feat_info['num_classes']}-way, held-out accuracy "
-            f"{feat_info['heldout_acc']:.3f} ({feat_info['cache']})", flush=True)
+      print(
+        f"[featnet] {feat_info['num_classes']}-way, held-out accuracy "
+        f"{feat_info['heldout_acc']:.3f} ({feat_info['cache']})",
+        flush=True,
+      )
   params = train_all(config, workdir, resume=resume, progress=progress)
   if mode == "train":
     return {"params": params}
@@ -169,8 +194,12 @@ def train_and_evaluate(config, workdir: str, resume: bool = False, mode: str = "
   summary = protocol.summarise(config, res)
   eval_dir = os.path.join(workdir, "eval")
   if not main:
-    return {"table": None, "summary": summary, "workdir": workdir,
-            "wall_s": time.perf_counter() - t_start}
+    return {
+      "table": None,
+      "summary": summary,
+      "workdir": workdir,
+      "wall_s": time.perf_counter() - t_start,
+    }
   fig_dir = os.path.join(eval_dir, "figures")
   protocol.plot_curves(summary, os.path.join(fig_dir, "adaptation_curve.png"))
   protocol.save_grids(config, res, fig_dir)
@@ -180,31 +209,40 @@ def train_and_evaluate(config, workdir: str, resume: bool = False, mode: str = "
   aseeds = train_lib.parse_list(config.eval.adapt_seeds, int)
   n_pre = len({train_lib.pretrain_seed(config, x) for x in seeds})
   info = {
-      "num_test_classes": len(res["classes"]), "featnet": feat_info,
-      "seeds": f"{len(seeds)} meta-training seed(s) x {len(aseeds)} adaptation seed(s); "
-               f"mean [95% bootstrap CI over seeds and classes]",
-      "training": (f"Pre-training ({n_pre} GAN(s)): {pc.steps} steps of batch {pc.batch} on all "
-                   f"meta-training classes; `transfer` is that GAN adapted by the same rule. "
-                   f"Meta-training from the {config.init} initialisation: {tc.steps} meta-steps "
-                   f"x {tc.tasks} tasks x {config.inner_steps} inner steps (K={tc.k}, Q={tc.q}); "
-                   f"config {config.name}."),
-      "rules": {f"{m}_s{x}": protocol.rule_name(r) for (m, x), r in tuning["rules"].items()}
-               if tuning["scores"] else {},
-      "tuning": tuning["scores"],
-      "tuning_by_method": tuning["method_scores"],  # mean over seeds: what chose each rule
-      # the test-time rule of every run, as metagan_jax.recipes.adapt_config takes it
-      "rule_dicts": {f"{m}_s{x}": r for (m, x), r in tuning["rules"].items()},
-      "health": train_lib.run_health(sorted(glob.glob(os.path.join(workdir, "train", "*")))),
-      "train_seconds": train_seconds(config, workdir),
+    "num_test_classes": len(res["classes"]),
+    "featnet": feat_info,
+    "seeds": f"{len(seeds)} meta-training seed(s) x {len(aseeds)} adaptation seed(s); "
+    f"mean [95% bootstrap CI over seeds and classes]",
+    "training": (
+      f"Pre-training ({n_pre} GAN(s)): {pc.steps} steps of batch {pc.batch} on all "
+      f"meta-training classes; `transfer` is that GAN adapted by the same rule. "
+      f"Meta-training from the {config.init} initialisation: {tc.steps} meta-steps "
+      f"x {tc.tasks} tasks x {config.inner_steps} inner steps (K={tc.k}, Q={tc.q}); "
+      f"config {config.name}."
+    ),
+    "rules": {f"{m}_s{x}": protocol.rule_name(r) for (m, x), r in tuning["rules"].items()}
+    if tuning["scores"]
+    else {},
+    "tuning": tuning["scores"],
+    "tuning_by_method": tuning["method_scores"],  # mean over seeds: what chose each rule
+    # the test-time rule of every run, as metagan_jax.recipes.adapt_config takes it
+    "rule_dicts": {f"{m}_s{x}": r for (m, x), r in tuning["rules"].items()},
+    "health": train_lib.run_health(sorted(glob.glob(os.path.join(workdir, "train", "*")))),
+    "train_seconds": train_seconds(config, workdir),
   }
   table = protocol.markdown_table(config, summary, info)
   with open(os.path.join(workdir, "test_classes.json"), "w") as f:
-    json.dump({"classes": res["classes"], "indices": res["indices"], "k": config.eval.k}, f,
-              indent=1)
+    json.dump(
+      {"classes": res["classes"], "indices": res["indices"], "k": config.eval.k}, f, indent=1
+    )
   with open(os.path.join(eval_dir, "results.json"), "w") as f:
     fd = [{k: v for k, v in r.items() if k != "feats"} for r in res["fd"]]
-    json.dump(protocol.jsonable({"summary": summary, "info": info,
-                                 "per_class": res["per_class"], "fd": fd}), f)
+    json.dump(
+      protocol.jsonable(
+        {"summary": summary, "info": info, "per_class": res["per_class"], "fd": fd}
+      ),
+      f,
+    )
   write_summary(eval_dir, summary, info, config.to_dict())
   total = time.perf_counter() - t_start
   with open(os.path.join(eval_dir, "results.md"), "w") as f:
@@ -214,6 +252,7 @@ def train_and_evaluate(config, workdir: str, resume: bool = False, mode: str = "
 
 def main(argv):
   from absl import flags, logging  # pylint: disable=g-import-not-at-top
+
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   FLAGS = flags.FLAGS
@@ -224,8 +263,13 @@ def main(argv):
   # writes the tables and figures after the others have finished.
   with mg.parallel.distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id):
     with mg.compile_cache.repairing():
-      out = train_and_evaluate(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume, mode=FLAGS.mode,
-                               progress=train_lib.is_main_process())
+      out = train_and_evaluate(
+        FLAGS.config,
+        FLAGS.workdir,
+        resume=FLAGS.resume,
+        mode=FLAGS.mode,
+        progress=train_lib.is_main_process(),
+      )
     if out.get("table"):
       print(out["table"])
       print(f"\nWall time {out['wall_s']:.0f} s; outputs in {out['workdir']}/eval/")
@@ -234,8 +278,10 @@ def main(argv):
 if __name__ == "__main__":
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file("config", os.path.join(ROOT, "experiments/configs/omniglot_short.py"),
-                                  "Experiment config file.")
+
+  config_flags.DEFINE_config_file(
+    "config", os.path.join(ROOT, "experiments/configs/omniglot_short.py"), "Experiment config file."
+  )
   flags.DEFINE_string("workdir", "runs/omniglot_short", "Output folder.")
   flags.DEFINE_bool("resume", False, "Continue a killed run from its newest checkpoint.")
   flags.DEFINE_enum("mode", "all", ["all", "train"], "Run everything, or training only.")

@@ -40,8 +40,11 @@ class Config:
 
 def meta_config(cfg: Config, algorithm: str) -> mg.MetaConfig:
   model = mg.models.mlp(data_dim=2, z_dim=4, hidden=cfg.hidden)
-  return mg.MetaConfig(mg.AdaptConfig(model, inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr),
-                       algorithm=algorithm, outer_lr=cfg.outer_lr)
+  return mg.MetaConfig(
+    mg.AdaptConfig(model, inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr),
+    algorithm=algorithm,
+    outer_lr=cfg.outer_lr,
+  )
 
 
 def train_and_evaluate(cfg: Config, workdir: str | None = None) -> dict:
@@ -51,15 +54,19 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> dict:
   for algorithm in cfg.algorithms:
     mc = meta_config(cfg, algorithm)
     step = jax.jit(functools.partial(mg.meta_step, config=mc))
-    score = jax.jit(lambda p, k, mc=mc: mg.toy.adaptation_mmd(p, family, mc.adapt, k,
-                                                                num_tasks=cfg.eval_tasks, k=cfg.k))
+    score = jax.jit(
+      lambda p, k, mc=mc: mg.toy.adaptation_mmd(
+        p, family, mc.adapt, k, num_tasks=cfg.eval_tasks, k=cfg.k
+      )
+    )
     meta, rand, secs = [], [], 0.0
     for seed in range(cfg.seeds):
       t0 = time.perf_counter()
       state = mg.init(jax.random.key(seed), mc)
       for i in range(cfg.steps):
-        tasks, _ = family.sample_tasks(jax.random.fold_in(jax.random.key(seed + 100), i),
-                                       cfg.tasks_per_step, cfg.k, cfg.q)
+        tasks, _ = family.sample_tasks(
+          jax.random.fold_in(jax.random.key(seed + 100), i), cfg.tasks_per_step, cfg.k, cfg.q
+        )
         state, metrics = step(state, tasks, jax.random.fold_in(jax.random.key(seed + 200), i))
       jax.block_until_ready(state)
       secs += time.perf_counter() - t0
@@ -67,14 +74,26 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> dict:
       meta.append(np.asarray(score(state.params, eval_key)))
       init_params = mg.init(jax.random.key(seed + 50), mc).params
       rand.append(np.asarray(score(init_params, eval_key)))
-    results[algorithm] = {"meta": np.concatenate(meta), "random": np.concatenate(rand),
-                          "train_s": secs, "last_metrics": {k: float(v) for k, v in metrics.items()}}
+    results[algorithm] = {
+      "meta": np.concatenate(meta),
+      "random": np.concatenate(rand),
+      "train_s": secs,
+      "last_metrics": {k: float(v) for k, v in metrics.items()},
+    }
   if workdir:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump({"config": dataclasses.asdict(cfg),
-                 "results": {a: {k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                                 for k, v in r.items()} for a, r in results.items()}}, f, indent=1)
+      json.dump(
+        {
+          "config": dataclasses.asdict(cfg),
+          "results": {
+            a: {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()}
+            for a, r in results.items()
+          },
+        },
+        f,
+        indent=1,
+      )
   return results
 
 
@@ -86,21 +105,27 @@ def _ci95(x: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, floa
 
 def table(results: dict, cfg: Config) -> str:
   """Markdown table: MMD^2 after adaptation, meta-learned vs random init, 95% bootstrap CIs."""
-  lines = [f"| algorithm | MMD^2 from meta-learned init | MMD^2 from random init | paired t | meta-train s |",
-           "|---|---|---|---|---|"]
+  lines = [
+    "| algorithm | MMD^2 from meta-learned init | MMD^2 from random init | paired t | meta-train s |",
+    "|---|---|---|---|---|",
+  ]
   for a, r in results.items():
     m, z = r["meta"], r["random"]
     d = z - m
     t = d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))
     fmt = lambda x: "{:.4f} [{:.4f}, {:.4f}]".format(x.mean(), *_ci95(x))
     lines.append(f"| {a} | {fmt(m)} | {fmt(z)} | {t:.1f} | {r['train_s']:.1f} |")
-  lines.append(f"\n{cfg.seeds} seeds x {cfg.eval_tasks} held-out tasks; adaptation = "
-               f"{cfg.inner_steps} inner steps on {cfg.k} support points; lower is better.")
+  lines.append(
+    f"\n{cfg.seeds} seeds x {cfg.eval_tasks} held-out tasks; adaptation = "
+    f"{cfg.inner_steps} inner steps on {cfg.k} support points; lower is better."
+  )
   return "\n".join(lines)
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   for f in dataclasses.fields(Config):
     if f.type in ("int", "float"):
       p.add_argument("--" + f.name.replace("_", "-"), type=eval(f.type), default=f.default)

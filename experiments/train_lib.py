@@ -42,7 +42,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import metagan_jax as mg
 from metagan_jax import gan, recipes
@@ -63,30 +62,48 @@ def is_main_process() -> bool:
 def define_process_flags() -> None:
   """The absl flags of a run over several processes (read by ``mg.parallel.distributed``)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("coordinator", None, "Several processes: host:port of process 0 "
-                      "(default $METAGAN_COORDINATOR; unset = one process).")
-  flags.DEFINE_integer("num_processes", None, "Several processes: how many "
-                       "(default $METAGAN_NUM_PROCESSES).")
-  flags.DEFINE_integer("process_id", None, "Several processes: this one's id in "
-                       "[0, num_processes) (default $METAGAN_PROCESS_ID).")
+
+  flags.DEFINE_string(
+    "coordinator",
+    None,
+    "Several processes: host:port of process 0 "
+    "(default $METAGAN_COORDINATOR; unset = one process).",
+  )
+  flags.DEFINE_integer(
+    "num_processes", None, "Several processes: how many (default $METAGAN_NUM_PROCESSES)."
+  )
+  flags.DEFINE_integer(
+    "process_id",
+    None,
+    "Several processes: this one's id in [0, num_processes) (default $METAGAN_PROCESS_ID).",
+  )
 
 
 def sample_streams(config) -> int:
   """Task-sampling streams per meta-step: ``train.sample_streams``, 0 = one per process."""
   s = int(config.train.get("sample_streams", 0)) or jax.process_count()
   if s % jax.process_count():
-    raise ValueError(f"train.sample_streams={s} must be a multiple of the {jax.process_count()} "
-                     f"processes (each process draws its own streams); use 0 for one per process.")
+    raise ValueError(
+      f"train.sample_streams={s} must be a multiple of the {jax.process_count()} "
+      f"processes (each process draws its own streams); use 0 for one per process."
+    )
   if config.train.tasks % s:
-    raise ValueError(f"train.tasks={config.train.tasks} tasks do not split over {s} sampling "
-                     f"streams; use a multiple of {s}.")
+    raise ValueError(
+      f"train.tasks={config.train.tasks} tasks do not split over {s} sampling "
+      f"streams; use a multiple of {s}."
+    )
   return s
 
 
 def load_split(config, split: str, **kwargs):
   """``mg.data.load_split`` with the config's dataset, data folder and preprocessing (blur)."""
-  return mg.data.load_split(config.dataset, split, data_dir=config.data_dir or None,
-                            blur=float(config.get("blur", 0.0)), **kwargs)
+  return mg.data.load_split(
+    config.dataset,
+    split,
+    data_dir=config.data_dir or None,
+    blur=float(config.get("blur", 0.0)),
+    **kwargs,
+  )
 
 
 def parse_list(s, typ=str) -> list:
@@ -99,8 +116,9 @@ def parse_list(s, typ=str) -> list:
 def check_methods(methods: list[str]) -> None:
   bad = [m for m in methods if m not in META_METHODS + BASELINES]
   if bad:
-    raise ValueError(f"unknown method(s) {bad} in config.methods; choose from "
-                     f"{list(META_METHODS + BASELINES)}.")
+    raise ValueError(
+      f"unknown method(s) {bad} in config.methods; choose from {list(META_METHODS + BASELINES)}."
+    )
 
 
 # The config -> library objects mapping lives in the library (load_run uses it too).
@@ -140,12 +158,16 @@ def equal_time_methods(config) -> tuple[list[str], str]:
   bad = [m for m in eq if m not in META_METHODS or m == ref]
   if eq and (bad or ref not in META_METHODS):
     raise ValueError(
-        f"train.equal_time={tc.equal_time!r} must name meta methods {list(META_METHODS)} other "
-        f"than train.equal_time_of={ref!r}, which must be one too; offending: {bad or [ref]}.")
+      f"train.equal_time={tc.equal_time!r} must name meta methods {list(META_METHODS)} other "
+      f"than train.equal_time_of={ref!r}, which must be one too; offending: {bad or [ref]}."
+    )
   eq = [m for m in eq if m in methods]
   if eq and ref not in methods:
-    warnings.warn(f"train.equal_time={tc.equal_time!r} needs its reference {ref!r} in "
-                  f"config.methods={config.methods!r}; no equal-time rows this run.")
+    warnings.warn(
+      f"train.equal_time={tc.equal_time!r} needs its reference {ref!r} in "
+      f"config.methods={config.methods!r}; no equal-time rows this run.",
+      stacklevel=2,
+    )
     eq = []
   return eq, ref
 
@@ -166,9 +188,19 @@ def _pretrain_step(train_step, state, batch: mg.Tasks, key):
 # field reaches the step unless it is listed here (a missing entry costs a recompile, a
 # missing field in an allow-list silently trained the wrong step).
 _NOT_IN_STEP = ("eval", "features", "meta_seeds", "methods", "name", "data_dir")
-_TRAIN_NOT_IN_STEP = ("steps", "ckpt_every", "log_every", "sample_every", "sample_streams",
-                      "keep_checkpoints", "equal_time", "equal_time_of", "max_nonfinite",
-                      "step_sleep", "inject_nan_steps")
+_TRAIN_NOT_IN_STEP = (
+  "steps",
+  "ckpt_every",
+  "log_every",
+  "sample_every",
+  "sample_streams",
+  "keep_checkpoints",
+  "equal_time",
+  "equal_time_of",
+  "max_nonfinite",
+  "step_sleep",
+  "inject_nan_steps",
+)
 
 
 def _step_key(config) -> str:
@@ -180,10 +212,11 @@ def _step_key(config) -> str:
   return json.dumps(keep, sort_keys=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _step_fn(config_json: str, method: str):
   """The jitted step of a method, one per config (so repeated runs reuse the compilation)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   config = ml_collections.ConfigDict(json.loads(config_json))
   if method in META_METHODS:
     return jax.jit(functools.partial(mg.meta_step, config=meta_config(config, method)))
@@ -199,8 +232,9 @@ class Run:
   initialisation of the seed).
   """
 
-  def __init__(self, config, method: str, seed: int, train_split,
-               init_params: mg.GanParams | None = None):
+  def __init__(
+    self, config, method: str, seed: int, train_split, init_params: mg.GanParams | None = None
+  ):
     self.config, self.method, self.seed = config, method, seed
     tc = config.train
     self.total = {"scratch": 0, "pretrain": int(config.pretrain.steps)}.get(method, int(tc.steps))
@@ -218,25 +252,37 @@ class Run:
       mc = meta_config(config, method)
       state = mg.init(self.k_init, mc)
       if init_params is not None:  # start from the pre-trained GAN
-        params = (mg.MetaSGDParams(init=init_params, lr=state.params.lr)
-                  if isinstance(state.params, mg.MetaSGDParams) else init_params)
+        params = (
+          mg.MetaSGDParams(init=init_params, lr=state.params.lr)
+          if isinstance(state.params, mg.MetaSGDParams)
+          else init_params
+        )
         state = mg.MetaState(params, mc.optimizer.init(params), state.step)
       self.state0 = mg.parallel.replicate(state, self.mesh)
       n = sample_streams(config)
-      mine = range(jax.process_index() * n // jax.process_count(),
-                   (jax.process_index() + 1) * n // jax.process_count())
-      self.samplers = [mg.data.TaskSampler(train_split, tc.tasks // n, tc.k, tc.q, seed=seed,
-                                           process_index=i) for i in mine]
+      mine = range(
+        jax.process_index() * n // jax.process_count(),
+        (jax.process_index() + 1) * n // jax.process_count(),
+      )
+      self.samplers = [
+        mg.data.TaskSampler(train_split, tc.tasks // n, tc.k, tc.q, seed=seed, process_index=i)
+        for i in mine
+      ]
     elif method in ("pretrain", "scratch"):
       self.state0 = gan.init(self.k_init, pretrain_config(config))
       # Batches of distinct classes: every image of the split about equally often.
       # Not task-parallel: with several processes, each runs the same updates.
       b = int(config.pretrain.batch)
-      self.samplers = [] if method == "scratch" else [mg.data.TaskSampler(
-          train_split, 1, b, 0, seed=seed, classes_per_task=b)]
+      self.samplers = (
+        []
+        if method == "scratch"
+        else [mg.data.TaskSampler(train_split, 1, b, 0, seed=seed, classes_per_task=b)]
+      )
     else:
-      raise ValueError(f"Run: method {method!r} has no training run; choose from "
-                       f"{list(META_METHODS) + ['pretrain', 'scratch']}.")
+      raise ValueError(
+        f"Run: method {method!r} has no training run; choose from "
+        f"{list(META_METHODS) + ['pretrain', 'scratch']}."
+      )
     self.model = model
     self.nan_steps = set(parse_list(tc.inject_nan_steps, int))
 
@@ -274,8 +320,10 @@ def run_health(run_dirs: list[str]) -> dict:
     with open(path) as f:
       rows = [json.loads(l) for l in f if l.strip()]
     skipped += max((int(r.get("nonfinite_skipped", 0)) for r in rows), default=0)
-    worst = max([worst] + [abs(v) for r in rows for k, v in r.items()
-                           if "loss" in k and isinstance(v, (int, float))])
+    worst = max(
+      [worst]
+      + [abs(v) for r in rows for k, v in r.items() if "loss" in k and isinstance(v, (int, float))]
+    )
   return {"nonfinite_skipped": skipped, "max_abs_loss": worst, "runs": len(run_dirs)}
 
 
@@ -290,11 +338,14 @@ def all_finite(tree) -> jax.Array:
 
 def _manager(ckpt_dir: str, keep: int):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   return ocp.CheckpointManager(
-      os.path.abspath(ckpt_dir),
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=False),
-      item_names=("state", "meta"))
+    os.path.abspath(ckpt_dir),
+    options=ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=True, enable_async_checkpointing=False
+    ),
+    item_names=("state", "meta"),
+  )
 
 
 def _is_global(x) -> bool:
@@ -313,9 +364,13 @@ def save_checkpoint(mngr, step: int, state, meta: dict) -> None:
   (identical in every process) as numpy, written by process 0, as is ``meta``.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   leaves = {k: x if _is_global(x) else np.asarray(x) for k, x in _leaf_dict(state).items()}
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(leaves),
-                                          meta=ocp.args.JsonSave(meta)), force=True)
+  mngr.save(
+    step,
+    args=ocp.args.Composite(state=ocp.args.StandardSave(leaves), meta=ocp.args.JsonSave(meta)),
+    force=True,
+  )
   mngr.wait_until_finished()
 
 
@@ -328,30 +383,46 @@ def restore_checkpoint(ckpt_dir: str, keep: int, like) -> tuple[Any, dict, int] 
   must call it.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   if not os.path.isdir(ckpt_dir):
     return None
   mngr = _manager(ckpt_dir, keep)
   leaves_like, treedef = jax.tree.flatten(like)
-  target = {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-            if _is_global(x) else np.asarray(x) for k, x in _leaf_dict(like).items()}
+  target = {
+    k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    if _is_global(x)
+    else np.asarray(x)
+    for k, x in _leaf_dict(like).items()
+  }
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
-      out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                       meta=ocp.args.JsonRestore()))
+      out = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+        ),
+      )
       got = out["state"]
       leaves = [got[f"leaf_{i:05d}"] for i in range(len(leaves_like))]
       for a, b in zip(leaves, leaves_like):
         if np.shape(a) != np.shape(b):
           raise ValueError(f"leaf shape {np.shape(a)} != expected {np.shape(b)}")
       # Host copies go back where ``like``'s leaves live (e.g. replicated on the task mesh).
-      leaves = [a if _is_global(b) else jax.device_put(np.asarray(a, np.asarray(b).dtype),
-                                                       getattr(b, "sharding", None))
-                for a, b in zip(leaves, leaves_like)]
+      leaves = [
+        a
+        if _is_global(b)
+        else jax.device_put(np.asarray(a, np.asarray(b).dtype), getattr(b, "sharding", None))
+        for a, b in zip(leaves, leaves_like)
+      ]
       return jax.tree.unflatten(treedef, leaves), dict(out["meta"]), step
     except Exception as e:  # pylint: disable=broad-except
-      warnings.warn(f"checkpoint step {step} in {ckpt_dir} is unreadable "
-                    f"({type(e).__name__}: {str(e)[:200]}); removing it and falling back to "
-                    f"the previous checkpoint.", RuntimeWarning, stacklevel=2)
+      warnings.warn(
+        f"checkpoint step {step} in {ckpt_dir} is unreadable "
+        f"({type(e).__name__}: {str(e)[:200]}); removing it and falling back to "
+        f"the previous checkpoint.",
+        RuntimeWarning,
+        stacklevel=2,
+      )
       if is_main_process():
         shutil.rmtree(os.path.join(ckpt_dir, str(step)), ignore_errors=True)
       _sync(f"ckpt_fallback_{step}")
@@ -363,6 +434,7 @@ def _sync(name: str) -> None:
   """Waits for every process (no-op with one)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     multihost_utils.sync_global_devices(name)
 
 
@@ -382,8 +454,10 @@ def image_grid(x_NxHxWxC, cols: int = 8) -> np.ndarray:
 
 def save_png(path: str, img: np.ndarray) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   os.makedirs(os.path.dirname(path), exist_ok=True)
   plt.imsave(path, img, cmap="gray", vmin=0, vmax=1)
 
@@ -405,11 +479,15 @@ class Logger:
       os.remove(self.path)
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
       self.tb = SummaryWriter(run_dir, purge_step=start_step + 1 if start_step else None)
     except ImportError:
       self.tb = None
-      warnings.warn("tensorboardX is not installed; no TensorBoard events "
-                    "(pip install 'metagan_jax[experiments]').")
+      warnings.warn(
+        "tensorboardX is not installed; no TensorBoard events "
+        "(pip install 'metagan_jax[experiments]').",
+        stacklevel=2,
+      )
 
   def scalars(self, step: int, values: dict) -> None:
     if not self.enabled:
@@ -450,20 +528,31 @@ def equal_time_params(run_dir: str, like):
     RuntimeError: the run has no equal-time step.
   """
   import flax.serialization  # pylint: disable=g-import-not-at-top
+
   path = os.path.join(run_dir, "equal_time")
   if not os.path.exists(path + ".json"):
-    raise RuntimeError(f"{run_dir} has no equal_time.json: the run finished without an "
-                       f"equal-time step (trained without train.equal_time, or killed while "
-                       f"writing it); delete {run_dir} and train it again.")
+    raise RuntimeError(
+      f"{run_dir} has no equal_time.json: the run finished without an "
+      f"equal-time step (trained without train.equal_time, or killed while "
+      f"writing it); delete {run_dir} and train it again."
+    )
   with open(path + ".msgpack", "rb") as f:
     params = flax.serialization.from_bytes(like, f.read())
   with open(path + ".json") as f:
     return params, json.load(f)
 
 
-def train_run(config, method: str, seed: int, run_dir: str, train_split, resume: bool = False,
-              progress: bool = True, init_params: mg.GanParams | None = None,
-              equal_time_ms: float | None = None):
+def train_run(
+  config,
+  method: str,
+  seed: int,
+  run_dir: str,
+  train_split,
+  resume: bool = False,
+  progress: bool = True,
+  init_params: mg.GanParams | None = None,
+  equal_time_ms: float | None = None,
+):
   """Trains (or resumes, or just loads) one run; returns its final state.
 
   ``method`` is a meta method, ``"pretrain"`` or ``"scratch"`` (see :class:`Run`);
@@ -483,39 +572,63 @@ def train_run(config, method: str, seed: int, run_dir: str, train_split, resume:
     NonFiniteError: ``train.max_nonfinite`` non-finite updates in a row.
   """
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
   run = Run(config, method, seed, train_split, init_params)
   tc = config.train
   ckpt_dir = os.path.join(run_dir, "checkpoints")
   os.makedirs(run_dir, exist_ok=True)
   if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir) and not resume:
-    raise FileExistsError(f"run folder {run_dir} already has checkpoints; pass --resume to "
-                          f"continue it or choose a new --workdir.")
+    raise FileExistsError(
+      f"run folder {run_dir} already has checkpoints; pass --resume to "
+      f"continue it or choose a new --workdir."
+    )
   _sync(f"start_{run_dir}")  # every process has checked the folder before anyone writes
   restored = restore_checkpoint(ckpt_dir, tc.keep_checkpoints, run.state0) if resume else None
   state, start = (restored[0], restored[2]) if restored else (run.state0, 0)
   counts = {"in_a_row": 0, "total": 0}
-  timing = {"step_ms": [], "first_step_s": [], "equal_time_steps": None,
-            "equal_time_probe_ms": None, "equal_time_ms": equal_time_ms}
+  timing = {
+    "step_ms": [],
+    "first_step_s": [],
+    "equal_time_steps": None,
+    "equal_time_probe_ms": None,
+    "equal_time_ms": equal_time_ms,
+  }
   if restored:
-    counts = {"in_a_row": int(restored[1].get("nonfinite_in_a_row", 0)),
-              "total": int(restored[1].get("nonfinite_total", 0))}
+    counts = {
+      "in_a_row": int(restored[1].get("nonfinite_in_a_row", 0)),
+      "total": int(restored[1].get("nonfinite_total", 0)),
+    }
     was = restored[1].get("equal_time_ms")
     if start < run.total and was is not None and was != equal_time_ms:
-      raise ValueError(f"{method} seed {seed}: resumed with equal_time_ms={equal_time_ms}, but the "
-                       f"run began with {was} (the reference run changed); delete {run_dir} and "
-                       f"train it again.")
-    timing.update({k: restored[1][k] for k in timing
-                   if k in restored[1] and k != "equal_time_ms"})
+      raise ValueError(
+        f"{method} seed {seed}: resumed with equal_time_ms={equal_time_ms}, but the "
+        f"run began with {was} (the reference run changed); delete {run_dir} and "
+        f"train it again."
+      )
+    timing.update({k: restored[1][k] for k in timing if k in restored[1] and k != "equal_time_ms"})
   if equal_time_ms is not None and method not in META_METHODS:
     raise ValueError(f"equal_time_ms applies to meta methods {list(META_METHODS)}, not {method!r}.")
   main = is_main_process()
-  resolved = ({"vectorize": meta_config(config, method).resolved_vectorize()}
-              if method in META_METHODS else {})
+  resolved = (
+    {"vectorize": meta_config(config, method).resolved_vectorize()}
+    if method in META_METHODS
+    else {}
+  )
   if main:
     with open(os.path.join(run_dir, "config.json"), "w") as f:
-      json.dump({"method": method, "seed": seed, "processes": jax.process_count(),
-                 "devices": jax.device_count(), "platform": mg.backend.platform(),
-                 **resolved, "config": config.to_dict()}, f, indent=1)
+      json.dump(
+        {
+          "method": method,
+          "seed": seed,
+          "processes": jax.process_count(),
+          "devices": jax.device_count(),
+          "platform": mg.backend.platform(),
+          **resolved,
+          "config": config.to_dict(),
+        },
+        f,
+        indent=1,
+      )
   if restored and start >= run.total:
     return state
   mngr = _manager(ckpt_dir, tc.keep_checkpoints)
@@ -532,9 +645,15 @@ def train_run(config, method: str, seed: int, run_dir: str, train_split, resume:
     log.image(step, grid)
 
   def meta(step):
-    return {"step": step, "method": method, "seed": seed,
-            "nonfinite_in_a_row": counts["in_a_row"], "nonfinite_total": counts["total"],
-            "sampler": run.sampler.state() if run.sampler else None, **timing}
+    return {
+      "step": step,
+      "method": method,
+      "seed": seed,
+      "nonfinite_in_a_row": counts["in_a_row"],
+      "nonfinite_total": counts["total"],
+      "sampler": run.sampler.state() if run.sampler else None,
+      **timing,
+    }
 
   held = {}  # host copies of the first steps' parameters, until the equal-time step is fixed
   if equal_time_ms is not None and timing["equal_time_steps"] is None:
@@ -549,18 +668,23 @@ def train_run(config, method: str, seed: int, run_dir: str, train_split, resume:
       held[done] = mg.parallel.to_host(state.params)
       if len(timing["step_ms"]) < PROBE_STEPS and done < run.total:
         return
-      ms = (float(np.median(timing["step_ms"])) if timing["step_ms"]
-            else 1e3 * timing["first_step_s"][-1])
+      ms = (
+        float(np.median(timing["step_ms"]))
+        if timing["step_ms"]
+        else 1e3 * timing["first_step_s"][-1]
+      )
       k = int(np.clip(np.floor(equal_time_ms / ms), 1, run.total))
       if jax.process_count() > 1:  # process 0's clock decides, so every process keeps one step
         from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
         k = int(multihost_utils.broadcast_one_to_all(np.int32(k)))
       timing.update(equal_time_steps=k, equal_time_probe_ms=ms)
       if k not in held:
         if k < done:
           raise RuntimeError(
-              f"{method} seed {seed}: the equal-time step {k} was passed before it was fixed "
-              f"(the run was resumed at step {start}); delete {run_dir} and train it again.")
+            f"{method} seed {seed}: the equal-time step {k} was passed before it was fixed "
+            f"(the run was resumed at step {start}); delete {run_dir} and train it again."
+          )
         held.clear()
         return
     elif done != k:
@@ -569,21 +693,36 @@ def train_run(config, method: str, seed: int, run_dir: str, train_split, resume:
     held.clear()
     if main:
       import flax.serialization  # pylint: disable=g-import-not-at-top
+
       path = os.path.join(run_dir, "equal_time")
       with open(path + ".msgpack", "wb") as f:
         f.write(flax.serialization.to_bytes(params))
       with open(path + ".json", "w") as f:  # written last: its presence means complete
-        json.dump({"steps": k, "of_steps": run.total, "reference_ms": equal_time_ms,
-                   "probe_median_ms": timing["equal_time_probe_ms"]}, f, indent=1)
+        json.dump(
+          {
+            "steps": k,
+            "of_steps": run.total,
+            "reference_ms": equal_time_ms,
+            "probe_median_ms": timing["equal_time_probe_ms"],
+          },
+          f,
+          indent=1,
+        )
     _sync(f"equal_time_{run_dir}")
 
   if start == 0:
     if not restored:  # a run resumed from its step-0 checkpoint has it already
       save_checkpoint(mngr, 0, state, meta(0))
     snapshot(0)
-  bar = tqdm(total=run.total, initial=start, desc=f"{method} seed {seed}",
-             disable=not (progress and main),
-             file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
+  bar = tqdm(
+    total=run.total,
+    initial=start,
+    desc=f"{method} seed {seed}",
+    disable=not (progress and main),
+    file=sys.stderr,
+    dynamic_ncols=True,
+    mininterval=1.0,
+  )
   t0 = time.perf_counter()
   try:
     for step in range(start, run.total):
@@ -604,24 +743,35 @@ def train_run(config, method: str, seed: int, run_dir: str, train_split, resume:
       else:  # skip the update: keep the state from before the step
         counts["in_a_row"] += 1
         counts["total"] += 1
-        warnings.warn(f"{method} seed {seed}: non-finite loss or update at step {done}; "
-                      f"update skipped ({counts['in_a_row']} in a row).", RuntimeWarning)
+        warnings.warn(
+          f"{method} seed {seed}: non-finite loss or update at step {done}; "
+          f"update skipped ({counts['in_a_row']} in a row).",
+          RuntimeWarning,
+          stacklevel=2,
+        )
       if counts["in_a_row"] >= tc.max_nonfinite:
         raise NonFiniteError(
-            f"{method} seed {seed}: {counts['in_a_row']} non-finite updates in a row at step "
-            f"{done} (train.max_nonfinite={tc.max_nonfinite}; {counts['total']} skipped in all); "
-            f"last metrics { {k: float(v) for k, v in mg.parallel.to_host(metrics).items()} }. "
-            f"Lower train.outer_lr or inner_lr, or check the data. The last good checkpoint is in {ckpt_dir}.")
+          f"{method} seed {seed}: {counts['in_a_row']} non-finite updates in a row at step "
+          f"{done} (train.max_nonfinite={tc.max_nonfinite}; {counts['total']} skipped in all); "
+          f"last metrics { {k: float(v) for k, v in mg.parallel.to_host(metrics).items()} }. "
+          f"Lower train.outer_lr or inner_lr, or check the data. The last good checkpoint is in {ckpt_dir}."
+        )
       equal_time(done)
       if tc.step_sleep:
         time.sleep(tc.step_sleep)
       if done % tc.log_every == 0 or done == run.total:
         vals = {k: float(v) for k, v in mg.parallel.to_host(metrics).items()}
-        vals.update(nonfinite_skipped=counts["total"], elapsed_s=round(time.perf_counter() - t0, 2),
-                    **resolved)
+        vals.update(
+          nonfinite_skipped=counts["total"],
+          elapsed_s=round(time.perf_counter() - t0, 2),
+          **resolved,
+        )
         log.scalars(done, vals)
-        shown = {k.replace("_inner_loss", "").replace("_loss", ""): f"{v:.3f}"
-                 for k, v in vals.items() if "loss" in k and "first" not in k}
+        shown = {
+          k.replace("_inner_loss", "").replace("_loss", ""): f"{v:.3f}"
+          for k, v in vals.items()
+          if "loss" in k and "first" not in k
+        }
         bar.set_postfix(shown, refresh=False)
       if done % tc.sample_every == 0 or done == run.total:
         snapshot(done)
@@ -633,9 +783,18 @@ def train_run(config, method: str, seed: int, run_dir: str, train_split, resume:
     log.close()
   if main and (timing["step_ms"] or timing["first_step_s"]):
     with open(os.path.join(run_dir, "timing.json"), "w") as f:
-      json.dump({"steps": run.total, "median_step_ms": float(np.median(timing["step_ms"]))
-                 if timing["step_ms"] else 1e3 * timing["first_step_s"][-1],
-                 "first_step_s": timing["first_step_s"], "loop_s": round(time.perf_counter() - t0, 1),
-                 "equal_time_steps": timing["equal_time_steps"],
-                 "equal_time_probe_ms": timing["equal_time_probe_ms"]}, f, indent=1)
+      json.dump(
+        {
+          "steps": run.total,
+          "median_step_ms": float(np.median(timing["step_ms"]))
+          if timing["step_ms"]
+          else 1e3 * timing["first_step_s"][-1],
+          "first_step_s": timing["first_step_s"],
+          "loop_s": round(time.perf_counter() - t0, 1),
+          "equal_time_steps": timing["equal_time_steps"],
+          "equal_time_probe_ms": timing["equal_time_probe_ms"],
+        },
+        f,
+        indent=1,
+      )
   return state

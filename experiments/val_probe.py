@@ -36,19 +36,35 @@ from experiments import protocol, train_lib  # pylint: disable=g-import-not-at-t
 from experiments.protocol import scoring  # pylint: disable=g-import-not-at-top
 from metagan_jax import metrics as M  # pylint: disable=g-import-not-at-top
 
-COLUMNS = ("kid", "fidelity", "diversity", "memorisation", "lowdata_acc", "lowdata_cnn_acc",
-           "pieces")
+COLUMNS = (
+  "kid",
+  "fidelity",
+  "diversity",
+  "memorisation",
+  "lowdata_acc",
+  "lowdata_cnn_acc",
+  "pieces",
+)
 
 
-def probe(run_dir: str, methods: list[str], variants: dict, t: int, adapt_seeds: list[int],
-          n_classes: int, out_dir: str | None = None, cnn_steps: int | None = None) -> list[dict]:
+def probe(
+  run_dir: str,
+  methods: list[str],
+  variants: dict,
+  t: int,
+  adapt_seeds: list[int],
+  n_classes: int,
+  out_dir: str | None = None,
+  cnn_steps: int | None = None,
+) -> list[dict]:
   """One row ``{run, method, variant, <metric>: mean, ...}`` per method and variant."""
   with open(os.path.join(run_dir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
   config.eval.tune_classes = n_classes
   if cnn_steps is not None:  # runs from before the CNN metric lack its fields
     for k, v in ml_collections.ConfigDict(
-        {"cnn_steps": cnn_steps, "cnn_batch": 64, "cnn_lr": 1e-3, "cnn_shift": 0.075}).items():
+      {"cnn_steps": cnn_steps, "cnn_batch": 64, "cnn_lr": 1e-3, "cnn_shift": 0.075}
+    ).items():
       if k == "cnn_steps" or k not in config.eval:
         config.eval[k] = v
   features_fn, _ = protocol.feature_net(config, verbose=False)
@@ -57,14 +73,30 @@ def probe(run_dir: str, methods: list[str], variants: dict, t: int, adapt_seeds:
   f_sup, f_held = feats(vc["support"]), feats(vc["heldout"])
   rows = []
   real, _ = scoring.real_scores(config, f_sup, f_held, images=(vc["support"], vc["heldout"], 0))
-  rows.append({"run": run_dir, "method": "real", "variant": "",
-               **{m: float(np.mean(v)) for m, v in real.items()},
-               "pieces": _pieces(vc["heldout"])})
+  rows.append(
+    {
+      "run": run_dir,
+      "method": "real",
+      "variant": "",
+      **{m: float(np.mean(v)) for m, v in real.items()},
+      "pieces": _pieces(vc["heldout"]),
+    }
+  )
   real_only = scoring.lowdata_accuracy(config, f_sup, f_held)
-  cnn_only = (scoring.lowdata_cnn_accuracy(config, vc["support"], vc["heldout"], seed=0)
-              if scoring._cnn_on(config) else np.nan)  # pylint: disable=protected-access
-  rows.append({"run": run_dir, "method": "K real only", "variant": "",
-               "lowdata_acc": float(np.mean(real_only)), "lowdata_cnn_acc": float(np.mean(cnn_only))})
+  cnn_only = (
+    scoring.lowdata_cnn_accuracy(config, vc["support"], vc["heldout"], seed=0)
+    if scoring._cnn_on(config)
+    else np.nan
+  )  # pylint: disable=protected-access
+  rows.append(
+    {
+      "run": run_dir,
+      "method": "K real only",
+      "variant": "",
+      "lowdata_acc": float(np.mean(real_only)),
+      "lowdata_cnn_acc": float(np.mean(cnn_only)),
+    }
+  )
   seeds = train_lib.parse_list(config.meta_seeds, int)
   for method in methods:
     runs = {s: mg.load_run(run_dir, method=method, seed=s) for s in seeds}
@@ -78,25 +110,35 @@ def probe(run_dir: str, methods: list[str], variants: dict, t: int, adapt_seeds:
         meta = runs[s].meta_params
         for a in adapt_seeds:
           key = jax.random.fold_in(jax.random.key(30_000 + a), s)  # not the tuning's 20_000
-          gen = scoring.adapt_and_generate(config, meta, vc["support"], [t], key,
-                                           config.eval.n_gen, rule)[t]
-          per, _ = scoring.score(config, feats(gen), f_sup, f_held,
-                                 images=(gen, vc["support"], vc["heldout"], a))
+          gen = scoring.adapt_and_generate(
+            config, meta, vc["support"], [t], key, config.eval.n_gen, rule
+          )[t]
+          per, _ = scoring.score(
+            config, feats(gen), f_sup, f_held, images=(gen, vc["support"], vc["heldout"], a)
+          )
           for m, v in per.items():
             vals.setdefault(m, []).append(np.mean(v))
           vals.setdefault("pieces", []).append(_pieces(gen))
           if grid is None:
             grid = gen
-      row = {"run": run_dir, "method": method, "variant": vname,
-             **{m: float(np.mean(v)) for m, v in vals.items()},
-             "seconds": time.perf_counter() - t0}
+      row = {
+        "run": run_dir,
+        "method": method,
+        "variant": vname,
+        **{m: float(np.mean(v)) for m, v in vals.items()},
+        "seconds": time.perf_counter() - t0,
+      }
       rows.append(row)
       print(_row(row), flush=True)
       if out_dir:
         name = f"{os.path.basename(run_dir.rstrip('/'))}_{method}_{vname}.png"
-        train_lib.save_png(os.path.join(out_dir, name), train_lib.image_grid(
+        train_lib.save_png(
+          os.path.join(out_dir, name),
+          train_lib.image_grid(
             np.concatenate([vc["support"][:6], grid[:6, :8]], 1).reshape(-1, *grid.shape[2:]),
-            cols=config.eval.k + 8))
+            cols=config.eval.k + 8,
+          ),
+        )
   return rows
 
 
@@ -107,14 +149,19 @@ def _pieces(imgs) -> float:
 
 
 def _row(r: dict) -> str:
-  cells = [f"{r[m]:.3g}" if m == "kid" and m in r else (f"{r[m]:.2f}" if m in r else "")
-           for m in COLUMNS]
-  return f"| {os.path.basename(r['run'].rstrip('/'))} | {r['method']} | {r['variant']} | " + \
-         " | ".join(cells) + " |"
+  cells = [
+    f"{r[m]:.3g}" if m == "kid" and m in r else (f"{r[m]:.2f}" if m in r else "") for m in COLUMNS
+  ]
+  return (
+    f"| {os.path.basename(r['run'].rstrip('/'))} | {r['method']} | {r['variant']} | "
+    + " | ".join(cells)
+    + " |"
+  )
 
 
 def main():
   import argparse  # pylint: disable=g-import-not-at-top
+
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--run", required=True, help="run folder(s), comma-separated")
   ap.add_argument("--methods", default="reptile,transfer")
@@ -122,8 +169,12 @@ def main():
   ap.add_argument("--t", type=int, default=10)
   ap.add_argument("--adapt_seeds", default="0,1")
   ap.add_argument("--classes", type=int, default=20)
-  ap.add_argument("--cnn_steps", type=int, default=None,
-                  help="CNN low-data metric steps (default: the run's config, 300 if absent)")
+  ap.add_argument(
+    "--cnn_steps",
+    type=int,
+    default=None,
+    help="CNN low-data metric steps (default: the run's config, 300 if absent)",
+  )
   ap.add_argument("--out", default="runs/val_probe", help="sample grids; '' for none")
   ap.add_argument("--json", default="", help="also write the rows to this file")
   a = ap.parse_args()
@@ -135,8 +186,16 @@ def main():
     with open(os.path.join(run_dir, "config.json")) as f:
       has_cnn = "cnn_steps" in json.load(f)["eval"]
     cnn = a.cnn_steps if a.cnn_steps is not None else (None if has_cnn else 300)
-    got = probe(run_dir, train_lib.parse_list(a.methods), variants, a.t,
-                train_lib.parse_list(a.adapt_seeds, int), a.classes, a.out or None, cnn)
+    got = probe(
+      run_dir,
+      train_lib.parse_list(a.methods),
+      variants,
+      a.t,
+      train_lib.parse_list(a.adapt_seeds, int),
+      a.classes,
+      a.out or None,
+      cnn,
+    )
     for r in got[:2]:
       print(_row(r))
     rows += got

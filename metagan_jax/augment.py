@@ -34,13 +34,16 @@ def parse_policy(policy: str | None) -> tuple[str, ...]:
   names = tuple(p.strip() for p in (policy or "").split(",") if p.strip())
   bad = [n for n in names if n not in OPS]
   if bad:
-    raise ValueError(f"augment policy {policy!r}: unknown op(s) {bad}; use a comma-separated "
-                     f"subset of {list(OPS)}, or '' for none.")
+    raise ValueError(
+      f"augment policy {policy!r}: unknown op(s) {bad}; use a comma-separated "
+      f"subset of {list(OPS)}, or '' for none."
+    )
   return names
 
 
-def translate(key: jax.Array, x_NxHxWxC: jax.Array, ratio: float = 0.125,
-              fill: float = -1.0) -> jax.Array:
+def translate(
+  key: jax.Array, x_NxHxWxC: jax.Array, ratio: float = 0.125, fill: float = -1.0
+) -> jax.Array:
   """Shifts every image by its own integer (dy, dx), each uniform in [-s, s], s = round(ratio*size).
 
   Pixels shifted in from outside the image take ``fill``. Linear in ``x``, so its
@@ -57,8 +60,9 @@ def translate(key: jax.Array, x_NxHxWxC: jax.Array, ratio: float = 0.125,
   return jax.vmap(crop)(xp, sh - dy, sw - dx)
 
 
-def cutout(key: jax.Array, x_NxHxWxC: jax.Array, ratio: float = 0.5,
-           fill: float = -1.0) -> jax.Array:
+def cutout(
+  key: jax.Array, x_NxHxWxC: jax.Array, ratio: float = 0.5, fill: float = -1.0
+) -> jax.Array:
   """Sets one ``round(ratio*size)`` square per image (centre uniform, clipped to the image) to ``fill``."""
   n, h, w, _ = x_NxHxWxC.shape
   ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
@@ -72,8 +76,9 @@ def cutout(key: jax.Array, x_NxHxWxC: jax.Array, ratio: float = 0.5,
   return jnp.where(box, jnp.asarray(fill, x_NxHxWxC.dtype), x_NxHxWxC)
 
 
-def diff_augment(key: jax.Array, x_NxHxWxC: jax.Array, policy: str | tuple[str, ...],
-                 fill: float = -1.0) -> jax.Array:
+def diff_augment(
+  key: jax.Array, x_NxHxWxC: jax.Array, policy: str | tuple[str, ...], fill: float = -1.0
+) -> jax.Array:
   """Applies the ops of ``policy`` in order, each with its own key; ``policy=""`` is the identity.
 
   Args:

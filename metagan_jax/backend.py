@@ -29,7 +29,7 @@ the rule's hypothesis until ``benchmarks/device_check.sh`` has been run on one
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 
@@ -49,8 +49,9 @@ def is_accelerator(platform_name: str) -> bool:
   return platform_name.lower() in ACCELERATORS
 
 
-def _resolve(value: str, choices: tuple, cpu: str, accelerator: str, error: str,
-             platform_name: str | None) -> str:
+def _resolve(
+  value: str, choices: tuple, cpu: str, accelerator: str, error: str, platform_name: str | None
+) -> str:
   """An explicit value in ``choices`` as is; ``"auto"`` by platform; anything else ``error``."""
   if value in choices:
     return value
@@ -61,12 +62,23 @@ def _resolve(value: str, choices: tuple, cpu: str, accelerator: str, error: str,
 
 def resolve_vectorize(value: str, platform_name: str | None = None) -> str:
   """``"auto"`` -> ``"map"`` on CPU, ``"vmap"`` on accelerators; explicit values unchanged."""
-  return _resolve(value, VECTORIZE, "map", "vmap",
-                  f"vectorize must be 'auto', 'map' or 'vmap', got {value!r}.", platform_name)
+  return _resolve(
+    value,
+    VECTORIZE,
+    "map",
+    "vmap",
+    f"vectorize must be 'auto', 'map' or 'vmap', got {value!r}.",
+    platform_name,
+  )
 
 
 def resolve_conv_impl(value: str, platform_name: str | None = None) -> str:
   """``"auto"`` -> ``"matmul"`` on CPU, ``"xla"`` on accelerators; explicit values unchanged."""
-  return _resolve(value, CONV_IMPLS, "matmul", "xla",
-                  f"Unknown conv_impl {value!r}; choose from {('auto',) + CONV_IMPLS}.",
-                  platform_name)
+  return _resolve(
+    value,
+    CONV_IMPLS,
+    "matmul",
+    "xla",
+    f"Unknown conv_impl {value!r}; choose from {('auto',) + CONV_IMPLS}.",
+    platform_name,
+  )

@@ -47,7 +47,9 @@ class UsageError(ValueError):
   """Bad input to the command; the message names the value and the fix."""
 
 
-def read_images(folder: str, skip_bad: bool = False) -> tuple[list[np.ndarray], list[str], list[str]]:
+def read_images(
+  folder: str, skip_bad: bool = False
+) -> tuple[list[np.ndarray], list[str], list[str]]:
   """Every image file of ``folder`` as float arrays in [0, 1] ``[H, W, C]``.
 
   Returns ``(images, names, skipped)``. A file that cannot be decoded raises
@@ -59,11 +61,15 @@ def read_images(folder: str, skip_bad: bool = False) -> tuple[list[np.ndarray], 
     raise UsageError("reading images needs Pillow: pip install 'metagan_jax[data]'.") from None
   if not os.path.isdir(folder):
     raise UsageError(f"--images {folder}: no such folder; give the folder holding your images.")
-  files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS)
-                 and os.path.isfile(os.path.join(folder, f)))
+  files = sorted(
+    f
+    for f in os.listdir(folder)
+    if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f))
+  )
   if not files:
-    raise UsageError(f"--images {folder}: no image files in it (looked for "
-                     f"{', '.join(IMAGE_EXTENSIONS)}).")
+    raise UsageError(
+      f"--images {folder}: no image files in it (looked for {', '.join(IMAGE_EXTENSIONS)})."
+    )
   images, names, skipped = [], [], []
   for f in files:
     try:
@@ -73,8 +79,10 @@ def read_images(folder: str, skip_bad: bool = False) -> tuple[list[np.ndarray], 
         arr = np.asarray(im.convert(mode), np.float32) / 255.0
     except Exception as e:  # pylint: disable=broad-except
       if not skip_bad:
-        raise UsageError(f"--images: {os.path.join(folder, f)} is not a readable image "
-                         f"({type(e).__name__}: {e}); remove it or pass --skip-bad.") from None
+        raise UsageError(
+          f"--images: {os.path.join(folder, f)} is not a readable image "
+          f"({type(e).__name__}: {e}); remove it or pass --skip-bad."
+        ) from None
       skipped.append(f)
       continue
     if arr.ndim == 2:
@@ -84,14 +92,18 @@ def read_images(folder: str, skip_bad: bool = False) -> tuple[list[np.ndarray], 
     images.append(arr)
     names.append(f)
   if not images:
-    raise UsageError(f"--images {folder}: none of its {len(files)} image files is readable "
-                     f"(skipped: {', '.join(skipped)}).")
+    raise UsageError(
+      f"--images {folder}: none of its {len(files)} image files is readable "
+      f"(skipped: {', '.join(skipped)})."
+    )
   return images, names, skipped
 
 
 def _has_images(folder: str) -> bool:
-  return any(f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f))
-             for f in os.listdir(folder))
+  return any(
+    f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f))
+    for f in os.listdir(folder)
+  )
 
 
 def class_folders(folder: str) -> list[str] | None:
@@ -102,12 +114,17 @@ def class_folders(folder: str) -> list[str] | None:
   """
   if not os.path.isdir(folder):
     raise UsageError(f"--images {folder}: no such folder; give the folder holding your images.")
-  subs = sorted(d for d in os.listdir(folder) if not d.startswith(".")
-                and os.path.isdir(os.path.join(folder, d)))
+  subs = sorted(
+    d
+    for d in os.listdir(folder)
+    if not d.startswith(".") and os.path.isdir(os.path.join(folder, d))
+  )
   if _has_images(folder):
     if any(_has_images(os.path.join(folder, d)) for d in subs):
-      raise UsageError(f"--images {folder} holds images and also sub-folders of images; put one "
-                       f"class's images directly in it, or every class in its own sub-folder.")
+      raise UsageError(
+        f"--images {folder} holds images and also sub-folders of images; put one "
+        f"class's images directly in it, or every class in its own sub-folder."
+      )
     return None
   return subs or None
 
@@ -130,6 +147,7 @@ def prepare(images: list[np.ndarray], prep, invert: str) -> tuple[np.ndarray, li
   ``"yes"`` / ``"no"`` invert every image or none.
   """
   from metagan_jax.data import preprocess  # pylint: disable=g-import-not-at-top
+
   out, flips = [], []
   for img in images:
     if invert == "auto":
@@ -156,6 +174,7 @@ def image_grid(x_NxHxWxC: np.ndarray, cols: int) -> np.ndarray:
 def save_png(path: str, img01: np.ndarray, scale: int = 1) -> None:
   """Saves an image in [0, 1]; ``scale`` > 1 enlarges it by pixel repetition (for viewing)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   arr = np.round(np.clip(img01, 0, 1) * 255).astype(np.uint8)
   if scale > 1:
     arr = np.repeat(np.repeat(arr, scale, axis=0), scale, axis=1)
@@ -187,8 +206,11 @@ def _write_class(folder: str, support: np.ndarray, samples: np.ndarray, report: 
   rows = [image_grid(support, cols), image_grid(samples, cols)]
   # A row gap between the support and the samples; cells enlarged to >= 56 px.
   gap = np.full((max(1, support.shape[1] // 4),) + rows[0].shape[1:], 0.5, rows[0].dtype)
-  save_png(os.path.join(folder, "grid.png"), np.concatenate([rows[0], gap, rows[1]], axis=0),
-           scale=max(1, 56 // support.shape[1]))
+  save_png(
+    os.path.join(folder, "grid.png"),
+    np.concatenate([rows[0], gap, rows[1]], axis=0),
+    scale=max(1, 56 // support.shape[1]),
+  )
   os.makedirs(os.path.join(folder, "samples"))
   width = len(str(num - 1))
   for i, x in enumerate(samples):
@@ -201,6 +223,7 @@ def generate(args) -> dict:
   """The ``generate`` command; returns its report."""
   t_start = time.perf_counter()
   from metagan_jax import compile_cache  # pylint: disable=g-import-not-at-top
+
   # Before any computation: JAX decides at its first compilation whether a cache is used.
   cache_dir = None
   if args.no_compilation_cache:
@@ -209,6 +232,7 @@ def generate(args) -> dict:
     cache_dir = compile_cache.enable()
   stats = compile_cache.Stats()
   import metagan_jax as mg  # pylint: disable=g-import-not-at-top
+
   try:
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
   except ImportError:  # the bar is a nicety: without tqdm, the command runs without one
@@ -216,8 +240,9 @@ def generate(args) -> dict:
   out = os.path.abspath(args.out)
   # 1. Everything is checked before any compute.
   if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and not args.overwrite:
-    raise UsageError(f"--out {args.out} exists and is not empty; choose a new folder or pass "
-                     f"--overwrite.")
+    raise UsageError(
+      f"--out {args.out} exists and is not empty; choose a new folder or pass --overwrite."
+    )
   if args.num < 1:
     raise UsageError(f"--num must be >= 1, got {args.num}.")
   if args.steps is not None and args.steps < 1:
@@ -235,8 +260,10 @@ def generate(args) -> dict:
   for folder in folders:
     images, names, skipped = read_images(folder, args.skip_bad)
     if len(images) < MIN_IMAGES:
-      raise UsageError(f"--images {folder}: {len(images)} usable image; the adaptation needs "
-                       f"at least {MIN_IMAGES} (with one image a GAN can only copy it).")
+      raise UsageError(
+        f"--images {folder}: {len(images)} usable image; the adaptation needs "
+        f"at least {MIN_IMAGES} (with one image a GAN can only copy it)."
+      )
     classes.append((os.path.basename(os.path.normpath(folder)), images, names, skipped))
   t_load = time.perf_counter()
   run = mg.load_run(args.run_dir, method=args.method)
@@ -246,48 +273,76 @@ def generate(args) -> dict:
   steps = run.headline if args.steps is None else args.steps
   supports, flips = zip(*(prepare(c[1], run.preprocessing, args.invert) for c in classes))
   bar = tqdm(total=3, desc="generate", file=sys.stderr, disable=args.quiet)
-  bar.set_postfix_str(f"adapting {run.method} for {steps} steps"
-                      + (f" to {len(classes)} classes" if subs is not None else ""))
+  bar.set_postfix_str(
+    f"adapting {run.method} for {steps} steps"
+    + (f" to {len(classes)} classes" if subs is not None else "")
+  )
   t0 = time.perf_counter()
   with compile_cache.repairing(stats):
-    samples = [x.astype(np.float32) for x in
-               run.generate_many(supports, args.num, seed=args.seed, steps=steps)]
+    samples = [
+      x.astype(np.float32)
+      for x in run.generate_many(supports, args.num, seed=args.seed, steps=steps)
+    ]
   t_adapt = time.perf_counter() - t0
   bar.update(1)
   if not all(np.all(np.isfinite(x)) for x in samples):
-    raise FloatingPointError("the adapted generator produced non-finite samples; try fewer "
-                             "--steps or another --method.")
+    raise FloatingPointError(
+      "the adapted generator produced non-finite samples; try fewer --steps or another --method."
+    )
   # 2. Written to a temporary folder first, then renamed into place.
   bar.set_postfix_str("writing")
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".metagan-", dir=parent)
   os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; OUT gets the usual mode
-  common = {"run": run.path, "method": run.method, "meta_seed": run.seed, "steps": steps,
-            "seed": args.seed, "num": args.num, "rule": run.rule,
-            "polarity": "light strokes on dark" if run.preprocessing.invert else "as trained"}
+  common = {
+    "run": run.path,
+    "method": run.method,
+    "meta_seed": run.seed,
+    "steps": steps,
+    "seed": args.seed,
+    "num": args.num,
+    "rule": run.rule,
+    "polarity": "light strokes on dark" if run.preprocessing.invert else "as trained",
+  }
   try:
     per_class = []
     for (name, images, names, skipped), support, flip, x in zip(classes, supports, flips, samples):
       notes = []
       if len(images) > run.train_k:
-        notes.append(f"{len(images)} images, more than the {run.train_k} per class the run was "
-                     f"meta-trained on: every adaptation step uses all of them as one batch.")
-      rep = {**common, "images": len(images), "image_files": names, "skipped": skipped,
-             "inverted": flip, "notes": notes}
+        notes.append(
+          f"{len(images)} images, more than the {run.train_k} per class the run was "
+          f"meta-trained on: every adaptation step uses all of them as one batch."
+        )
+      rep = {
+        **common,
+        "images": len(images),
+        "image_files": names,
+        "skipped": skipped,
+        "inverted": flip,
+        "notes": notes,
+      }
       if subs is not None:
         rep["class"] = name
       _write_class(tmp if subs is None else os.path.join(tmp, name), support, x, rep)
       per_class.append(rep)
     bar.update(1)
-    timing = {"adapt_and_sample_s": round(t_adapt, 2), "load_run_s": round(t_loaded - t_load, 2),
-              "compilation_cache": {"dir": cache_dir, **stats.as_dict()},
-              "total_s": round(time.perf_counter() - t_start, 2)}
+    timing = {
+      "adapt_and_sample_s": round(t_adapt, 2),
+      "load_run_s": round(t_loaded - t_load, 2),
+      "compilation_cache": {"dir": cache_dir, **stats.as_dict()},
+      "total_s": round(time.perf_counter() - t_start, 2),
+    }
     if subs is None:
       report = {**per_class[0], **timing}
     else:
-      report = {**common, "classes": [r["class"] for r in per_class], "per_class": per_class,
-                "images": sum(r["images"] for r in per_class),
-                "notes": [f"{r['class']}: {n}" for r in per_class for n in r["notes"]], **timing}
+      report = {
+        **common,
+        "classes": [r["class"] for r in per_class],
+        "per_class": per_class,
+        "images": sum(r["images"] for r in per_class),
+        "notes": [f"{r['class']}: {n}" for r in per_class for n in r["notes"]],
+        **timing,
+      }
     with open(os.path.join(tmp, "report.json"), "w") as f:
       json.dump(report, f, indent=1)
     # The old output (--overwrite) moves aside first and goes only once the new one is in place.
@@ -314,34 +369,54 @@ def generate(args) -> dict:
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="metagan", description=__doc__.split("\n")[0])
   sub = p.add_subparsers(dest="command", required=True)
-  g = sub.add_parser("generate", help="adapt a trained meta-GAN to your images and sample",
-                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  g = sub.add_parser(
+    "generate",
+    help="adapt a trained meta-GAN to your images and sample",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   g.add_argument("run_dir", help="a run folder of experiments/omniglot.py (its --workdir)")
-  g.add_argument("--images", required=True,
-                 help="folder of your images (one class), or of one sub-folder per class")
+  g.add_argument(
+    "--images",
+    required=True,
+    help="folder of your images (one class), or of one sub-folder per class",
+  )
   g.add_argument("--steps", type=int, default=None, help="adaptation steps (default: headline)")
   g.add_argument("--num", type=int, default=64, help="samples to draw")
   g.add_argument("--out", required=True, help="output folder (must be new or empty)")
   g.add_argument("--seed", type=int, default=0)
-  g.add_argument("--psi", type=float, default=None,
-                 help="sampling truncation in [0, 1]: 1 samples as trained, lower is more "
-                      "typical and less varied (default: the run's tuned psi)")
-  g.add_argument("--method", default=None,
-                 help="method to load (default: the run's best at its headline T)")
-  g.add_argument("--invert", default="auto", choices=["auto", "yes", "no"],
-                 help="invert your images (auto: detect dark-on-light vs light-on-dark)")
+  g.add_argument(
+    "--psi",
+    type=float,
+    default=None,
+    help="sampling truncation in [0, 1]: 1 samples as trained, lower is more "
+    "typical and less varied (default: the run's tuned psi)",
+  )
+  g.add_argument(
+    "--method", default=None, help="method to load (default: the run's best at its headline T)"
+  )
+  g.add_argument(
+    "--invert",
+    default="auto",
+    choices=["auto", "yes", "no"],
+    help="invert your images (auto: detect dark-on-light vs light-on-dark)",
+  )
   g.add_argument("--skip-bad", action="store_true", help="skip unreadable files")
   g.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
   g.add_argument("--quiet", action="store_true", help="no progress bar")
-  g.add_argument("--no-compilation-cache", action="store_true",
-                 help="compile afresh and keep nothing (default: a persistent cache in "
-                      "$JAX_COMPILATION_CACHE_DIR or ~/.cache/metagan_jax/xla)")
+  g.add_argument(
+    "--no-compilation-cache",
+    action="store_true",
+    help="compile afresh and keep nothing (default: a persistent cache in "
+    "$JAX_COMPILATION_CACHE_DIR or ~/.cache/metagan_jax/xla)",
+  )
   return p
 
 
 def main(argv=None) -> int:
   args = parser().parse_args(argv)
   import metagan_jax as mg  # pylint: disable=g-import-not-at-top
+
   try:
     report = generate(args)
   except (UsageError, mg.RunError) as e:
@@ -349,12 +424,16 @@ def main(argv=None) -> int:
     return 2
   notes = "".join(f" Note: {n}" for n in report["notes"])
   if "classes" in report:
-    what = (f"{len(report['classes'])} classes ({report['images']} images) for {report['steps']} "
-            f"steps in {report['total_s']:.1f} s -> {os.path.abspath(args.out)}/<class>/ "
-            f"(samples.npz, grid.png, samples/, report.json each)")
+    what = (
+      f"{len(report['classes'])} classes ({report['images']} images) for {report['steps']} "
+      f"steps in {report['total_s']:.1f} s -> {os.path.abspath(args.out)}/<class>/ "
+      f"(samples.npz, grid.png, samples/, report.json each)"
+    )
   else:
-    what = (f"{report['images']} images for {report['steps']} steps in {report['total_s']:.1f} s "
-            f"-> {os.path.abspath(args.out)}/ (samples.npz, grid.png, samples/, report.json)")
+    what = (
+      f"{report['images']} images for {report['steps']} steps in {report['total_s']:.1f} s "
+      f"-> {os.path.abspath(args.out)}/ (samples.npz, grid.png, samples/, report.json)"
+    )
   print(f"{report['num']} samples of {report['method']} adapted to {what}.{notes}")
   return 0
 

@@ -36,8 +36,10 @@ import jax
 
 OFF_ENV = "METAGAN_COMPILATION_CACHE"
 _OFF_VALUES = ("0", "off", "false", "no")
-_EVENTS = {"/jax/compilation_cache/cache_hits": "hits",
-           "/jax/compilation_cache/cache_misses": "misses"}
+_EVENTS = {
+  "/jax/compilation_cache/cache_hits": "hits",
+  "/jax/compilation_cache/cache_misses": "misses",
+}
 
 
 def default_dir() -> str:
@@ -50,8 +52,9 @@ def resolve_dir(path: str | None = None) -> str | None:
   """The cache folder :func:`enable` would use, or ``None`` where the cache is turned off."""
   if path is None and os.environ.get(OFF_ENV, "").strip().lower() in _OFF_VALUES:
     return None
-  return os.path.abspath(os.path.expanduser(
-      path or os.environ.get("JAX_COMPILATION_CACHE_DIR") or default_dir()))
+  return os.path.abspath(
+    os.path.expanduser(path or os.environ.get("JAX_COMPILATION_CACHE_DIR") or default_dir())
+  )
 
 
 class Stats:
@@ -91,7 +94,7 @@ def repairing(stats: Stats | None = None):
     def show(message, category, filename, lineno, file=None, line=None):
       text = str(message)
       if folder and text.startswith(_READ_ERROR):
-        module = text[len(_READ_ERROR):].split("'", 1)[0]
+        module = text[len(_READ_ERROR) :].split("'", 1)[0]
         for f in glob.glob(os.path.join(glob.escape(folder), f"{glob.escape(module)}-*-cache")):
           try:
             os.remove(f)
@@ -100,6 +103,7 @@ def repairing(stats: Stats | None = None):
           except OSError:
             pass
       shown(message, category, filename, lineno, file, line)
+
     warnings.showwarning = show
     yield
 
@@ -120,8 +124,11 @@ def enable(path: str | None = None) -> str | None:
   try:
     os.makedirs(folder, exist_ok=True)
   except OSError as e:
-    warnings.warn(f"compilation cache off: cannot create {folder} ({e}); set "
-                  f"JAX_COMPILATION_CACHE_DIR to a writable folder, or {OFF_ENV}=0 to silence this.")
+    warnings.warn(
+      f"compilation cache off: cannot create {folder} ({e}); set "
+      f"JAX_COMPILATION_CACHE_DIR to a writable folder, or {OFF_ENV}=0 to silence this.",
+      stacklevel=2,
+    )
     disable()
     return None
   global _EXPORT_DIR
@@ -152,6 +159,7 @@ def export_dir() -> str | None:
 def source_key() -> str:
   """A hash of metagan_jax's source files and of the JAX and jaxlib versions."""
   import jaxlib  # pylint: disable=g-import-not-at-top
+
   h = hashlib.sha256(f"{jax.__version__} {jaxlib.__version__}".encode())
   pkg = os.path.dirname(os.path.abspath(__file__))
   for root, dirs, files in os.walk(pkg):
@@ -199,8 +207,10 @@ def _load_or_export(path: str, fn, args: list):
       with open(path, "rb") as f:
         return jax.export.deserialize(bytearray(f.read()))
     except Exception as e:  # pylint: disable=broad-except
-      warnings.warn(f"stored program {path} is unreadable ({type(e).__name__}: {e}); "
-                    f"tracing it afresh.")
+      warnings.warn(
+        f"stored program {path} is unreadable ({type(e).__name__}: {e}); tracing it afresh.",
+        stacklevel=2,
+      )
   exp = jax.export.export(jax.jit(fn))(*args)
   try:  # written whole, then renamed: a concurrent reader never sees half a file
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -209,5 +219,7 @@ def _load_or_export(path: str, fn, args: list):
       f.write(exp.serialize())
     os.replace(tmp, path)
   except OSError as e:
-    warnings.warn(f"could not store the traced program in {os.path.dirname(path)} ({e}).")
+    warnings.warn(
+      f"could not store the traced program in {os.path.dirname(path)} ({e}).", stacklevel=2
+    )
   return exp

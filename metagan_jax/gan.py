@@ -62,8 +62,9 @@ class GanTrainConfig:
 
   def __post_init__(self):
     if not isinstance(self.model, GanModel):
-      raise TypeError(f"GanTrainConfig.model must be a metagan_jax.GanModel, got "
-                      f"{type(self.model).__name__}.")
+      raise TypeError(
+        f"GanTrainConfig.model must be a metagan_jax.GanModel, got {type(self.model).__name__}."
+      )
     if not isinstance(self.d_steps, int) or self.d_steps < 1:
       raise ValueError(f"GanTrainConfig.d_steps must be an integer >= 1, got {self.d_steps!r}.")
     if not 0.0 <= self.ema < 1.0:
@@ -92,8 +93,9 @@ def init(key: jax.Array, config: GanTrainConfig, params: GanParams | None = None
   """A fresh training state (from ``model.init(key)``, or from ``params`` to fine-tune)."""
   params = config.model.init(key) if params is None else params
   d_opt, g_opt = config.optimizers()
-  return GanTrainState(params, params.g, d_opt.init(params.d), g_opt.init(params.g),
-                       jnp.zeros((), jnp.int32))
+  return GanTrainState(
+    params, params.g, d_opt.init(params.d), g_opt.init(params.g), jnp.zeros((), jnp.int32)
+  )
 
 
 def train_step(state: GanTrainState, real: jax.Array, key: jax.Array, config: GanTrainConfig):
@@ -151,6 +153,9 @@ def train_step(state: GanTrainState, real: jax.Array, key: jax.Array, config: Ga
     ema_g = optax.incremental_update(g, state.ema_g, 1.0 - decay)
   else:
     ema_g = g
-  metrics = {"d_loss": jnp.mean(jnp.stack(d_losses)), "g_loss": g_loss,
-             "d_fake": jnp.mean(fake_logits)}
+  metrics = {
+    "d_loss": jnp.mean(jnp.stack(d_losses)),
+    "g_loss": g_loss,
+    "d_fake": jnp.mean(fake_logits),
+  }
   return GanTrainState(GanParams(g=g, d=d), ema_g, d_state, g_state, state.step + 1), metrics

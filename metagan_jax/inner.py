@@ -129,17 +129,22 @@ class AdaptConfig:
 
   def __post_init__(self):
     if not isinstance(self.model, GanModel):
-      raise TypeError(f"AdaptConfig.model must be a metagan_jax.GanModel (e.g. "
-                      f"metagan_jax.models.dcgan28()), got {type(self.model).__name__}.")
+      raise TypeError(
+        f"AdaptConfig.model must be a metagan_jax.GanModel (e.g. "
+        f"metagan_jax.models.dcgan28()), got {type(self.model).__name__}."
+      )
     for name in ("inner_steps", "d_steps", "g_steps"):
       v = getattr(self, name)
       if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"AdaptConfig.{name} must be an integer >= 1, got {v!r}.")
     n2 = self.second_order_steps
-    if n2 is not None and (not isinstance(n2, int) or isinstance(n2, bool)
-                           or not 0 <= n2 <= self.inner_steps):
-      raise ValueError(f"AdaptConfig.second_order_steps must be None (every step) or an integer "
-                       f"in [0, inner_steps={self.inner_steps}], got {n2!r}.")
+    if n2 is not None and (
+      not isinstance(n2, int) or isinstance(n2, bool) or not 0 <= n2 <= self.inner_steps
+    ):
+      raise ValueError(
+        f"AdaptConfig.second_order_steps must be None (every step) or an integer "
+        f"in [0, inner_steps={self.inner_steps}], got {n2!r}."
+      )
     if self.n_fake is not None and (not isinstance(self.n_fake, int) or self.n_fake < 1):
       raise ValueError(f"AdaptConfig.n_fake must be None or an integer >= 1, got {self.n_fake!r}.")
     # Resolve the loss now so a bad name fails at construction, not at trace.
@@ -171,8 +176,7 @@ class InnerNoise(NamedTuple):
   gp_keys: jax.Array
 
 
-def inner_noise(key: jax.Array, config: AdaptConfig, n_fake: int,
-                dtype=jnp.float32) -> InnerNoise:
+def inner_noise(key: jax.Array, config: AdaptConfig, n_fake: int, dtype=jnp.float32) -> InnerNoise:
   """Draws the latents and penalty keys that :func:`adapt` uses with ``key``."""
   k_z, k_gp = jax.random.split(key)
   s, d, g = config.inner_steps, config.d_steps, config.g_steps
@@ -188,12 +192,16 @@ def check_samples(x: Any, model: GanModel, what: str) -> None:
   if shape is None or dtype is None:
     raise TypeError(f"{what} must be an array, got {type(x).__name__}.")
   if not jnp.issubdtype(dtype, jnp.floating):
-    raise TypeError(f"{what} must be floating point (images scaled to [-1, 1]), got dtype "
-                    f"{dtype}; convert with x.astype(jnp.float32) / 127.5 - 1.")
+    raise TypeError(
+      f"{what} must be floating point (images scaled to [-1, 1]), got dtype "
+      f"{dtype}; convert with x.astype(jnp.float32) / 127.5 - 1."
+    )
   want = tuple(model.data_shape)
   if len(shape) != len(want) + 1 or tuple(shape[1:]) != want or shape[0] < 1:
-    raise ValueError(f"{what} has shape {tuple(shape)}, but model {model.name!r} expects "
-                     f"[N >= 1, {', '.join(map(str, want))}].")
+    raise ValueError(
+      f"{what} has shape {tuple(shape)}, but model {model.name!r} expects "
+      f"[N >= 1, {', '.join(map(str, want))}]."
+    )
 
 
 def _split_meta_params(meta_params, config: AdaptConfig):
@@ -209,8 +217,10 @@ def _split_meta_params(meta_params, config: AdaptConfig):
   if isinstance(meta_params, GanParams):
     d_opt, g_opt = config.optimizers()
     return meta_params, d_opt, g_opt
-  raise TypeError(f"meta_params must be GanParams, MetaSGDParams or LOptMetaParams, got "
-                  f"{type(meta_params).__name__}; build them with model.init(key).")
+  raise TypeError(
+    f"meta_params must be GanParams, MetaSGDParams or LOptMetaParams, got "
+    f"{type(meta_params).__name__}; build them with model.init(key)."
+  )
 
 
 def _path_name(path) -> str:
@@ -235,17 +245,24 @@ def trainable_mask(params: PyTree, spec: str | None, what: str = "trainable") ->
     return jax.tree.map(lambda _: False, params)
   prefixes = [p.strip().strip("/") for p in spec.split(",") if p.strip()]
   if not prefixes:
-    raise ValueError(f"AdaptConfig.{what}={spec!r} names no parameter; use None or 'all' "
-                     f"(every parameter), 'none', or comma-separated path prefixes.")
+    raise ValueError(
+      f"AdaptConfig.{what}={spec!r} names no parameter; use None or 'all' "
+      f"(every parameter), 'none', or comma-separated path prefixes."
+    )
   names = [_path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   for pre in prefixes:
     if not any(n == pre or n.startswith(pre + "/") for n in names):
       tops = sorted({n.split("/")[0] for n in names})
-      raise ValueError(f"AdaptConfig.{what}={spec!r}: prefix {pre!r} matches no parameter; "
-                       f"top-level names are {tops} (full paths such as {names[0]!r}).")
+      raise ValueError(
+        f"AdaptConfig.{what}={spec!r}: prefix {pre!r} matches no parameter; "
+        f"top-level names are {tops} (full paths such as {names[0]!r})."
+      )
   return jax.tree_util.tree_map_with_path(
-      lambda p, _: any(_path_name(p) == pre or _path_name(p).startswith(pre + "/")
-                       for pre in prefixes), params)
+    lambda p, _: any(
+      _path_name(p) == pre or _path_name(p).startswith(pre + "/") for pre in prefixes
+    ),
+    params,
+  )
 
 
 def _masked(tree: PyTree, mask: PyTree) -> PyTree:
@@ -283,9 +300,10 @@ def inner_step(carry, xs, *, support, d_opt, g_opt, config: AdaptConfig):
   def d_obj(d, fake, gp_key):
     real = _tiled(support, fake.shape[0])
     if aug:  # one draw for [real; fake], so the penalty interpolates augmented pairs
-      both = augment_lib.diff_augment(jax.random.fold_in(gp_key, 1),
-                                      jnp.concatenate([real, fake]), aug)
-      real, fake = both[:real.shape[0]], both[real.shape[0]:]
+      both = augment_lib.diff_augment(
+        jax.random.fold_in(gp_key, 1), jnp.concatenate([real, fake]), aug
+      )
+      real, fake = both[: real.shape[0]], both[real.shape[0] :]
     return loss.d_objective(lambda x: model.discriminate(d, x), real, fake, gp_key)
 
   def g_obj(g, d, z, aug_key):
@@ -308,8 +326,7 @@ def inner_step(carry, xs, *, support, d_opt, g_opt, config: AdaptConfig):
     d = optax.apply_updates(d, _masked(upd, d_mask))
     d_losses.append(l)
   for j in range(config.g_steps):
-    l, grads = jax.value_and_grad(g_obj)(g, d, z_Sx[nd + j],
-                                         jax.random.fold_in(gp_keys[0], 2 + j))
+    l, grads = jax.value_and_grad(g_obj)(g, d, z_Sx[nd + j], jax.random.fold_in(gp_keys[0], 2 + j))
     upd, g_state = g_opt.update(_masked(const(grads), g_mask), g_state, g)
     g = optax.apply_updates(g, _masked(upd, g_mask))
     g_losses.append(l)
@@ -334,8 +351,11 @@ def adapt_with_aux(meta_params, support: jax.Array, key: jax.Array, config: Adap
   """
   carry, noise, d_opt, g_opt = _start(meta_params, support, key, config)
   n_all = config.inner_steps
-  n_first = 0 if config.first_order or config.second_order_steps is None else (
-      n_all - config.second_order_steps)
+  n_first = (
+    0
+    if config.first_order or config.second_order_steps is None
+    else (n_all - config.second_order_steps)
+  )
   # Steps [0, n_first) first-order, [n_first, n_all) as configured.
   segments = [(0, n_first, dataclasses.replace(config, first_order=True))] if n_first else []
   segments += [(n_first, n_all, config)] if n_all > n_first else []
@@ -357,8 +377,9 @@ def adapt_with_aux(meta_params, support: jax.Array, key: jax.Array, config: Adap
   return GanParams(g=g, d=d), {"d_loss": jnp.concatenate(d_l), "g_loss": jnp.concatenate(g_l)}
 
 
-def adapt_prefix(meta_params, support: jax.Array, key: jax.Array, config: AdaptConfig,
-                 steps) -> GanParams:
+def adapt_prefix(
+  meta_params, support: jax.Array, key: jax.Array, config: AdaptConfig, steps
+) -> GanParams:
   """The first ``steps`` inner steps of :func:`adapt`, ``steps`` a (possibly traced) integer.
 
   The same computation as ``adapt`` with ``inner_steps = steps`` and the same ``key``: the
@@ -373,12 +394,15 @@ def adapt_prefix(meta_params, support: jax.Array, key: jax.Array, config: AdaptC
     ValueError: a concrete ``steps`` outside ``[0, config.inner_steps]``.
   """
   if isinstance(steps, numbers.Integral) and not 0 <= steps <= config.inner_steps:
-    raise ValueError(f"adapt_prefix: steps={steps} must lie in [0, inner_steps="
-                     f"{config.inner_steps}]; build the AdaptConfig with the largest T.")
+    raise ValueError(
+      f"adapt_prefix: steps={steps} must lie in [0, inner_steps="
+      f"{config.inner_steps}]; build the AdaptConfig with the largest T."
+    )
   carry, noise, d_opt, g_opt = _start(meta_params, support, key, config)
   step = functools.partial(inner_step, support=support, d_opt=d_opt, g_opt=g_opt, config=config)
-  carry = jax.lax.fori_loop(0, steps, lambda i, c: step(c, (noise.z[i], noise.gp_keys[i]))[0],
-                            carry)
+  carry = jax.lax.fori_loop(
+    0, steps, lambda i, c: step(c, (noise.z[i], noise.gp_keys[i]))[0], carry
+  )
   return GanParams(g=carry[0], d=carry[1])
 
 

@@ -57,8 +57,10 @@ def matmul(a_MxK: jax.Array, b_KxN: jax.Array, compute_dtype=None) -> jax.Array:
   if compute_dtype is None:
     return a_MxK @ b_KxN
   if a_MxK.ndim != 2 or b_KxN.ndim != 2:
-    raise ValueError(f"matmul with compute_dtype takes 2-D operands, got shapes "
-                     f"{a_MxK.shape} and {b_KxN.shape}; reshape to [M, K] @ [K, N] first.")
+    raise ValueError(
+      f"matmul with compute_dtype takes 2-D operands, got shapes "
+      f"{a_MxK.shape} and {b_KxN.shape}; reshape to [M, K] @ [K, N] first."
+    )
   return _lowp_matmul(a_MxK, b_KxN, jnp.dtype(compute_dtype))
 
 
@@ -98,14 +100,17 @@ def conv4x4s2(x_NxHxWxC: jax.Array, kernel_4x4xCxO: jax.Array, compute_dtype=Non
   xp = jnp.pad(x_NxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0)))
   # Patch layout (a, b, c) matches kernel.reshape(16 * C, O).
   patches = jnp.concatenate(
-      [xp[:, a:a + 2 * ho:2, b:b + 2 * wo:2, :] for a in range(4) for b in range(4)], axis=-1)
-  y = matmul(patches.reshape(n * ho * wo, 16 * c), kernel_4x4xCxO.reshape(16 * c, -1),
-             compute_dtype)
+    [xp[:, a : a + 2 * ho : 2, b : b + 2 * wo : 2, :] for a in range(4) for b in range(4)], axis=-1
+  )
+  y = matmul(
+    patches.reshape(n * ho * wo, 16 * c), kernel_4x4xCxO.reshape(16 * c, -1), compute_dtype
+  )
   return y.reshape(n, ho, wo, -1)
 
 
-def conv_transpose4x4s2(x_NxHxWxC: jax.Array, kernel_4x4xCxO: jax.Array,
-                        compute_dtype=None) -> jax.Array:
+def conv_transpose4x4s2(
+  x_NxHxWxC: jax.Array, kernel_4x4xCxO: jax.Array, compute_dtype=None
+) -> jax.Array:
   """Transposed conv 4x4, stride 2 (flax padding ((2, 2), (2, 2))): H x W -> 2H x 2W."""
   n, h, w, c = x_NxHxWxC.shape
   o = kernel_4x4xCxO.shape[-1]
@@ -113,14 +118,16 @@ def conv_transpose4x4s2(x_NxHxWxC: jax.Array, kernel_4x4xCxO: jax.Array,
   # input pixel (i, j) with tap (a, b) lands at padded output (2i + a, 2j + b).
   k = kernel_4x4xCxO[::-1, ::-1]  # [a, b, c, o], a = 2A + R
   k = k.reshape(2, 2, 2, 2, c, o).transpose(4, 0, 2, 1, 3, 5)  # [c, A, B, R, S, o]
-  cols = matmul(x_NxHxWxC.reshape(n * h * w, c), k.reshape(c, 16 * o),
-                compute_dtype).reshape(n, h, w, 2, 2, 2, 2, o)
+  cols = matmul(x_NxHxWxC.reshape(n * h * w, c), k.reshape(c, 16 * o), compute_dtype).reshape(
+    n, h, w, 2, 2, 2, 2, o
+  )
   out = 0.0
   for big_a in range(2):
     for big_b in range(2):
       part = cols[:, :, :, big_a, big_b].transpose(0, 1, 3, 2, 4, 5)  # [n, i, R, j, S, o]
-      out = out + jnp.pad(part, ((0, 0), (big_a, 1 - big_a), (0, 0), (big_b, 1 - big_b),
-                                 (0, 0), (0, 0)))
+      out = out + jnp.pad(
+        part, ((0, 0), (big_a, 1 - big_a), (0, 0), (big_b, 1 - big_b), (0, 0), (0, 0))
+      )
   out = out.reshape(n, 2 * h + 2, 2 * w + 2, o)
   return out[:, 1:-1, 1:-1, :]
 
@@ -129,8 +136,9 @@ def conv3x3(x_NxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array, compute_dtype=None)
   """Conv 3x3, stride 1, padding 1 as im2col + one matmul (== ``nn.Conv(O, (3, 3))``)."""
   n, h, w, c = x_NxHxWxC.shape
   xp = jnp.pad(x_NxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  patches = jnp.concatenate([xp[:, a:a + h, b:b + w, :] for a in range(3) for b in range(3)],
-                            axis=-1)
+  patches = jnp.concatenate(
+    [xp[:, a : a + h, b : b + w, :] for a in range(3) for b in range(3)], axis=-1
+  )
   y = matmul(patches.reshape(n * h * w, 9 * c), kernel_3x3xCxO.reshape(9 * c, -1), compute_dtype)
   return y.reshape(n, h, w, -1)
 
@@ -203,7 +211,8 @@ def _dense(x, kernel, compute_dtype=None):
   if compute_dtype is None:
     return x @ kernel
   return matmul(x.reshape(-1, x.shape[-1]), kernel, compute_dtype).reshape(
-      *x.shape[:-1], kernel.shape[-1])
+    *x.shape[:-1], kernel.shape[-1]
+  )
 
 
 class Dense(_Layer):

@@ -109,8 +109,13 @@ class LOptMetaParams(NamedTuple):
     return d, (d if self.g is None else learned_optimizer(self.g, spec))
 
 
-def init_lopt_params(key: jax.Array, hidden: tuple[int, ...] = (32,), lr: float = 0.05,
-                     spec: LOptSpec | None = None, dtype=jnp.float32) -> LOptParams:
+def init_lopt_params(
+  key: jax.Array,
+  hidden: tuple[int, ...] = (32,),
+  lr: float = 0.05,
+  spec: LOptSpec | None = None,
+  dtype=jnp.float32,
+) -> LOptParams:
   """MLP weights (He-initialised) with a zero last layer: the optimiser starts as SGD.
 
   Its SGD rate is ``exp(log(lr))``, which may differ from ``lr`` in the last bit.
@@ -121,8 +126,11 @@ def init_lopt_params(key: jax.Array, hidden: tuple[int, ...] = (32,), lr: float 
   layers = []
   for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
     last = i == len(sizes) - 2
-    w = (jnp.zeros((n_in, n_out), dtype) if last
-         else jax.random.normal(k, (n_in, n_out), dtype) * jnp.sqrt(2.0 / n_in).astype(dtype))
+    w = (
+      jnp.zeros((n_in, n_out), dtype)
+      if last
+      else jax.random.normal(k, (n_in, n_out), dtype) * jnp.sqrt(2.0 / n_in).astype(dtype)
+    )
     layers.append((w, jnp.zeros((n_out,), dtype)))
   return LOptParams(log_lr=jnp.log(jnp.asarray(lr, dtype)), layers=tuple(layers))
 
@@ -140,8 +148,9 @@ def _mlp(layers, x_NxF: jax.Array) -> jax.Array:
   return x_NxF
 
 
-def learned_optimizer(lopt_params: LOptParams,
-                      spec: LOptSpec | None = None) -> optax.GradientTransformation:
+def learned_optimizer(
+  lopt_params: LOptParams, spec: LOptSpec | None = None
+) -> optax.GradientTransformation:
   """A per-coordinate MLP optimiser as a pure optax transformation.
 
   Args:
@@ -155,24 +164,32 @@ def learned_optimizer(lopt_params: LOptParams,
   spec = spec or LOptSpec()
   n_in = lopt_params.layers[0][0].shape[0]
   if n_in != spec.num_features:
-    raise ValueError(f"lopt_params' first layer takes {n_in} features but the spec gives "
-                     f"{spec.num_features} (decays={spec.decays}, timescales={spec.timescales}); "
-                     f"build the params with init_lopt_params(key, spec=spec).")
+    raise ValueError(
+      f"lopt_params' first layer takes {n_in} features but the spec gives "
+      f"{spec.num_features} (decays={spec.decays}, timescales={spec.timescales}); "
+      f"build the params with init_lopt_params(key, spec=spec)."
+    )
 
   def init_fn(params):
     zeros = jax.tree.map(jnp.zeros_like, params)
-    return LOptState(count=jnp.zeros((), jnp.int32),
-                     momenta=tuple(zeros for _ in spec.decays), rms=zeros)
+    return LOptState(
+      count=jnp.zeros((), jnp.int32), momenta=tuple(zeros for _ in spec.decays), rms=zeros
+    )
 
   def update_fn(updates, state, params=None):
     if params is None:
-      raise ValueError("learned_optimizer's update needs params (its features include them): "
-                       "call opt.update(grads, state, params).")
+      raise ValueError(
+        "learned_optimizer's update needs params (its features include them): "
+        "call opt.update(grads, state, params)."
+      )
     count = state.count + 1
-    momenta = tuple(jax.tree.map(lambda m, g, b=b: b * m + (1 - b) * g, m_tree, updates)
-                    for b, m_tree in zip(spec.decays, state.momenta))
-    rms = jax.tree.map(lambda v, g: spec.rms_decay * v + (1 - spec.rms_decay) * g * g,
-                       state.rms, updates)
+    momenta = tuple(
+      jax.tree.map(lambda m, g, b=b: b * m + (1 - b) * g, m_tree, updates)
+      for b, m_tree in zip(spec.decays, state.momenta)
+    )
+    rms = jax.tree.map(
+      lambda v, g: spec.rms_decay * v + (1 - spec.rms_decay) * g * g, state.rms, updates
+    )
     bias = 1 - spec.rms_decay ** count.astype(jnp.float32)
     t = count.astype(jnp.float32)
     step_feats = jnp.tanh(t / jnp.asarray(spec.timescales))
@@ -182,8 +199,9 @@ def learned_optimizer(lopt_params: LOptParams,
       inv = jax.lax.rsqrt(v / bias.astype(dtype) + spec.eps)
       raw = [g, p, *ms, g * inv, *(m * inv for m in ms)]
       x = _rms_normalise(jnp.stack([r.reshape(-1) for r in raw], axis=-1), spec.eps)
-      x = jnp.concatenate([x, jnp.broadcast_to(step_feats.astype(dtype),
-                                               (x.shape[0], len(spec.timescales)))], axis=-1)
+      x = jnp.concatenate(
+        [x, jnp.broadcast_to(step_feats.astype(dtype), (x.shape[0], len(spec.timescales)))], axis=-1
+      )
       out = _mlp(lopt_params.layers, x)
       step = spec.step_mult * out[:, 0] * jnp.exp(spec.exp_mult * out[:, 1])
       return -lopt_params.lr.astype(dtype) * g + step.reshape(g.shape).astype(dtype)

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
@@ -88,8 +89,9 @@ class LOptTrainConfig:
 
   def __post_init__(self):
     if not isinstance(self.adapt, AdaptConfig):
-      raise TypeError(f"LOptTrainConfig.adapt must be an AdaptConfig, got "
-                      f"{type(self.adapt).__name__}.")
+      raise TypeError(
+        f"LOptTrainConfig.adapt must be an AdaptConfig, got {type(self.adapt).__name__}."
+      )
     if self.estimator not in ESTIMATORS:
       raise ValueError(f"Unknown estimator {self.estimator!r}; choose from {list(ESTIMATORS)}.")
     for name in ("horizon", "unroll", "num_pairs"):
@@ -97,11 +99,15 @@ class LOptTrainConfig:
       if not isinstance(v, int) or v < 1:
         raise ValueError(f"LOptTrainConfig.{name} must be an integer >= 1, got {v!r}.")
     if self.horizon % self.unroll:
-      raise ValueError(f"horizon={self.horizon} must be a multiple of unroll={self.unroll} "
-                       f"(a truncation never spans two runs).")
+      raise ValueError(
+        f"horizon={self.horizon} must be a multiple of unroll={self.unroll} "
+        f"(a truncation never spans two runs)."
+      )
     if self.train_init and self.estimator != "tbptt":
-      raise ValueError("train_init=True needs estimator='tbptt' (ES over every GAN weight "
-                       "would be hopelessly noisy).")
+      raise ValueError(
+        "train_init=True needs estimator='tbptt' (ES over every GAN weight "
+        "would be hopelessly noisy)."
+      )
     if self.vectorize not in ("auto", "map", "vmap"):
       raise ValueError(f"vectorize must be 'auto', 'map' or 'vmap', got {self.vectorize!r}.")
 
@@ -116,8 +122,9 @@ class LOptTrainConfig:
     # Unrolled GAN training occasionally blows up a meta-gradient: clip, and skip
     # non-finite ones rather than poison Adam's moments.
     return optax.apply_if_finite(
-        optax.chain(optax.clip_by_global_norm(self.clip_norm), optax.adam(self.outer_lr)),
-        max_consecutive_errors=50)
+      optax.chain(optax.clip_by_global_norm(self.clip_norm), optax.adam(self.outer_lr)),
+      max_consecutive_errors=50,
+    )
 
   @property
   def particles(self) -> int:
@@ -182,8 +189,9 @@ def _with_opt(meta: LOptMetaParams, opt_part) -> LOptMetaParams:
 def _fresh_run(meta: LOptMetaParams, support, query, t, config: LOptTrainConfig) -> InnerRun:
   d_opt, g_opt = meta.optimizers(config.adapt.lopt_spec)
   init = meta.init
-  return InnerRun(init, g_opt.init(init.g), d_opt.init(init.d), jnp.asarray(t, jnp.int32),
-                  support, query)
+  return InnerRun(
+    init, g_opt.init(init.g), d_opt.init(init.d), jnp.asarray(t, jnp.int32), support, query
+  )
 
 
 def needs_restart(run: InnerRun, config: LOptTrainConfig) -> jax.Array:
@@ -192,8 +200,9 @@ def needs_restart(run: InnerRun, config: LOptTrainConfig) -> jax.Array:
   return (run.t >= config.horizon) | ~finite
 
 
-def unroll_run(meta: LOptMetaParams, run: InnerRun, fresh: Tasks, key: jax.Array,
-               config: LOptTrainConfig):
+def unroll_run(
+  meta: LOptMetaParams, run: InnerRun, fresh: Tasks, key: jax.Array, config: LOptTrainConfig
+):
   """Advances one run by ``config.unroll`` inner steps; returns ``(mean meta-loss, new run)``.
 
   A run that :func:`needs_restart` first restarts from ``meta.init`` on
@@ -212,8 +221,9 @@ def unroll_run(meta: LOptMetaParams, run: InnerRun, fresh: Tasks, key: jax.Array
   d_opt, g_opt = meta.optimizers(ac.lopt_spec)
   n_fake = ac.n_fake or run.support.shape[0]
   k_inner, k_meta = jax.random.split(key)
-  noise = inner_noise(k_inner, dataclasses.replace(ac, inner_steps=config.unroll), n_fake,
-                      run.support.dtype)
+  noise = inner_noise(
+    k_inner, dataclasses.replace(ac, inner_steps=config.unroll), n_fake, run.support.dtype
+  )
   z_meta = ac.model.sample_z(k_meta, config.unroll * run.query.shape[0], run.support.dtype)
   z_meta = z_meta.reshape(config.unroll, run.query.shape[0], -1)
   step = functools.partial(inner_step, support=run.support, d_opt=d_opt, g_opt=g_opt, config=ac)
@@ -224,8 +234,14 @@ def unroll_run(meta: LOptMetaParams, run: InnerRun, fresh: Tasks, key: jax.Array
 
   carry = (run.params.g, run.params.d, run.g_state, run.d_state)
   carry, losses = jax.lax.scan(body, carry, (noise.z, noise.gp_keys, z_meta))
-  out = InnerRun(GanParams(g=carry[0], d=carry[1]), carry[2], carry[3],
-                 run.t + config.unroll, run.support, run.query)
+  out = InnerRun(
+    GanParams(g=carry[0], d=carry[1]),
+    carry[2],
+    carry[3],
+    run.t + config.unroll,
+    run.support,
+    run.query,
+  )
   return jnp.mean(losses), out
 
 
@@ -235,8 +251,14 @@ def _over_tasks(fn: Callable, config: LOptTrainConfig, *xs):
   return jax.lax.map(lambda a: fn(*a), xs)
 
 
-def init(key: jax.Array, tasks: Tasks, config: LOptTrainConfig, init_params: GanParams | None = None,
-         hidden: tuple[int, ...] = (32,), lr: float | None = None) -> LOptTrainState:
+def init(
+  key: jax.Array,
+  tasks: Tasks,
+  config: LOptTrainConfig,
+  init_params: GanParams | None = None,
+  hidden: tuple[int, ...] = (32,),
+  lr: float | None = None,
+) -> LOptTrainState:
   """Meta-parameters (optimisers equal to SGD(lr) at first), outer state and staggered runs.
 
   Args:
@@ -251,32 +273,36 @@ def init(key: jax.Array, tasks: Tasks, config: LOptTrainConfig, init_params: Gan
   ac = config.adapt
   init_params = init_params if init_params is not None else ac.model.init(k_init)
   lr = ac.inner_lr if lr is None else lr
-  meta = LOptMetaParams(init=init_params,
-                        d=init_lopt_params(k_d, hidden, lr, ac.lopt_spec),
-                        g=init_lopt_params(k_g, hidden, lr, ac.lopt_spec))
+  meta = LOptMetaParams(
+    init=init_params,
+    d=init_lopt_params(k_d, hidden, lr, ac.lopt_spec),
+    g=init_lopt_params(k_g, hidden, lr, ac.lopt_spec),
+  )
   T = tasks.support.shape[0]
   t0 = (jnp.arange(T) * config.unroll) % config.horizon
-  runs = jax.vmap(lambda s, q, t: _fresh_run(meta, s, q, t, config))(tasks.support, tasks.query,
-                                                                     t0)
+  runs = jax.vmap(lambda s, q, t: _fresh_run(meta, s, q, t, config))(tasks.support, tasks.query, t0)
   pes_acc = None
   if config.estimator == "pes":
     P2 = config.particles
     runs = jax.tree.map(lambda x: jnp.repeat(x[:, None], P2, axis=1), runs)
-    pes_acc = jax.tree.map(lambda x: jnp.zeros((T, config.num_pairs, *x.shape), x.dtype),
-                           _opt_part(meta))
-  return LOptTrainState(meta, config.optimizer.init(meta), runs, pes_acc,
-                        jnp.zeros((), jnp.int32))
+    pes_acc = jax.tree.map(
+      lambda x: jnp.zeros((T, config.num_pairs, *x.shape), x.dtype), _opt_part(meta)
+    )
+  return LOptTrainState(meta, config.optimizer.init(meta), runs, pes_acc, jnp.zeros((), jnp.int32))
 
 
 def _perturbations(key, tree, num_pairs: int, sigma: float):
   leaves, treedef = jax.tree.flatten(tree)
   keys = jax.random.split(key, len(leaves))
-  return jax.tree.unflatten(treedef, [sigma * jax.random.normal(k, (num_pairs, *x.shape), x.dtype)
-                                      for k, x in zip(keys, leaves)])
+  return jax.tree.unflatten(
+    treedef,
+    [sigma * jax.random.normal(k, (num_pairs, *x.shape), x.dtype) for k, x in zip(keys, leaves)],
+  )
 
 
-def es_gradient(loss_fn: Callable, theta: PyTree, key: jax.Array, sigma: float,
-                num_pairs: int) -> tuple[PyTree, jax.Array]:
+def es_gradient(
+  loss_fn: Callable, theta: PyTree, key: jax.Array, sigma: float, num_pairs: int
+) -> tuple[PyTree, jax.Array]:
   """Antithetic ES estimate of the gradient of ``E_ε loss_fn(θ + ε)``, ``ε ~ N(0, σ² I)``.
 
   ``mean_p (loss(θ+ε_p) - loss(θ-ε_p)) / (2σ²) ε_p`` over ``num_pairs`` pairs;
@@ -288,13 +314,20 @@ def es_gradient(loss_fn: Callable, theta: PyTree, key: jax.Array, sigma: float,
   eps = _perturbations(key, theta, num_pairs, sigma)
   signed = jax.tree.map(lambda t, e: t + jnp.stack([e, -e], 1), theta, eps)  # [P, 2, ...]
   losses = jax.vmap(jax.vmap(loss_fn))(signed)
-  w = (losses[:, 0] - losses[:, 1]) / (2 * sigma ** 2)
+  w = (losses[:, 0] - losses[:, 1]) / (2 * sigma**2)
   grad = jax.tree.map(lambda e: jnp.tensordot(w, e, 1) / num_pairs, eps)
   return grad, jnp.mean(losses)
 
 
-def pes_gradient(unroll_fn: Callable, theta: PyTree, states: PyTree, acc: PyTree,
-                 starts_run: jax.Array, key: jax.Array, sigma: float):
+def pes_gradient(
+  unroll_fn: Callable,
+  theta: PyTree,
+  states: PyTree,
+  acc: PyTree,
+  starts_run: jax.Array,
+  key: jax.Array,
+  sigma: float,
+):
   """One persistent-ES step over antithetic particle pairs (Vicol et al., 2021).
 
   Args:
@@ -316,7 +349,7 @@ def pes_gradient(unroll_fn: Callable, theta: PyTree, states: PyTree, acc: PyTree
   acc = jax.tree.map(lambda a, e: jnp.where(mask(e), e, a + e), acc, eps)
   signed = jax.tree.map(lambda t, e: t + jnp.stack([e, -e], 1), theta, eps)
   losses, states = jax.vmap(jax.vmap(unroll_fn))(signed, states)
-  w = (losses[:, 0] - losses[:, 1]) / (2 * sigma ** 2)
+  w = (losses[:, 0] - losses[:, 1]) / (2 * sigma**2)
   grad = jax.tree.map(lambda a: jnp.tensordot(w, a, 1) / num_pairs, acc)
   return grad, jnp.mean(losses), states, acc
 
@@ -351,10 +384,13 @@ def meta_gradients(state: LOptTrainState, tasks: Tasks, key: jax.Array, config: 
   keys = jax.random.split(key, T)
 
   if config.estimator == "tbptt":
+
     def task(run, s, q, k):
-      (loss, run), g = jax.value_and_grad(unroll_run, has_aux=True)(meta, run, Tasks(s, q), k,
-                                                                    config)
+      (loss, run), g = jax.value_and_grad(unroll_run, has_aux=True)(
+        meta, run, Tasks(s, q), k, config
+      )
       return g, loss, run
+
     grads, losses, runs = _over_tasks(task, config, state.runs, tasks.support, tasks.query, keys)
     grads, loss, diverged = _finite_mean(grads, losses)
     return grads, runs, None, {"meta_loss": loss, "diverged": diverged}
@@ -366,13 +402,16 @@ def meta_gradients(state: LOptTrainState, tasks: Tasks, key: jax.Array, config: 
     return unroll_run(_with_opt(meta, th), run, Tasks(s, q), k, config)
 
   if config.estimator == "es":
+
     def task(run, s, q, k):
       k_es, k_run = jax.random.split(k)
       # Every particle sees the same inner noise (common random numbers).
-      g, _ = es_gradient(lambda th: loss_of(th, run, s, q, k_run)[0], theta, k_es,
-                         config.sigma, config.num_pairs)
+      g, _ = es_gradient(
+        lambda th: loss_of(th, run, s, q, k_run)[0], theta, k_es, config.sigma, config.num_pairs
+      )
       loss, run = loss_of(theta, run, s, q, k_run)
       return g, loss, run
+
     grads, losses, runs = _over_tasks(task, config, state.runs, tasks.support, tasks.query, keys)
     acc = None
   else:
@@ -385,15 +424,29 @@ def meta_gradients(state: LOptTrainState, tasks: Tasks, key: jax.Array, config: 
       # two runs stay antithetic and its perturbation sum starts afresh.
       starts = jnp.any(jax.vmap(jax.vmap(lambda r: needs_restart(r, config)))(runs_Px2), axis=1)
       runs_Px2 = runs_Px2._replace(
-          t=jnp.where(starts[:, None], config.horizon, runs_Px2.t).astype(runs_Px2.t.dtype))
-      g, loss, runs_Px2, acc_P = pes_gradient(lambda th, r: loss_of(th, r, s, q, k_run), theta,
-                                              runs_Px2, acc_P, starts, k_es, config.sigma)
+        t=jnp.where(starts[:, None], config.horizon, runs_Px2.t).astype(runs_Px2.t.dtype)
+      )
+      g, loss, runs_Px2, acc_P = pes_gradient(
+        lambda th, r: loss_of(th, r, s, q, k_run),
+        theta,
+        runs_Px2,
+        acc_P,
+        starts,
+        k_es,
+        config.sigma,
+      )
       return g, loss, jax.tree.map(lambda x: x.reshape(2 * P, *x.shape[2:]), runs_Px2), acc_P
-    grads, losses, runs, acc = _over_tasks(task, config, state.runs, state.pes_acc,
-                                           tasks.support, tasks.query, keys)
+
+    grads, losses, runs, acc = _over_tasks(
+      task, config, state.runs, state.pes_acc, tasks.support, tasks.query, keys
+    )
   grads, loss, diverged = _finite_mean(grads, losses)
-  return (_with_opt(LOptMetaParams(zero_init, None, None), grads), runs, acc,
-          {"meta_loss": loss, "diverged": diverged})
+  return (
+    _with_opt(LOptMetaParams(zero_init, None, None), grads),
+    runs,
+    acc,
+    {"meta_loss": loss, "diverged": diverged},
+  )
 
 
 def meta_step(state: LOptTrainState, tasks: Tasks, key: jax.Array, config: LOptTrainConfig):
@@ -407,6 +460,10 @@ def meta_step(state: LOptTrainState, tasks: Tasks, key: jax.Array, config: LOptT
   grads, runs, acc, stats = meta_gradients(state, tasks, key, config)
   updates, opt_state = config.optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {**stats, "grad_norm": optax.tree.norm(_opt_part(grads)),
-             "lr_d": params.d.lr, "lr_g": (params.g or params.d).lr}
+  metrics = {
+    **stats,
+    "grad_norm": optax.tree.norm(_opt_part(grads)),
+    "lr_d": params.d.lr,
+    "lr_g": (params.g or params.d).lr,
+  }
   return LOptTrainState(params, opt_state, runs, acc, state.step + 1), metrics

@@ -9,7 +9,7 @@ loop differentiates, ``d_objective`` and ``g_objective``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -53,8 +53,7 @@ def _input_grads(disc: Callable[[Array], Array], x: Array) -> Array:
   return jax.grad(lambda x_: jnp.sum(disc(x_)))(x)
 
 
-def gradient_penalty(disc: Callable[[Array], Array], real: Array, fake: Array,
-                     key: Array) -> Array:
+def gradient_penalty(disc: Callable[[Array], Array], real: Array, fake: Array, key: Array) -> Array:
   """WGAN-GP penalty E (||grad_x D(x_hat)|| - 1)^2 on random interpolates x_hat.
 
   Args:
@@ -64,8 +63,10 @@ def gradient_penalty(disc: Callable[[Array], Array], real: Array, fake: Array,
     key: PRNG key for the interpolation weights.
   """
   if real.shape != fake.shape:
-    raise ValueError(f"gradient_penalty needs real and fake of equal shape, got "
-                     f"{real.shape} and {fake.shape}; set n_fake to a multiple of the support size.")
+    raise ValueError(
+      f"gradient_penalty needs real and fake of equal shape, got "
+      f"{real.shape} and {fake.shape}; set n_fake to a multiple of the support size."
+    )
   eps = jax.random.uniform(key, (real.shape[0],) + (1,) * (real.ndim - 1), real.dtype)
   x_hat = eps * real + (1.0 - eps) * fake
   g = _input_grads(disc, x_hat).reshape(real.shape[0], -1)
@@ -81,18 +82,18 @@ def r1_penalty(disc: Callable[[Array], Array], real: Array) -> Array:
 
 
 _PLAIN = {
-    "ns": (ns_d_loss, ns_g_loss),
-    "hinge": (hinge_d_loss, hinge_g_loss),
-    "wasserstein": (wasserstein_d_loss, wasserstein_g_loss),
+  "ns": (ns_d_loss, ns_g_loss),
+  "hinge": (hinge_d_loss, hinge_g_loss),
+  "wasserstein": (wasserstein_d_loss, wasserstein_g_loss),
 }
 
 # Named presets; a GanLoss can also be built field by field.
 _PRESETS = {
-    "ns": dict(kind="ns"),
-    "hinge": dict(kind="hinge"),
-    "wasserstein": dict(kind="wasserstein"),
-    "wgan-gp": dict(kind="wasserstein", gp_weight=10.0),
-    "ns-r1": dict(kind="ns", r1_weight=10.0),
+  "ns": dict(kind="ns"),
+  "hinge": dict(kind="hinge"),
+  "wasserstein": dict(kind="wasserstein"),
+  "wgan-gp": dict(kind="wasserstein", gp_weight=10.0),
+  "ns-r1": dict(kind="ns", r1_weight=10.0),
 }
 
 
@@ -112,18 +113,22 @@ class GanLoss:
 
   def __post_init__(self):
     if self.kind not in _PLAIN:
-      raise ValueError(f"Unknown GAN loss kind {self.kind!r}; choose from {sorted(_PLAIN)} "
-                       f"or a preset name from {sorted(_PRESETS)}.")
+      raise ValueError(
+        f"Unknown GAN loss kind {self.kind!r}; choose from {sorted(_PLAIN)} "
+        f"or a preset name from {sorted(_PRESETS)}."
+      )
     if self.gp_weight < 0 or self.r1_weight < 0:
-      raise ValueError(f"Penalty weights must be >= 0, got gp_weight={self.gp_weight}, "
-                       f"r1_weight={self.r1_weight}.")
+      raise ValueError(
+        f"Penalty weights must be >= 0, got gp_weight={self.gp_weight}, r1_weight={self.r1_weight}."
+      )
 
   @property
   def needs_key(self) -> bool:
     return self.gp_weight > 0
 
-  def d_objective(self, disc: Callable[[Array], Array], real: Array, fake: Array,
-                  key: Array | None = None) -> Array:
+  def d_objective(
+    self, disc: Callable[[Array], Array], real: Array, fake: Array, key: Array | None = None
+  ) -> Array:
     """Discriminator loss of ``disc`` on real and fake samples, penalties included."""
     n_real = real.shape[0]
     # One discriminator call on the concatenated batch: fewer, larger convs.
@@ -145,6 +150,8 @@ def get_loss(loss: str | GanLoss) -> GanLoss:
   if isinstance(loss, GanLoss):
     return loss
   if loss not in _PRESETS:
-    raise ValueError(f"Unknown GAN loss {loss!r}; choose from {sorted(_PRESETS)} "
-                     "or pass a metagan_jax.GanLoss(...).")
+    raise ValueError(
+      f"Unknown GAN loss {loss!r}; choose from {sorted(_PRESETS)} "
+      "or pass a metagan_jax.GanLoss(...)."
+    )
   return GanLoss(**_PRESETS[loss])

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.struct
 import jax
@@ -25,8 +26,7 @@ from jax.sharding import PartitionSpec as P
 
 from metagan_jax import augment as augment_lib
 from metagan_jax import backend, parallel
-from metagan_jax.inner import (AdaptConfig, MetaSGDParams, adapt_with_aux,
-                               check_samples)
+from metagan_jax.inner import AdaptConfig, MetaSGDParams, adapt_with_aux, check_samples
 from metagan_jax.lopt import LOptMetaParams
 from metagan_jax.models import GanParams
 from metagan_jax.tasks import Tasks
@@ -74,11 +74,13 @@ class MetaConfig:
     if self.algorithm not in ALGORITHMS:
       raise ValueError(f"Unknown algorithm {self.algorithm!r}; choose from {list(ALGORITHMS)}.")
     if self.vectorize not in ("auto", "vmap", "map"):
-      raise ValueError(f"MetaConfig.vectorize must be 'auto', 'vmap' or 'map', got "
-                       f"{self.vectorize!r}.")
+      raise ValueError(
+        f"MetaConfig.vectorize must be 'auto', 'vmap' or 'map', got {self.vectorize!r}."
+      )
     if self.meta_backward not in ("batched", "sequential"):
-      raise ValueError(f"MetaConfig.meta_backward must be 'batched' or 'sequential', got "
-                       f"{self.meta_backward!r}.")
+      raise ValueError(
+        f"MetaConfig.meta_backward must be 'batched' or 'sequential', got {self.meta_backward!r}."
+      )
     if not isinstance(self.adapt, AdaptConfig):
       raise TypeError(f"MetaConfig.adapt must be an AdaptConfig, got {type(self.adapt).__name__}.")
 
@@ -92,8 +94,9 @@ class MetaConfig:
 
   def resolved_vectorize(self) -> str:
     """``vectorize`` with ``"auto"`` resolved from the task mesh's platform."""
-    return backend.resolve_vectorize(self.vectorize,
-                                     backend.platform(list(self.task_mesh().devices.flat)))
+    return backend.resolve_vectorize(
+      self.vectorize, backend.platform(list(self.task_mesh().devices.flat))
+    )
 
   @property
   def inner(self) -> AdaptConfig:
@@ -126,8 +129,9 @@ def init(key: jax.Array, config: MetaConfig) -> MetaState:
   return MetaState(params, config.optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
-def metasgd_outer(init_opt: optax.GradientTransformation,
-                  rate_opt: optax.GradientTransformation) -> optax.GradientTransformation:
+def metasgd_outer(
+  init_opt: optax.GradientTransformation, rate_opt: optax.GradientTransformation
+) -> optax.GradientTransformation:
   """An outer optimiser for Meta-SGD with its own transformation for the learned rates.
 
   The rates start at ``inner_lr`` (often 1e-3), so an Adam step of the size
@@ -143,12 +147,17 @@ def metasgd_outer(init_opt: optax.GradientTransformation,
   Returns:
     An optax transformation over :class:`MetaSGDParams`.
   """
+
   def labels(params):
     if not isinstance(params, MetaSGDParams):
-      raise TypeError(f"metasgd_outer expects MetaSGDParams, got {type(params).__name__}; "
-                      f"use it only with algorithm='metasgd'.")
-    return MetaSGDParams(init=jax.tree.map(lambda _: "init", params.init),
-                         lr=jax.tree.map(lambda _: "rate", params.lr))
+      raise TypeError(
+        f"metasgd_outer expects MetaSGDParams, got {type(params).__name__}; "
+        f"use it only with algorithm='metasgd'."
+      )
+    return MetaSGDParams(
+      init=jax.tree.map(lambda _: "init", params.init), lr=jax.tree.map(lambda _: "rate", params.lr)
+    )
+
   return optax.multi_transform({"init": init_opt, "rate": rate_opt}, labels)
 
 
@@ -166,9 +175,10 @@ def _query_losses(model, loss, adapted: GanParams, query, key, augment: str = ""
   fake = model.generate(adapted.g, model.sample_z(k_z, query.shape[0], query.dtype))
   real, fake_d = query, fake
   if augment:
-    both = augment_lib.diff_augment(jax.random.fold_in(k_gp, 1),
-                                    jnp.concatenate([query, fake]), augment)
-    real, fake_d = both[:query.shape[0]], both[query.shape[0]:]
+    both = augment_lib.diff_augment(
+      jax.random.fold_in(k_gp, 1), jnp.concatenate([query, fake]), augment
+    )
+    real, fake_d = both[: query.shape[0]], both[query.shape[0] :]
   l_d = loss.d_objective(lambda x: model.discriminate(adapted.d, x), real, fake_d, k_gp)
   l_g = loss.g_objective(model.discriminate(adapted.d, fake_d))
   return jnp.stack([l_d, l_g])
@@ -181,8 +191,9 @@ def _own_player(grads_2x: PyTree) -> PyTree:
   generator leaves that of the G meta-loss (index 1).
   """
   if isinstance(grads_2x, GanParams):
-    return GanParams(g=jax.tree.map(lambda x: x[1], grads_2x.g),
-                     d=jax.tree.map(lambda x: x[0], grads_2x.d))
+    return GanParams(
+      g=jax.tree.map(lambda x: x[1], grads_2x.g), d=jax.tree.map(lambda x: x[0], grads_2x.d)
+    )
   if isinstance(grads_2x, MetaSGDParams):
     return MetaSGDParams(*(_own_player(f) for f in grads_2x))
   raise TypeError(f"Unexpected meta-parameter type {type(grads_2x).__name__}.")
@@ -203,6 +214,7 @@ def maml_objective(meta_params, support, query, key, config: MetaConfig):
 
 def _maml_task(meta_params, support, query, key, config: MetaConfig):
   """Per-task meta-gradient of MAML / first-order MAML / Meta-SGD."""
+
   def objective(mp):
     losses, aux = maml_objective(mp, support, query, key, config)
     return losses, (losses, aux)
@@ -231,7 +243,11 @@ def _reptile_task(meta_params, support, query, key, config: MetaConfig):
 
 
 _PER_TASK: dict[str, Callable] = {
-    "maml": _maml_task, "fomaml": _maml_task, "metasgd": _maml_task, "reptile": _reptile_task}
+  "maml": _maml_task,
+  "fomaml": _maml_task,
+  "metasgd": _maml_task,
+  "reptile": _reptile_task,
+}
 
 
 def per_task_gradient(meta_params, support, query, key, config: MetaConfig):
@@ -249,15 +265,21 @@ def check_tasks(tasks: Tasks, config: MetaConfig) -> None:
   model = config.adapt.model
   for what, x in (("tasks.support", tasks.support), ("tasks.query", tasks.query)):
     if getattr(x, "ndim", 0) < 2:
-      raise ValueError(f"{what} must be [T, N, {', '.join(map(str, model.data_shape))}], "
-                       f"got shape {getattr(x, 'shape', None)}.")
+      raise ValueError(
+        f"{what} must be [T, N, {', '.join(map(str, model.data_shape))}], "
+        f"got shape {getattr(x, 'shape', None)}."
+      )
     check_samples(x[0], model, f"{what}[0]")
   if tasks.support.shape[0] != tasks.query.shape[0]:
-    raise ValueError(f"tasks.support has {tasks.support.shape[0]} tasks but tasks.query has "
-                     f"{tasks.query.shape[0]}; both need the same leading task axis T.")
+    raise ValueError(
+      f"tasks.support has {tasks.support.shape[0]} tasks but tasks.query has "
+      f"{tasks.query.shape[0]}; both need the same leading task axis T."
+    )
   if tasks.support.dtype != tasks.query.dtype:
-    raise TypeError(f"tasks.support ({tasks.support.dtype}) and tasks.query "
-                    f"({tasks.query.dtype}) must share a dtype.")
+    raise TypeError(
+      f"tasks.support ({tasks.support.dtype}) and tasks.query "
+      f"({tasks.query.dtype}) must share a dtype."
+    )
 
 
 def meta_gradients(meta_params, tasks: Tasks, key: jax.Array, config: MetaConfig):
@@ -276,11 +298,14 @@ def meta_gradients(meta_params, tasks: Tasks, key: jax.Array, config: MetaConfig
   """
   check_tasks(tasks, config)
   if isinstance(meta_params, LOptMetaParams):
-    raise TypeError("meta_step does not train LOptMetaParams (learned optimisers); use "
-                    "metagan_jax.lopt_train.meta_step (truncated backprop, ES or PES).")
+    raise TypeError(
+      "meta_step does not train LOptMetaParams (learned optimisers); use "
+      "metagan_jax.lopt_train.meta_step (truncated backprop, ES or PES)."
+    )
   if config.algorithm == "metasgd" and not isinstance(meta_params, MetaSGDParams):
-    raise TypeError("metasgd needs MetaSGDParams(init, lr); build the state with "
-                    "metagan_jax.init(key, config).")
+    raise TypeError(
+      "metasgd needs MetaSGDParams(init, lr); build the state with metagan_jax.init(key, config)."
+    )
   mesh, axis = config.task_mesh(), config.mesh_axis
   parallel.check_divisible(tasks.support.shape[0], mesh, axis)
   keys = jax.random.split(key, tasks.support.shape[0])
@@ -298,13 +323,16 @@ def meta_gradients(meta_params, tasks: Tasks, key: jax.Array, config: MetaConfig
       grads_T, q_T, aux_T = jax.vmap(fn, in_axes=(None, 0, 0, 0))(params, support, query, keys)
     else:
       grads_T, q_T, aux_T = jax.lax.map(
-          lambda a: fn(params, *a), (support, query, keys),
-          batch_size=config.map_batch if config.map_batch > 1 else None)
+        lambda a: fn(params, *a),
+        (support, query, keys),
+        batch_size=config.map_batch if config.map_batch > 1 else None,
+      )
     grads = jax.tree.map(lambda g: jax.lax.pmean(jnp.mean(g, axis=0), axis), grads_T)
     return grads, {"query_losses": q_T, **aux_T}
 
-  sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P(axis), P(axis)),
-                          out_specs=(P(), P(axis)))
+  sharded = jax.shard_map(
+    local, mesh=mesh, in_specs=(P(), P(axis), P(axis), P(axis)), out_specs=(P(), P(axis))
+  )
   return sharded(meta_params, tasks.support, tasks.query, keys)
 
 
@@ -342,17 +370,16 @@ def meta_step(state: MetaState, tasks: Tasks, key: jax.Array, config: MetaConfig
   params = optax.apply_updates(state.params, updates)
   init_grads = _init_params(grads)
   metrics = {
-      "d_inner_loss_first": jnp.mean(aux["d_loss"][:, 0]),
-      "d_inner_loss_last": jnp.mean(aux["d_loss"][:, -1]),
-      "g_inner_loss_first": jnp.mean(aux["g_loss"][:, 0]),
-      "g_inner_loss_last": jnp.mean(aux["g_loss"][:, -1]),
-      "d_query_loss": jnp.mean(aux["query_losses"][:, 0]),
-      "g_query_loss": jnp.mean(aux["query_losses"][:, 1]),
-      "d_grad_norm": optax.tree.norm(init_grads.d),
-      "g_grad_norm": optax.tree.norm(init_grads.g),
+    "d_inner_loss_first": jnp.mean(aux["d_loss"][:, 0]),
+    "d_inner_loss_last": jnp.mean(aux["d_loss"][:, -1]),
+    "g_inner_loss_first": jnp.mean(aux["g_loss"][:, 0]),
+    "g_inner_loss_last": jnp.mean(aux["g_loss"][:, -1]),
+    "d_query_loss": jnp.mean(aux["query_losses"][:, 0]),
+    "g_query_loss": jnp.mean(aux["query_losses"][:, 1]),
+    "d_grad_norm": optax.tree.norm(init_grads.d),
+    "g_grad_norm": optax.tree.norm(init_grads.g),
   }
   if isinstance(params, MetaSGDParams):
     leaves = jax.tree.leaves(params.lr)
-    metrics["mean_inner_lr"] = (sum(jnp.sum(x) for x in leaves)
-                                / sum(x.size for x in leaves))
+    metrics["mean_inner_lr"] = sum(jnp.sum(x) for x in leaves) / sum(x.size for x in leaves)
   return MetaState(params, opt_state, state.step + 1), metrics

@@ -17,7 +17,7 @@ scipy): compute features with any network, then
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -31,8 +31,9 @@ def _as_features(x, what: str) -> np.ndarray:
   return x
 
 
-def polynomial_kernel(x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float | None = None,
-                      coef0: float = 1.0) -> np.ndarray:
+def polynomial_kernel(
+  x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float | None = None, coef0: float = 1.0
+) -> np.ndarray:
   """``(gamma * x.y + coef0) ** degree``; ``gamma`` defaults to ``1 / d``."""
   gamma = 1.0 / x.shape[1] if gamma is None else gamma
   return (gamma * x @ y.T + coef0) ** degree
@@ -84,8 +85,10 @@ def frechet_distance_from_stats(mu1, s1, mu2, s2) -> float:
   mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
   s1, s2 = np.atleast_2d(np.asarray(s1, np.float64)), np.atleast_2d(np.asarray(s2, np.float64))
   if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
-    raise ValueError(f"frechet_distance: shapes do not match: mu {mu1.shape}, {mu2.shape}; "
-                     f"cov {s1.shape}, {s2.shape}.")
+    raise ValueError(
+      f"frechet_distance: shapes do not match: mu {mu1.shape}, {mu2.shape}; "
+      f"cov {s1.shape}, {s2.shape}."
+    )
   r1 = _sqrt_psd(s1)
   w = np.linalg.eigvalsh((r1 @ s2 @ r1 + (r1 @ s2 @ r1).T) / 2)
   cross = np.sum(np.sqrt(np.clip(w, 0, None)))
@@ -143,8 +146,9 @@ def stroke_components(imgs_NxHxW, threshold: float = 0.0) -> np.ndarray:
   if x.ndim == 4 and x.shape[-1] == 1:
     x = x[..., 0]
   if x.ndim != 3:
-    raise ValueError(f"stroke_components takes [N, H, W] or [N, H, W, 1] images, got shape "
-                     f"{np.shape(imgs_NxHxW)}.")
+    raise ValueError(
+      f"stroke_components takes [N, H, W] or [N, H, W, 1] images, got shape {np.shape(imgs_NxHxW)}."
+    )
   ink = x > threshold
   n, h, w = ink.shape
   # Every ink pixel starts with its own label; labels spread as a 3x3 maximum
@@ -152,7 +156,7 @@ def stroke_components(imgs_NxHxW, threshold: float = 0.0) -> np.ndarray:
   lab = np.where(ink, np.arange(1, h * w + 1).reshape(1, h, w), 0).astype(np.int32)
   while True:
     p = np.pad(lab, ((0, 0), (1, 1), (1, 1)))
-    m = np.max([p[:, a:a + h, b:b + w] for a in range(3) for b in range(3)], axis=0)
+    m = np.max([p[:, a : a + h, b : b + w] for a in range(3) for b in range(3)], axis=0)
     new = np.where(ink, m, 0)
     if np.array_equal(new, lab):
       break
@@ -160,8 +164,13 @@ def stroke_components(imgs_NxHxW, threshold: float = 0.0) -> np.ndarray:
   return np.array([len(np.unique(l[l > 0])) for l in lab], dtype=np.int64)
 
 
-def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
-                 statistic: Callable[[np.ndarray], float] | None = None) -> tuple[float, float]:
+def bootstrap_ci(
+  values,
+  n_boot: int = 2000,
+  level: float = 0.95,
+  seed: int = 0,
+  statistic: Callable[[np.ndarray], float] | None = None,
+) -> tuple[float, float]:
   """Percentile bootstrap interval of the mean (or ``statistic``) of ``values`` over axis 0.
 
   ``statistic`` gets the resampled rows (for pooled metrics, e.g. FD over classes).
@@ -190,7 +199,9 @@ def paired_test(a, b, n_perm: int = 20000, seed: int = 0) -> dict:
   """
   d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
   if d.ndim != 1 or d.size < 2:
-    raise ValueError(f"paired_test needs two 1-D arrays of equal length >= 2, got diff shape {d.shape}.")
+    raise ValueError(
+      f"paired_test needs two 1-D arrays of equal length >= 2, got diff shape {d.shape}."
+    )
   sd = d.std(ddof=1)
   if sd > 0:
     t = float(d.mean() / (sd / np.sqrt(d.size)))
@@ -203,8 +214,9 @@ def paired_test(a, b, n_perm: int = 20000, seed: int = 0) -> dict:
   return {"mean_diff": float(d.mean()), "t": t, "p": p, "n": int(d.size)}
 
 
-def hierarchical_bootstrap_ci(values_SxC, n_boot: int = 2000, level: float = 0.95,
-                              seed: int = 0) -> tuple[float, float]:
+def hierarchical_bootstrap_ci(
+  values_SxC, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
   """Percentile bootstrap interval of the mean of ``values [S, C]`` over seeds and classes.
 
   Each replicate resamples the ``S`` seeds (rows) and, independently, the ``C``

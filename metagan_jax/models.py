@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -82,8 +83,9 @@ class GanModel:
       return self.generate(g_params, w_NxW)
     return self.synthesis.apply({"params": g_params["synthesis"]}, w_NxW)
 
-  def generate_truncated(self, g_params: PyTree, z_NxZ: jax.Array, psi,
-                         z_avg_MxZ: jax.Array) -> jax.Array:
+  def generate_truncated(
+    self, g_params: PyTree, z_NxZ: jax.Array, psi, z_avg_MxZ: jax.Array
+  ) -> jax.Array:
     """StyleGAN's truncation trick: ``x = G(w_avg + psi (w - w_avg))``.
 
     ``w_avg`` is the mean of :meth:`map_latents` over ``z_avg_MxZ`` (a few
@@ -109,8 +111,8 @@ def _init(model: GanModel, key: jax.Array) -> GanParams:
   z = jnp.zeros((1, model.z_dim), jnp.float32)
   x = jnp.zeros((1, *model.data_shape), jnp.float32)
   return GanParams(
-      g=model.generator.init(kg, z)["params"],
-      d=model.discriminator.init(kd, x)["params"],
+    g=model.generator.init(kg, z)["params"],
+    d=model.discriminator.init(kd, x)["params"],
   )
 
 
@@ -124,8 +126,9 @@ def _norm(kind: str | None, name: str) -> Callable[[jax.Array], jax.Array]:
   if kind == "pixel":  # PixelNorm (Karras et al., 2018): unit RMS over channels, no params
     return lambda x: x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-8)
   raise ValueError(
-      f"Unknown normalisation {kind!r}; use 'none', 'layer', 'group' or 'pixel' "
-      "(BatchNorm is not offered: its running statistics break a pure inner loop).")
+    f"Unknown normalisation {kind!r}; use 'none', 'layer', 'group' or 'pixel' "
+    "(BatchNorm is not offered: its running statistics break a pure inner loop)."
+  )
 
 
 CONV_IMPLS = backend.CONV_IMPLS
@@ -162,11 +165,15 @@ def _check_matmul_dtype(matmul_dtype, conv_impl: str):
   except TypeError:
     name = repr(matmul_dtype)
   if name not in MATMUL_DTYPES:
-    raise ValueError(f"matmul_dtype={matmul_dtype!r}: choose None (float32 products) or "
-                     f"'bfloat16' (bf16 products, float32 accumulation).")
+    raise ValueError(
+      f"matmul_dtype={matmul_dtype!r}: choose None (float32 products) or "
+      f"'bfloat16' (bf16 products, float32 accumulation)."
+    )
   if matmul_dtype is not None and conv_impl != "matmul":
-    raise ValueError(f"matmul_dtype={matmul_dtype!r} needs conv_impl='matmul' (got "
-                     f"{conv_impl!r}): only the matmul layers compute in bfloat16.")
+    raise ValueError(
+      f"matmul_dtype={matmul_dtype!r} needs conv_impl='matmul' (got "
+      f"{conv_impl!r}): only the matmul layers compute in bfloat16."
+    )
   return None if matmul_dtype is None else jnp.bfloat16
 
 
@@ -216,8 +223,9 @@ class DCGAN28Discriminator(nn.Module):
     return _fc(1, "fc", md)(h)[:, 0]
 
 
-def dcgan28(z_dim: int = 64, channels: int = 1, conv_impl: str = "auto",
-            matmul_dtype=None) -> GanModel:
+def dcgan28(
+  z_dim: int = 64, channels: int = 1, conv_impl: str = "auto", matmul_dtype=None
+) -> GanModel:
   """The ``omniglot28-dcgan`` pair (28x28xC images, z_dim 64, no normalisation).
 
   Args:
@@ -235,9 +243,13 @@ def dcgan28(z_dim: int = 64, channels: int = 1, conv_impl: str = "auto",
   """
   conv_impl = _check_impl(conv_impl)
   md = _check_matmul_dtype(matmul_dtype, conv_impl)
-  return GanModel("dcgan28", z_dim, (28, 28, channels),
-                  DCGAN28Generator(channels=channels, conv_impl=conv_impl, matmul_dtype=md),
-                  DCGAN28Discriminator(conv_impl=conv_impl, matmul_dtype=md))
+  return GanModel(
+    "dcgan28",
+    z_dim,
+    (28, 28, channels),
+    DCGAN28Generator(channels=channels, conv_impl=conv_impl, matmul_dtype=md),
+    DCGAN28Discriminator(conv_impl=conv_impl, matmul_dtype=md),
+  )
 
 
 # --- fsgan28: the pair that draws Omniglot (few-shot experiments) -------------
@@ -259,8 +271,9 @@ class Mapping(nn.Module):
   def __call__(self, z_NxZ):
     w = z_NxZ
     for i in range(self.layers):
-      w = nn.leaky_relu(layers.Dense(self.w_dim, name=f"fc{i}",
-                                     compute_dtype=self.matmul_dtype)(w), 0.2)
+      w = nn.leaky_relu(
+        layers.Dense(self.w_dim, name=f"fc{i}", compute_dtype=self.matmul_dtype)(w), 0.2
+      )
     return w
 
 
@@ -283,10 +296,14 @@ class FSGAN28Generator(nn.Module):
   @nn.compact
   def __call__(self, z_NxZ):
     n = z_NxZ.shape[0]
-    w = Mapping(self.w_dim, self.mapping_layers, self.matmul_dtype, name="mapping")(z_NxZ) \
-        if self.mapping_layers else z_NxZ
-    return _Synthesis(self.width, self.channels, self.norm, self.up, self.matmul_dtype,
-                      name="synthesis")(w.reshape(n, -1))
+    w = (
+      Mapping(self.w_dim, self.mapping_layers, self.matmul_dtype, name="mapping")(z_NxZ)
+      if self.mapping_layers
+      else z_NxZ
+    )
+    return _Synthesis(
+      self.width, self.channels, self.norm, self.up, self.matmul_dtype, name="synthesis"
+    )(w.reshape(n, -1))
 
 
 class _Synthesis(nn.Module):
@@ -327,18 +344,26 @@ class FSGAN28Discriminator(nn.Module):
 
   @nn.compact
   def __call__(self, x_NxHxWxC):
-    sn = dict(spectral=self.spectral, power_iters=self.power_iters,
-              compute_dtype=self.matmul_dtype)
+    sn = dict(spectral=self.spectral, power_iters=self.power_iters, compute_dtype=self.matmul_dtype)
     h = nn.leaky_relu(layers.Conv4x4s2(self.width, name="conv1", **sn)(x_NxHxWxC), 0.2)
     h = nn.leaky_relu(layers.Conv4x4s2(2 * self.width, name="conv2", **sn)(h), 0.2)
     h = nn.leaky_relu(layers.Conv3x3(2 * self.width, name="conv3", **sn)(h), 0.2)
     return layers.Dense(1, name="fc", **sn)(h.reshape(h.shape[0], -1))[:, 0]
 
 
-def fsgan28(z_dim: int = 64, channels: int = 1, g_width: int = 32, d_width: int = 32,
-            w_dim: int = 128, mapping_layers: int = 2, g_norm: str | None = "group",
-            spectral: bool = False, power_iters: int = 5, up: str = "transposed",
-            matmul_dtype=None) -> GanModel:
+def fsgan28(
+  z_dim: int = 64,
+  channels: int = 1,
+  g_width: int = 32,
+  d_width: int = 32,
+  w_dim: int = 128,
+  mapping_layers: int = 2,
+  g_norm: str | None = "group",
+  spectral: bool = False,
+  power_iters: int = 5,
+  up: str = "transposed",
+  matmul_dtype=None,
+) -> GanModel:
   """The 28x28 pair that draws Omniglot: a latent mapping and a normalised G; a 3-conv D.
 
   The defaults are the recipe of the few-shot experiments (trained with WGAN-GP,
@@ -366,15 +391,20 @@ def fsgan28(z_dim: int = 64, channels: int = 1, g_width: int = 32, d_width: int 
   if up not in ("transposed", "nearest"):
     raise ValueError(f"fsgan28: up={up!r}; use 'transposed' or 'nearest'.")
   if g_norm == "group" and (g_width // 2) % 8:
-    raise ValueError(f"fsgan28: g_norm='group' uses 8 groups, so the 28x28 layer's "
-                     f"g_width // 2 = {g_width // 2} channels must be a multiple of 8; "
-                     f"use g_width = 16, 32, 48, ... or another g_norm.")
-  return GanModel("fsgan28", z_dim, (28, 28, channels),
-                  FSGAN28Generator(g_width, channels, w_dim, mapping_layers, g_norm, up, md),
-                  FSGAN28Discriminator(d_width, spectral, power_iters, md),
-                  mapping=Mapping(w_dim, mapping_layers, md) if mapping_layers else None,
-                  synthesis=(_Synthesis(g_width, channels, g_norm, up, md) if mapping_layers
-                             else None))
+    raise ValueError(
+      f"fsgan28: g_norm='group' uses 8 groups, so the 28x28 layer's "
+      f"g_width // 2 = {g_width // 2} channels must be a multiple of 8; "
+      f"use g_width = 16, 32, 48, ... or another g_norm."
+    )
+  return GanModel(
+    "fsgan28",
+    z_dim,
+    (28, 28, channels),
+    FSGAN28Generator(g_width, channels, w_dim, mapping_layers, g_norm, up, md),
+    FSGAN28Discriminator(d_width, spectral, power_iters, md),
+    mapping=Mapping(w_dim, mapping_layers, md) if mapping_layers else None,
+    synthesis=(_Synthesis(g_width, channels, g_norm, up, md) if mapping_layers else None),
+  )
 
 
 # --- 32x32 / 64x64 conv pairs for GPU-sized experiments ----------------------
@@ -425,8 +455,14 @@ class ConvDiscriminator(nn.Module):
     return nn.Dense(1, name="fc")(h.reshape(h.shape[0], -1))[:, 0]
 
 
-def dcgan(size: int, channels: int = 3, z_dim: int = 128, base: int = 64,
-          norm: str | None = "layer", conv_impl: str = "auto") -> GanModel:
+def dcgan(
+  size: int,
+  channels: int = 3,
+  z_dim: int = 128,
+  base: int = 64,
+  norm: str | None = "layer",
+  conv_impl: str = "auto",
+) -> GanModel:
   """A 32x32 or 64x64 DCGAN pair with optional stateless normalisation.
 
   ``norm`` is ``"layer"``, ``"group"`` or ``"none"``; ``conv_impl`` as in :func:`dcgan28`.
@@ -435,9 +471,13 @@ def dcgan(size: int, channels: int = 3, z_dim: int = 128, base: int = 64,
     raise ValueError(f"dcgan size must be 32 or 64, got {size!r}; use dcgan28() for 28x28.")
   _norm(norm, "check")  # validates the name early
   conv_impl = _check_impl(conv_impl)
-  return GanModel(f"dcgan{size}", z_dim, (size, size, channels),
-                  ConvGenerator(size, channels, base, norm, conv_impl),
-                  ConvDiscriminator(size, base, norm, conv_impl))
+  return GanModel(
+    f"dcgan{size}",
+    z_dim,
+    (size, size, channels),
+    ConvGenerator(size, channels, base, norm, conv_impl),
+    ConvDiscriminator(size, base, norm, conv_impl),
+  )
 
 
 def dcgan32(**kwargs) -> GanModel:
@@ -452,8 +492,14 @@ def dcgan64(**kwargs) -> GanModel:
 
 # --- MLP pair for vector data -----------------------------------------------
 
-_ACTIVATIONS = {"relu": nn.relu, "leaky_relu": lambda x: nn.leaky_relu(x, 0.2),
-                "tanh": jnp.tanh, "elu": nn.elu, "gelu": nn.gelu, "softplus": nn.softplus}
+_ACTIVATIONS = {
+  "relu": nn.relu,
+  "leaky_relu": lambda x: nn.leaky_relu(x, 0.2),
+  "tanh": jnp.tanh,
+  "elu": nn.elu,
+  "gelu": nn.gelu,
+  "softplus": nn.softplus,
+}
 
 
 class MLP(nn.Module):
@@ -474,18 +520,32 @@ class MLP(nn.Module):
     return h[:, 0] if self.squeeze else h
 
 
-def mlp(data_dim: int = 2, z_dim: int = 4, hidden: Sequence[int] = (64, 64),
-        activation: str = "leaky_relu") -> GanModel:
+def mlp(
+  data_dim: int = 2,
+  z_dim: int = 4,
+  hidden: Sequence[int] = (64, 64),
+  activation: str = "leaky_relu",
+) -> GanModel:
   """An MLP pair for vector data (e.g. the 2-D Gaussian-mixture toy tasks)."""
   if activation not in _ACTIVATIONS:
     raise ValueError(f"Unknown activation {activation!r}; choose from {sorted(_ACTIVATIONS)}.")
   hidden = tuple(int(h) for h in hidden)
-  return GanModel("mlp", z_dim, (data_dim,),
-                  MLP(hidden, data_dim, activation), MLP(hidden, 1, activation, squeeze=True))
+  return GanModel(
+    "mlp",
+    z_dim,
+    (data_dim,),
+    MLP(hidden, data_dim, activation),
+    MLP(hidden, 1, activation, squeeze=True),
+  )
 
 
 _REGISTRY: dict[str, Callable[..., GanModel]] = {
-    "dcgan28": dcgan28, "fsgan28": fsgan28, "dcgan32": dcgan32, "dcgan64": dcgan64, "mlp": mlp}
+  "dcgan28": dcgan28,
+  "fsgan28": fsgan28,
+  "dcgan32": dcgan32,
+  "dcgan64": dcgan64,
+  "mlp": mlp,
+}
 
 
 def get_model(name: str, **kwargs) -> GanModel:

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -59,14 +60,17 @@ def task_mesh(devices=None, axis: str = TASK_AXIS) -> Mesh:
 def check_divisible(num_tasks: int, mesh: Mesh, axis: str = TASK_AXIS) -> None:
   """Raises a clear error unless ``num_tasks`` splits evenly over the mesh axis."""
   if axis not in mesh.shape:
-    raise ValueError(f"The mesh has axes {tuple(mesh.shape)}, not the task axis {axis!r}; "
-                     f"build it with metagan_jax.parallel.task_mesh(axis={axis!r}).")
+    raise ValueError(
+      f"The mesh has axes {tuple(mesh.shape)}, not the task axis {axis!r}; "
+      f"build it with metagan_jax.parallel.task_mesh(axis={axis!r})."
+    )
   n = mesh.shape[axis]
   if num_tasks % n:
     raise ValueError(
-        f"T = {num_tasks} tasks per meta-step do not split evenly over the {n} devices of "
-        f"mesh axis {axis!r}; use a multiple of {n} tasks (e.g. T = {n * max(1, num_tasks // n)}) "
-        f"or a mesh of fewer devices.")
+      f"T = {num_tasks} tasks per meta-step do not split evenly over the {n} devices of "
+      f"mesh axis {axis!r}; use a multiple of {n} tasks (e.g. T = {n * max(1, num_tasks // n)}) "
+      f"or a mesh of fewer devices."
+    )
 
 
 def shard_tasks(local_tree: PyTree, mesh: Mesh, axis: str = TASK_AXIS) -> PyTree:
@@ -81,29 +85,36 @@ def shard_tasks(local_tree: PyTree, mesh: Mesh, axis: str = TASK_AXIS) -> PyTree
   local_n = jax.tree.leaves(local_tree)[0].shape[0]
   per_process = mesh.shape[axis] // jax.process_count()
   if per_process and local_n % per_process:
-    raise ValueError(f"This process holds {local_n} tasks, which do not split evenly over its "
-                     f"{per_process} devices on mesh axis {axis!r}; give each process a "
-                     f"multiple of {per_process} tasks.")
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-                      local_tree)
+    raise ValueError(
+      f"This process holds {local_n} tasks, which do not split evenly over its "
+      f"{per_process} devices on mesh axis {axis!r}; give each process a "
+      f"multiple of {per_process} tasks."
+    )
+  return jax.tree.map(
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_tree
+  )
 
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
   """Places a pytree (identical in every process) replicated over ``mesh``."""
   sharding = NamedSharding(mesh, P())
+
   def put(x):
     if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
       return jax.device_put(x, sharding)
     return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
   return jax.tree.map(put, tree)
 
 
 def to_host(tree: PyTree) -> PyTree:
   """Numpy copies of (replicated or addressable) arrays, in any process."""
+
   def get(x):
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
       return np.asarray(x.addressable_data(0))
     return np.asarray(x)
+
   return jax.tree.map(get, tree)
 
 
@@ -120,10 +131,12 @@ def _env_seconds(name: str, default: float | None) -> float | None:
   return out
 
 
-def initialize_distributed(coordinator_address: str | None = None,
-                           num_processes: int | None = None,
-                           process_id: int | None = None,
-                           shutdown_timeout_s: float | None = None) -> bool:
+def initialize_distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  shutdown_timeout_s: float | None = None,
+) -> bool:
   """Starts ``jax.distributed`` when several processes are configured.
 
   Arguments default to the environment variables ``METAGAN_COORDINATOR``,
@@ -152,24 +165,36 @@ def initialize_distributed(coordinator_address: str | None = None,
   if shutdown_timeout_s is None:
     shutdown_timeout_s = _env_seconds("METAGAN_SHUTDOWN_TIMEOUT_S", None)
   elif shutdown_timeout_s <= 0:
-    raise ValueError(f"shutdown_timeout_s={shutdown_timeout_s} must be a positive number of "
-                     f"seconds.")
+    raise ValueError(
+      f"shutdown_timeout_s={shutdown_timeout_s} must be a positive number of seconds."
+    )
   auto = os.environ.get("METAGAN_DISTRIBUTED") == "1"
   if coordinator_address is None and not auto:
     if (num_processes or 1) > 1:
-      raise ValueError(f"num_processes={num_processes} needs a coordinator address "
-                       f"(host:port of process 0), e.g. --coordinator localhost:12345.")
+      raise ValueError(
+        f"num_processes={num_processes} needs a coordinator address "
+        f"(host:port of process 0), e.g. --coordinator localhost:12345."
+      )
     return False
   if coordinator_address is not None and (num_processes is None or process_id is None):
-    raise ValueError("With a coordinator address, also give num_processes and process_id "
-                     "(flags or METAGAN_NUM_PROCESSES / METAGAN_PROCESS_ID).")
+    raise ValueError(
+      "With a coordinator address, also give num_processes and process_id "
+      "(flags or METAGAN_NUM_PROCESSES / METAGAN_PROCESS_ID)."
+    )
   if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
     raise ValueError(f"process_id={process_id} must be in [0, {num_processes}).")
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  kwargs = {} if shutdown_timeout_s is None else {
-      "shutdown_timeout_seconds": max(1, int(round(shutdown_timeout_s)))}
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id, **kwargs)
+  kwargs = (
+    {}
+    if shutdown_timeout_s is None
+    else {"shutdown_timeout_seconds": max(1, int(round(shutdown_timeout_s)))}
+  )
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address,
+    num_processes=num_processes,
+    process_id=process_id,
+    **kwargs,
+  )
   return True
 
 
@@ -193,25 +218,33 @@ def barrier(name: str, timeout_s: float | None = None) -> None:
   if timeout_s is None:
     timeout_s = _env_seconds("METAGAN_BARRIER_TIMEOUT_S", DEFAULT_BARRIER_TIMEOUT_S)
   from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+
   client = jax_distributed.global_state.client
   if client is None:  # a multi-process runtime started without jax.distributed (e.g. TPU pods)
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     multihost_utils.sync_global_devices(name)
     return
   try:
     client.wait_at_barrier(name, int(timeout_s * 1000))
   except Exception as e:  # pylint: disable=broad-except  # XlaRuntimeError: DEADLINE_EXCEEDED
     raise TimeoutError(
-        f"process {jax.process_index()} waited {timeout_s:g} s at barrier {name!r} and not every "
-        f"one of the {jax.process_count()} processes arrived ({type(e).__name__}: "
-        f"{str(e)[:300]}). If one process does long work alone, raise "
-        f"METAGAN_BARRIER_TIMEOUT_S; if one crashed, see its log.") from e
+      f"process {jax.process_index()} waited {timeout_s:g} s at barrier {name!r} and not every "
+      f"one of the {jax.process_count()} processes arrived ({type(e).__name__}: "
+      f"{str(e)[:300]}). If one process does long work alone, raise "
+      f"METAGAN_BARRIER_TIMEOUT_S; if one crashed, see its log."
+    ) from e
 
 
 @contextlib.contextmanager
-def distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                process_id: int | None = None, *, barrier_timeout_s: float | None = None,
-                shutdown_timeout_s: float | None = None) -> Iterator[bool]:
+def distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  *,
+  barrier_timeout_s: float | None = None,
+  shutdown_timeout_s: float | None = None,
+) -> Iterator[bool]:
   """Runs a job over several processes and ends it in all of them together.
 
   Enters with :func:`initialize_distributed` (same arguments and environment
@@ -224,8 +257,9 @@ def distributed(coordinator_address: str | None = None, num_processes: int | Non
   Yields:
     True when ``jax.distributed`` was initialised.
   """
-  started = initialize_distributed(coordinator_address, num_processes, process_id,
-                                   shutdown_timeout_s=shutdown_timeout_s)
+  started = initialize_distributed(
+    coordinator_address, num_processes, process_id, shutdown_timeout_s=shutdown_timeout_s
+  )
   yield started
   if started:
     barrier("metagan_end", barrier_timeout_s)

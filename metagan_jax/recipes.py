@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import optax
@@ -33,7 +34,7 @@ def _plain(x) -> Any:
   return x.to_dict() if hasattr(x, "to_dict") else (dict(x) if isinstance(x, Mapping) else x)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(name: str, kwargs_json: str) -> GanModel:
   return get_model(name, **json.loads(kwargs_json))
 
@@ -45,11 +46,17 @@ def model(cfg: Config) -> GanModel:
 
 def default_rule(cfg: Config) -> dict:
   """The config's adaptation rule: ``{"opt", "lr", "g_trainable", "d_trainable"}``."""
-  return {"opt": cfg["inner_opt"], "lr": float(cfg["inner_lr"]),
-          "g_trainable": cfg["g_trainable"], "d_trainable": cfg["d_trainable"]}
+  return {
+    "opt": cfg["inner_opt"],
+    "lr": float(cfg["inner_lr"]),
+    "g_trainable": cfg["g_trainable"],
+    "d_trainable": cfg["d_trainable"],
+  }
 
 
-def inner_optimizer(kind: str, lr, b1: float = 0.0, b2: float = 0.9) -> optax.GradientTransformation:
+def inner_optimizer(
+  kind: str, lr, b1: float = 0.0, b2: float = 0.9
+) -> optax.GradientTransformation:
   """``sgd`` or ``adam`` as an inner optimiser (Adam with ``eps_root`` for second order)."""
   if kind == "sgd":
     return optax.sgd(lr)
@@ -65,25 +72,32 @@ def metasgd_direction(cfg: Config) -> optax.GradientTransformation | None:
     return None
   if kind == "adam":
     return optax.scale_by_adam(b1=cfg["inner_b1"], b2=cfg["inner_b2"], eps_root=1e-12)
-  raise ValueError(f"config.metasgd_direction={kind!r}: use 'sgd' (update -lr * grad) or 'adam' "
-                   f"(-lr * Adam's direction).")
+  raise ValueError(
+    f"config.metasgd_direction={kind!r}: use 'sgd' (update -lr * grad) or 'adam' "
+    f"(-lr * Adam's direction)."
+  )
 
 
-def adapt_config(cfg: Config, inner_steps: int | None = None, rule: dict | None = None
-                 ) -> AdaptConfig:
+def adapt_config(
+  cfg: Config, inner_steps: int | None = None, rule: dict | None = None
+) -> AdaptConfig:
   """The adaptation rule as an :class:`AdaptConfig` (the config's rule unless ``rule``)."""
   rule = dict(default_rule(cfg), **(rule or {}))
   trainable = lambda v: None if v in (None, "", "all") else v
-  return AdaptConfig(model(cfg), inner_steps=int(inner_steps or cfg["inner_steps"]),
-                     metasgd_direction=metasgd_direction(cfg),
-                     d_steps=int(cfg["d_steps"]), g_steps=int(cfg["g_steps"]),
-                     inner_lr=rule["lr"],
-                     inner_opt=inner_optimizer(rule["opt"], rule["lr"], cfg["inner_b1"],
-                                               cfg["inner_b2"]),
-                     loss=cfg["loss"], g_trainable=trainable(rule["g_trainable"]),
-                     d_trainable=trainable(rule["d_trainable"]),
-                     augment=str(rule.get("augment", cfg.get("augment", "")) or ""),
-                     n_fake=int(rule.get("n_fake", cfg.get("n_fake", 0)) or 0) or None)
+  return AdaptConfig(
+    model(cfg),
+    inner_steps=int(inner_steps or cfg["inner_steps"]),
+    metasgd_direction=metasgd_direction(cfg),
+    d_steps=int(cfg["d_steps"]),
+    g_steps=int(cfg["g_steps"]),
+    inner_lr=rule["lr"],
+    inner_opt=inner_optimizer(rule["opt"], rule["lr"], cfg["inner_b1"], cfg["inner_b2"]),
+    loss=cfg["loss"],
+    g_trainable=trainable(rule["g_trainable"]),
+    d_trainable=trainable(rule["d_trainable"]),
+    augment=str(rule.get("augment", cfg.get("augment", "")) or ""),
+    n_fake=int(rule.get("n_fake", cfg.get("n_fake", 0)) or 0) or None,
+  )
 
 
 def meta_config(cfg: Config, algorithm: str) -> MetaConfig:
@@ -92,16 +106,20 @@ def meta_config(cfg: Config, algorithm: str) -> MetaConfig:
   adapt = adapt_config(cfg)
   n2 = str(cfg.get("second_order_steps", "all"))
   if n2 != "all" and not n2.isdigit():
-    raise ValueError(f"config.second_order_steps={n2!r}: use 'all' (exact second order) or an "
-                     f"integer n in [0, inner_steps] (second order through the last n inner steps).")
+    raise ValueError(
+      f"config.second_order_steps={n2!r}: use 'all' (exact second order) or an "
+      f"integer n in [0, inner_steps] (second order through the last n inner steps)."
+    )
   if n2 != "all" and algorithm in ("maml", "metasgd"):  # meta-training only: no test-time effect
     adapt = dataclasses.replace(adapt, second_order_steps=int(n2))
   adam = lambda lr: optax.adam(lr, b1=tc.get("outer_b1", 0.9), eps=tc.get("outer_eps", 1e-8))
   outer = adam(tc["outer_lr"])
   rate_lr = float(tc.get("rate_lr", 0.0) or 0.0)
   if rate_lr < 0:
-    raise ValueError(f"config.train.rate_lr={rate_lr}: use 0 (the rates share train.outer_lr) "
-                     f"or a positive outer learning rate for Meta-SGD's rates.")
+    raise ValueError(
+      f"config.train.rate_lr={rate_lr}: use 0 (the rates share train.outer_lr) "
+      f"or a positive outer learning rate for Meta-SGD's rates."
+    )
   if algorithm == "metasgd" and rate_lr > 0:
     outer = metasgd_outer(outer, adam(rate_lr))
   return MetaConfig(adapt, algorithm=algorithm, outer_opt=outer)
@@ -111,9 +129,15 @@ def pretrain_config(cfg: Config) -> gan.GanTrainConfig:
   """The pre-training recipe: the config's model and loss, Adam for both players, an EMA of G."""
   pc = cfg["pretrain"]
   opt = optax.adam(pc["lr"], b1=pc["b1"], b2=pc["b2"])
-  return gan.GanTrainConfig(model(cfg), loss=cfg["loss"], d_opt=opt, g_opt=opt,
-                            d_steps=int(pc["d_steps"]), ema=float(pc["ema"]),
-                            augment=str(pc.get("augment", "") or ""))
+  return gan.GanTrainConfig(
+    model(cfg),
+    loss=cfg["loss"],
+    d_opt=opt,
+    g_opt=opt,
+    d_steps=int(pc["d_steps"]),
+    ema=float(pc["ema"]),
+    augment=str(pc.get("augment", "") or ""),
+  )
 
 
 def pretrained_params(state: gan.GanTrainState) -> GanParams:
@@ -125,6 +149,5 @@ def with_rule(meta_params, rule: dict):
   """Meta-SGD's rule scales its learned rates by ``lr_mult``; other rules need nothing here."""
   if isinstance(meta_params, MetaSGDParams):
     mult = float(rule.get("lr_mult", 1.0))
-    return MetaSGDParams(init=meta_params.init, lr=jax.tree.map(lambda x: x * mult,
-                                                                meta_params.lr))
+    return MetaSGDParams(init=meta_params.init, lr=jax.tree.map(lambda x: x * mult, meta_params.lr))
   return meta_params

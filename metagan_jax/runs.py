@@ -21,7 +21,8 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -29,7 +30,8 @@ import numpy as np
 from metagan_jax import backend, compile_cache, gan, recipes
 from metagan_jax.inner import AdaptConfig, adapt
 from metagan_jax.lopt import LOptMetaParams, LOptSpec, init_lopt_params
-from metagan_jax.meta import ALGORITHMS, init as meta_init
+from metagan_jax.meta import ALGORITHMS
+from metagan_jax.meta import init as meta_init
 from metagan_jax.models import GanModel
 
 GAN_METHODS = ALGORITHMS + ("transfer", "scratch")
@@ -63,10 +65,15 @@ class Preprocessing:
     ``invert`` overrides the run's own polarity handling (``None``: the run's).
     """
     from metagan_jax.data import preprocess  # pylint: disable=g-import-not-at-top
+
     return preprocess.preprocess_images(
-        imgs, image_size=self.image_size, channels=self.channels,
-        invert=self.invert if invert is None else invert, blur_sigma=self.blur,
-        what="images")
+      imgs,
+      image_size=self.image_size,
+      channels=self.channels,
+      invert=self.invert if invert is None else invert,
+      blur_sigma=self.blur,
+      what="images",
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -139,8 +146,14 @@ class LoadedRun:
     """The rule's sampling truncation (1: none; see ``GanModel.generate_truncated``)."""
     return float(self.rule.get("psi", 1.0))
 
-  def generate_many(self, supports: Sequence, n: int, seed: int = 0, steps: int | None = None,
-                    vectorize: str = "auto") -> list[np.ndarray]:
+  def generate_many(
+    self,
+    supports: Sequence,
+    n: int,
+    seed: int = 0,
+    steps: int | None = None,
+    vectorize: str = "auto",
+  ) -> list[np.ndarray]:
     """:meth:`generate` for several classes: one support set each, samples of each class.
 
     Class ``c``'s samples equal ``generate(supports[c], n, seed, steps)``: every
@@ -157,8 +170,11 @@ class LoadedRun:
     out: list = [None] * len(sups)
     for k in sorted({s.shape[0] for s in sups}):  # one batched program per support size
       idx = [i for i, s in enumerate(sups) if s.shape[0] == k]
-      got = np.asarray(_adapt_and_sample_classes(self.meta_params, np.stack([sups[i] for i in idx]),
-                                                 _seed(seed), ac, int(n), self.psi))
+      got = np.asarray(
+        _adapt_and_sample_classes(
+          self.meta_params, np.stack([sups[i] for i in idx]), _seed(seed), ac, int(n), self.psi
+        )
+      )
       for j, i in enumerate(idx):
         out[i] = got[j]
     return out
@@ -166,16 +182,25 @@ class LoadedRun:
   def _run(self, ac: AdaptConfig, support: np.ndarray, seed, n: int) -> np.ndarray:
     """One class: adapt and sample, as one program (stored by compile_cache when it is on)."""
     pk = self._program_key
-    if (compile_cache.export_dir() is None or pk is None or pk[1] is not self.adapt_config
-        or pk[2] is not self.per_steps):
+    if (
+      compile_cache.export_dir() is None
+      or pk is None
+      or pk[1] is not self.adapt_config
+      or pk[2] is not self.per_steps
+    ):
       return np.asarray(_adapt_and_sample(self.meta_params, support, _seed(seed), ac, n, self.psi))
     leaves, treedef = jax.tree.flatten(self.meta_params)
 
     def flat(*arrays):  # arrays only: what jax.export serialises
       return _one_class(jax.tree.unflatten(treedef, arrays[:-2]), *arrays[-2:], ac, n, self.psi)
-    return np.asarray(compile_cache.exported_call(
-        flat, [*leaves, support, _seed(seed)],
-        f"{pk[0]}|steps={ac.inner_steps}|n={n}|psi={self.psi}|{treedef}"))
+
+    return np.asarray(
+      compile_cache.exported_call(
+        flat,
+        [*leaves, support, _seed(seed)],
+        f"{pk[0]}|steps={ac.inner_steps}|n={n}|psi={self.psi}|{treedef}",
+      )
+    )
 
 
 def _keys(seed) -> tuple[jax.Array, jax.Array]:
@@ -192,8 +217,10 @@ def _seed(seed) -> np.uint32:
 def _support(support, model: GanModel) -> np.ndarray:
   s = np.asarray(support, np.float32)
   if s.ndim != len(model.data_shape) + 1 or s.shape[1:] != tuple(model.data_shape):
-    raise ValueError(f"support has shape {s.shape}; this run's model takes [K, "
-                     f"{', '.join(map(str, model.data_shape))}] (run.preprocessing.apply makes it).")
+    raise ValueError(
+      f"support has shape {s.shape}; this run's model takes [K, "
+      f"{', '.join(map(str, model.data_shape))}] (run.preprocessing.apply makes it)."
+    )
   return s
 
 
@@ -215,8 +242,9 @@ _adapt_and_sample = jax.jit(_one_class, static_argnames=("ac", "n", "psi"))
 
 
 @functools.partial(jax.jit, static_argnames=("ac", "n", "psi"))
-def _adapt_and_sample_classes(meta_params, supports_CxK, seed, ac: AdaptConfig, n: int,
-                              psi: float = 1.0):
+def _adapt_and_sample_classes(
+  meta_params, supports_CxK, seed, ac: AdaptConfig, n: int, psi: float = 1.0
+):
   return jax.vmap(lambda s: _one_class(meta_params, s, seed, ac, n, psi))(supports_CxK)
 
 
@@ -234,12 +262,16 @@ def _find_root(path: str) -> tuple[str, dict | None]:
   """The run folder of ``path`` (itself, or two levels up for a training folder)."""
   path = os.path.abspath(os.path.expanduser(str(path)))
   if not os.path.isdir(path):
-    raise RunError(f"run folder {path} does not exist; pass the --workdir of "
-                   f"experiments/omniglot.py (or one of its train/<method>_s<seed> folders).")
+    raise RunError(
+      f"run folder {path} does not exist; pass the --workdir of "
+      f"experiments/omniglot.py (or one of its train/<method>_s<seed> folders)."
+    )
   cfg_path = os.path.join(path, "config.json")
   if not os.path.exists(cfg_path):
-    raise RunError(f"{path} is not a run folder: it has no config.json (a run of "
-                   f"experiments/omniglot.py or experiments/lopt_omniglot.py writes one).")
+    raise RunError(
+      f"{path} is not a run folder: it has no config.json (a run of "
+      f"experiments/omniglot.py or experiments/lopt_omniglot.py writes one)."
+    )
   cfg = _read_json(cfg_path, "run config")
   if "method" in cfg and "config" in cfg:  # a training folder: train/<method>_s<seed>
     return os.path.dirname(os.path.dirname(path)), cfg
@@ -249,26 +281,35 @@ def _find_root(path: str) -> tuple[str, dict | None]:
 def _restore_leaves(ckpt_dir: str, like, what: str):
   """The newest checkpoint in ``ckpt_dir`` as a pytree shaped like ``like`` (arrays or shapes)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  steps = sorted((int(d) for d in os.listdir(ckpt_dir) if d.isdigit()), reverse=True) \
-      if os.path.isdir(ckpt_dir) else []
+
+  steps = (
+    sorted((int(d) for d in os.listdir(ckpt_dir) if d.isdigit()), reverse=True)
+    if os.path.isdir(ckpt_dir)
+    else []
+  )
   if not steps:
-    raise RunError(f"{what}: no checkpoint in {ckpt_dir}; train it first (or finish the "
-                   f"run with --resume).")
+    raise RunError(
+      f"{what}: no checkpoint in {ckpt_dir}; train it first (or finish the run with --resume)."
+    )
   mngr = ocp.CheckpointManager(os.path.abspath(ckpt_dir), item_names=("state", "meta"))
   out = mngr.restore(steps[0], args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   got = out["state"]
   leaves_like, treedef = jax.tree.flatten(like)
   if len(got) != len(leaves_like):
-    raise RunError(f"{what}: the checkpoint in {ckpt_dir} has {len(got)} arrays but the "
-                   f"run's config builds {len(leaves_like)}: it holds another model; load "
-                   f"it with the config it was trained with.")
+    raise RunError(
+      f"{what}: the checkpoint in {ckpt_dir} has {len(got)} arrays but the "
+      f"run's config builds {len(leaves_like)}: it holds another model; load "
+      f"it with the config it was trained with."
+    )
   leaves = []
   for i, b in enumerate(leaves_like):
     a = np.asarray(got[f"leaf_{i:05d}"])
     if a.shape != np.shape(b):
-      raise RunError(f"{what}: array {i} of the checkpoint in {ckpt_dir} has shape {a.shape}, "
-                     f"but the run's config.json builds {np.shape(b)}: the checkpoint holds "
-                     f"another model or shape; load it with the config it was trained with.")
+      raise RunError(
+        f"{what}: array {i} of the checkpoint in {ckpt_dir} has shape {a.shape}, "
+        f"but the run's config.json builds {np.shape(b)}: the checkpoint holds "
+        f"another model or shape; load it with the config it was trained with."
+      )
     leaves.append(a.astype(b.dtype))
   return jax.tree.unflatten(treedef, leaves)
 
@@ -281,19 +322,25 @@ def _best_method(root: str, candidates, headline: int) -> str:
   """The candidate with the lowest mean KID at the headline T in the run's own evaluation."""
   res_path = os.path.join(root, "eval", "results.json")
   if not os.path.exists(res_path):
-    raise RunError(f"{root} has no evaluation ({res_path} is missing), so there is no ranking "
-                   f"to pick the best method from; pass method= one of {list(candidates)} "
-                   f"(or run the evaluation: experiments/omniglot.py --resume).")
+    raise RunError(
+      f"{root} has no evaluation ({res_path} is missing), so there is no ranking "
+      f"to pick the best method from; pass method= one of {list(candidates)} "
+      f"(or run the evaluation: experiments/omniglot.py --resume)."
+    )
   metrics = _read_json(res_path, "run evaluation")["summary"]["metrics"]
-  ranked = {m: metrics[f"{m}|{headline}|kid"]["mean"] for m in candidates
-            if f"{m}|{headline}|kid" in metrics}
+  ranked = {
+    m: metrics[f"{m}|{headline}|kid"]["mean"]
+    for m in candidates
+    if f"{m}|{headline}|kid" in metrics
+  }
   if not ranked:
     raise RunError(f"{res_path} ranks none of {list(candidates)} at T={headline}; pass method=.")
   return min(ranked, key=ranked.get)
 
 
-def load_run(path: str | os.PathLike, method: str | None = None,
-             seed: int | None = None) -> LoadedRun:
+def load_run(
+  path: str | os.PathLike, method: str | None = None, seed: int | None = None
+) -> LoadedRun:
   """Loads a trained meta-GAN with its test-time rule and preprocessing.
 
   Args:
@@ -313,32 +360,44 @@ def load_run(path: str | os.PathLike, method: str | None = None,
   try:
     return _load_run(path, method, seed)
   except KeyError as e:
-    raise RunError(f"run folder {path}: its config.json lacks the field {e}; it was written "
-                   f"by another version of experiments/ (load it with that version, or "
-                   f"re-run it).") from None
+    raise RunError(
+      f"run folder {path}: its config.json lacks the field {e}; it was written "
+      f"by another version of experiments/ (load it with that version, or "
+      f"re-run it)."
+    ) from None
 
 
 def _load_run(path, method, seed) -> LoadedRun:
   root, folder_cfg = _find_root(path)
-  cfg = folder_cfg["config"] if folder_cfg else _read_json(os.path.join(root, "config.json"),
-                                                           "run config")
+  cfg = (
+    folder_cfg["config"]
+    if folder_cfg
+    else _read_json(os.path.join(root, "config.json"), "run config")
+  )
   if folder_cfg:
     m0 = folder_cfg["method"]
     method = method or ("transfer" if m0 == "pretrain" else m0)
     seed = int(folder_cfg["seed"]) if seed is None else seed
   is_lopt = "lopt" in cfg
-  candidates = LOPT_METHODS if is_lopt else tuple(
-      m for m in GAN_METHODS if m in [x.strip() for x in str(cfg.get("methods", "")).split(",")])
+  candidates = (
+    LOPT_METHODS
+    if is_lopt
+    else tuple(
+      m for m in GAN_METHODS if m in [x.strip() for x in str(cfg.get("methods", "")).split(",")]
+    )
+  )
   headline = int(cfg["eval"]["headline"])
   if method is None:
     method = _best_method(root, candidates, headline)
   if method not in candidates:
     raise RunError(f"unknown method {method!r} for {root}: this run has {list(candidates)}.")
   model = recipes.model(cfg)
-  prep = Preprocessing(image_size=int(model.data_shape[0]), channels=int(model.data_shape[-1]),
-                       invert=bool(cfg.get("invert", str(cfg["dataset"]).startswith(
-                           ("omniglot", "tfds:omniglot")))),
-                       blur=float(cfg.get("blur", 0.0)))
+  prep = Preprocessing(
+    image_size=int(model.data_shape[0]),
+    channels=int(model.data_shape[-1]),
+    invert=bool(cfg.get("invert", str(cfg["dataset"]).startswith(("omniglot", "tfds:omniglot")))),
+    blur=float(cfg.get("blur", 0.0)),
+  )
   train_k = int(cfg["lopt"]["k"] if is_lopt else cfg["train"]["k"])
   per_steps = {}
   if is_lopt:
@@ -350,12 +409,33 @@ def _load_run(path, method, seed) -> LoadedRun:
     meta, rule = _load_gan(root, cfg, method, seed, model)
     ac = recipes.adapt_config(cfg, headline, rule)
     meta = recipes.with_rule(meta, rule)
-  key = json.dumps({"run": root, "method": method, "seed": seed, "config": cfg, "rule": rule,
-                    "headline": headline}, sort_keys=True, default=str)
-  return LoadedRun(path=root, method=method, seed=seed, model=model, meta_params=meta,
-                   adapt_config=ac, preprocessing=prep, headline=headline, train_k=train_k,
-                   config=cfg, rule=rule, per_steps=per_steps,
-                   _program_key=(key, ac, per_steps))
+  key = json.dumps(
+    {
+      "run": root,
+      "method": method,
+      "seed": seed,
+      "config": cfg,
+      "rule": rule,
+      "headline": headline,
+    },
+    sort_keys=True,
+    default=str,
+  )
+  return LoadedRun(
+    path=root,
+    method=method,
+    seed=seed,
+    model=model,
+    meta_params=meta,
+    adapt_config=ac,
+    preprocessing=prep,
+    headline=headline,
+    train_k=train_k,
+    config=cfg,
+    rule=rule,
+    per_steps=per_steps,
+    _program_key=(key, ac, per_steps),
+  )
 
 
 def _load_gan(root: str, cfg: dict, method: str, seed: int, model: GanModel):
@@ -365,15 +445,17 @@ def _load_gan(root: str, cfg: dict, method: str, seed: int, model: GanModel):
     mc = recipes.meta_config(cfg, method)
     like = jax.eval_shape(lambda: meta_init(jax.random.key(0), mc))
     folder = os.path.join(train, f"{method}_s{seed}")
-    params = _restore_leaves(os.path.join(folder, "checkpoints"), like, f"{method} seed {seed}"
-                             ).params
+    params = _restore_leaves(
+      os.path.join(folder, "checkpoints"), like, f"{method} seed {seed}"
+    ).params
   else:
     like = jax.eval_shape(lambda: gan.init(jax.random.key(0), recipes.pretrain_config(cfg)))
     pseed = seed if cfg["pretrain"]["per_seed"] or method == "scratch" else min(_seeds(cfg))
     name = "pretrain" if method == "transfer" else "scratch"
     folder = os.path.join(train, f"{name}_s{pseed}")
-    params = recipes.pretrained_params(_restore_leaves(os.path.join(folder, "checkpoints"),
-                                                       like, f"{method} seed {seed}"))
+    params = recipes.pretrained_params(
+      _restore_leaves(os.path.join(folder, "checkpoints"), like, f"{method} seed {seed}")
+    )
   rule = recipes.default_rule(cfg)
   res_path = os.path.join(root, "eval", "results.json")
   if os.path.exists(res_path):
@@ -386,33 +468,54 @@ def _load_lopt(root: str, cfg: dict, method: str, headline: int, model: GanModel
   """The learned optimisers (or tuned SGD / Adam) of a run of experiments/lopt_omniglot.py."""
   import flax.serialization  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
+
   lc = cfg["lopt"]
   spec = LOptSpec(step_mult=float(lc["step_mult"]))
   hidden = tuple(int(h) for h in str(lc["hidden"]).split(",") if h.strip())
   path = os.path.join(root, "lopt", "params.msgpack")
   if not os.path.exists(path):
-    raise RunError(f"learned-optimiser run {root}: {path} is missing; run "
-                   f"experiments/lopt_omniglot.py to the end first.")
-  like = LOptMetaParams(model.init(jax.random.key(0)),
-                        *(init_lopt_params(jax.random.key(0), hidden, 0.01, spec)
-                          for _ in range(2)))
+    raise RunError(
+      f"learned-optimiser run {root}: {path} is missing; run "
+      f"experiments/lopt_omniglot.py to the end first."
+    )
+  like = LOptMetaParams(
+    model.init(jax.random.key(0)),
+    *(init_lopt_params(jax.random.key(0), hidden, 0.01, spec) for _ in range(2)),
+  )
   with open(path, "rb") as f:
     try:
       meta = flax.serialization.from_bytes(like, f.read())
     except (ValueError, KeyError) as e:
       raise RunError(f"{path} holds another model or optimiser shape ({e}).") from None
-  base = dict(model=model, d_steps=int(cfg["d_steps"]), g_steps=int(cfg["g_steps"]),
-              loss=cfg["loss"], lopt_spec=spec)
+  base = dict(
+    model=model,
+    d_steps=int(cfg["d_steps"]),
+    g_steps=int(cfg["g_steps"]),
+    loss=cfg["loss"],
+    lopt_spec=spec,
+  )
   if method == "lopt":
-    return (meta, AdaptConfig(**base, inner_steps=headline), {"opt": "learned optimiser"},
-            int(lc["seed"]), {})
+    return (
+      meta,
+      AdaptConfig(**base, inner_steps=headline),
+      {"opt": "learned optimiser"},
+      int(lc["seed"]),
+      {},
+    )
   best = _read_json(os.path.join(root, "tuning.json"), "tuning")["best"]
 
   def tuned(t: int) -> AdaptConfig:  # the evaluation tuned one rate per T
     lr = float(best[f"{method}|{t}"])
     opt = optax.sgd(lr) if method == "sgd" else optax.adam(lr, b1=float(lc["adam_b1"]))
     return AdaptConfig(**base, inner_steps=t, inner_lr=lr, inner_opt=opt)
-  per_steps = {int(k.split("|")[1]): tuned(int(k.split("|")[1])) for k in best
-               if k.startswith(f"{method}|")}
-  return (meta.init, per_steps[headline], {"opt": method, "lr": float(best[f"{method}|{headline}"])},
-          int(lc["seed"]), per_steps)
+
+  per_steps = {
+    int(k.split("|")[1]): tuned(int(k.split("|")[1])) for k in best if k.startswith(f"{method}|")
+  }
+  return (
+    meta.init,
+    per_steps[headline],
+    {"opt": method, "lr": float(best[f"{method}|{headline}"])},
+    int(lc["seed"]),
+    per_steps,
+  )

@@ -67,11 +67,14 @@ class RingMixtures:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 3, 4))
-def _sample_tasks(family: RingMixtures, key: jax.Array, num_tasks: int, k: int,
-                  q: int) -> tuple[Tasks, RingTask]:
+def _sample_tasks(
+  family: RingMixtures, key: jax.Array, num_tasks: int, k: int, q: int
+) -> tuple[Tasks, RingTask]:
   k_task, k_pts = jax.random.split(key)
   task = jax.vmap(family.sample_task)(jax.random.split(k_task, num_tasks))
-  pts = jax.vmap(lambda kk, t: family.sample(kk, t, k + q))(jax.random.split(k_pts, num_tasks), task)
+  pts = jax.vmap(lambda kk, t: family.sample(kk, t, k + q))(
+    jax.random.split(k_pts, num_tasks), task
+  )
   return Tasks(support=pts[:, :k], query=pts[:, k:]), task
 
 
@@ -81,6 +84,7 @@ def mmd2(x: jax.Array, y: jax.Array, bandwidths=(0.1, 0.3, 1.0)) -> jax.Array:
   Uses a sum of Gaussian kernels ``exp(-|a-b|^2 / (2 h^2))`` over ``bandwidths``,
   so both fine mode structure and the overall scale count.
   """
+
   def kernel(a, b):
     d2 = jnp.sum((a[:, None, :] - b[None, :, :]) ** 2, axis=-1)
     return sum(jnp.exp(-d2 / (2.0 * h * h)) for h in bandwidths)
@@ -92,8 +96,15 @@ def mmd2(x: jax.Array, y: jax.Array, bandwidths=(0.1, 0.3, 1.0)) -> jax.Array:
   return sxx + syy - 2.0 * jnp.mean(kxy)
 
 
-def adaptation_mmd(params, family: RingMixtures, config, key: jax.Array, num_tasks: int = 32,
-                   k: int = 16, n_eval: int = 512) -> jax.Array:
+def adaptation_mmd(
+  params,
+  family: RingMixtures,
+  config,
+  key: jax.Array,
+  num_tasks: int = 32,
+  k: int = 16,
+  n_eval: int = 512,
+) -> jax.Array:
   """Per-task MMD^2 between an adapted generator and each held-out task's mixture.
 
   For each of ``num_tasks`` fresh tasks: adapt ``params`` (any meta-parameters

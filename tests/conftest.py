@@ -66,6 +66,7 @@ def tiny_run(tmp_path_factory):
   """
   from experiments import omniglot  # pylint: disable=g-import-not-at-top
   from experiments.configs import tiny  # pylint: disable=g-import-not-at-top
+
   root = tmp_path_factory.mktemp("tiny_run")
   config = tiny.get_config()
   config.methods = "reptile,maml,metasgd,transfer,scratch"

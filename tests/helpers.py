@@ -26,8 +26,9 @@ def tiny_tasks(key, t=1, k=4, q=3, dtype=jnp.float64):
 def random_direction(key, tree):
   leaves, treedef = jax.tree.flatten(tree)
   keys = jax.random.split(key, len(leaves))
-  return jax.tree.unflatten(treedef, [jax.random.normal(k, x.shape, x.dtype)
-                                      for k, x in zip(keys, leaves)])
+  return jax.tree.unflatten(
+    treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+  )
 
 
 def tree_dot(a, b):
@@ -59,8 +60,12 @@ def tree_allclose(a, b, rtol, atol=0.0):
 def xla_flags(devices: int | None = None) -> str:
   """``XLA_FLAGS`` for a subprocess: the suite's own flags, plus ``devices`` host devices."""
   from tests.conftest import TEST_XLA_FLAGS  # pylint: disable=g-import-not-at-top
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
+
+  flags = [
+    f
+    for f in os.environ.get("XLA_FLAGS", "").split()
+    if not f.startswith("--xla_force_host_platform_device_count")
+  ]
   if TEST_XLA_FLAGS not in flags:
     flags.append(TEST_XLA_FLAGS)
   if devices is not None:

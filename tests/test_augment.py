@@ -93,8 +93,9 @@ def _smooth_image_gan():
 def test_maml_meta_gradient_through_augmented_inner_loop_matches_finite_differences():
   with jax.enable_x64(True):
     model = _smooth_image_gan()
-    ac = mg.AdaptConfig(model, inner_steps=2, inner_lr=0.05, loss="wgan-gp",
-                        augment="translation,cutout")
+    ac = mg.AdaptConfig(
+      model, inner_steps=2, inner_lr=0.05, loss="wgan-gp", augment="translation,cutout"
+    )
     config = mg.MetaConfig(ac, algorithm="maml")
     params = to64(model.init(jax.random.key(0)))
     support = to64(_images(3, 12, seed=1))
@@ -117,11 +118,13 @@ def test_pretraining_step_with_augmentation_is_deterministic_and_differs_from_no
   real = _images(4, 12, seed=3)
 
   def run(policy, seed):
-    cfg = gan.GanTrainConfig(model, d_opt=optax.adam(1e-3), g_opt=optax.adam(1e-3), d_steps=1,
-                             augment=policy)
+    cfg = gan.GanTrainConfig(
+      model, d_opt=optax.adam(1e-3), g_opt=optax.adam(1e-3), d_steps=1, augment=policy
+    )
     state = gan.init(jax.random.key(0), cfg)
-    state, _ = jax.jit(functools.partial(gan.train_step, config=cfg))(state, real,
-                                                                       jax.random.key(seed))
+    state, _ = jax.jit(functools.partial(gan.train_step, config=cfg))(
+      state, real, jax.random.key(seed)
+    )
     return np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.params)])
 
   a, b = run("translation,cutout", 1), run("translation,cutout", 1)

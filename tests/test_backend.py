@@ -12,8 +12,9 @@ from tests.helpers import tiny_model, tiny_tasks
 
 def _meta_step(vectorize, algorithm="maml"):
   model = tiny_model()
-  cfg = mg.MetaConfig(mg.AdaptConfig(model, inner_steps=2, inner_lr=0.1), algorithm=algorithm,
-                      vectorize=vectorize)
+  cfg = mg.MetaConfig(
+    mg.AdaptConfig(model, inner_steps=2, inner_lr=0.1), algorithm=algorithm, vectorize=vectorize
+  )
   state = mg.init(jax.random.key(0), cfg)
   tasks = tiny_tasks(jax.random.key(1), t=4, dtype=np.float32)
   new, _ = jax.jit(functools.partial(mg.meta_step, config=cfg))(state, tasks, jax.random.key(2))

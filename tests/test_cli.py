@@ -20,8 +20,8 @@ def _strokes(seed, n=4):
   x = np.ones((n, 40, 40), np.float32)
   for i in range(n):
     r = rng.integers(8, 30)
-    x[i, r:r + 3, 6:34] = 0.0
-    x[i, 6:34, r:r + 2] = 0.0
+    x[i, r : r + 3, 6:34] = 0.0
+    x[i, 6:34, r : r + 2] = 0.0
   return x
 
 
@@ -35,8 +35,10 @@ def write_pngs(folder, imgs01):
 def test_polarity_is_detected_on_inverted_copies(tmp_path):
   prep = mg.Preprocessing(image_size=28, channels=1, invert=True)
   dark_on_light = _strokes(0)
-  a, b = (cli.read_images(write_pngs(str(tmp_path / d), x))[0]
-          for d, x in (("orig", dark_on_light), ("inverted", 1.0 - dark_on_light)))
+  a, b = (
+    cli.read_images(write_pngs(str(tmp_path / d), x))[0]
+    for d, x in (("orig", dark_on_light), ("inverted", 1.0 - dark_on_light))
+  )
   assert cli.is_dark_on_light(a[0]) and not cli.is_dark_on_light(b[0])
   sa, flipped_a = cli.prepare(a, prep, "auto")
   sb, flipped_b = cli.prepare(b, prep, "auto")
@@ -50,6 +52,7 @@ def test_polarity_is_detected_on_inverted_copies(tmp_path):
 
 def test_colour_and_transparent_images_are_read_as_viewers_show_them(tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   rgba = np.zeros((20, 30, 4), np.uint8)
   rgba[5:15, 10:12] = (200, 0, 0, 255)  # a red stroke on a transparent background
   Image.fromarray(rgba).save(tmp_path / "a.png")
@@ -71,7 +74,17 @@ def test_usage_errors_are_named_before_compute(tmp_path):
 
 
 def test_psi_outside_0_1_is_refused_before_anything_loads(tmp_path):
-  args = cli.parser().parse_args(["generate", str(tmp_path / "no_run"), "--images", str(tmp_path),
-                                  "--out", str(tmp_path / "out"), "--psi", "1.5"])
+  args = cli.parser().parse_args(
+    [
+      "generate",
+      str(tmp_path / "no_run"),
+      "--images",
+      str(tmp_path),
+      "--out",
+      str(tmp_path / "out"),
+      "--psi",
+      "1.5",
+    ]
+  )
   with pytest.raises(cli.UsageError, match=r"--psi must be in \[0, 1\].*got 1.5"):
     cli.generate(args)

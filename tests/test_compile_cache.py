@@ -43,12 +43,31 @@ def test_cache_folder_precedence_and_off_switch(monkeypatch, tmp_path):
 
 def _generate(run_dir, images, out, cache, *extra, env=None):
   """The README's command in a fresh process; returns its report."""
-  cmd = [sys.executable, "-m", "metagan_jax", "generate", run_dir, "--images", images,
-         "--out", out, "--method", "reptile", "--steps", "2", "--num", "3", "--seed", "5",
-         "--quiet", *extra]
+  cmd = [
+    sys.executable,
+    "-m",
+    "metagan_jax",
+    "generate",
+    run_dir,
+    "--images",
+    images,
+    "--out",
+    out,
+    "--method",
+    "reptile",
+    "--steps",
+    "2",
+    "--num",
+    "3",
+    "--seed",
+    "5",
+    "--quiet",
+    *extra,
+  ]
   env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache, **(env or {})}
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env,
-                        timeout=HANG_TIMEOUT_S)
+  proc = subprocess.run(
+    cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=HANG_TIMEOUT_S
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(os.path.join(out, "report.json")) as f:
     return json.load(f), np.load(os.path.join(out, "samples.npz"))["samples"], proc.stderr
@@ -62,8 +81,9 @@ def test_generate_uses_the_cache_survives_corrupt_entries_and_can_turn_it_off(ti
   assert first["compilation_cache"]["dir"] == cache
   assert first["compilation_cache"]["misses"] >= 1 and first["compilation_cache"]["hits"] == 0
   exported = os.path.join(cache, "exported")  # the traced programs (jax.export)
-  entries = [os.path.join(cache, f) for f in os.listdir(cache)
-             if os.path.isfile(os.path.join(cache, f))]
+  entries = [
+    os.path.join(cache, f) for f in os.listdir(cache) if os.path.isfile(os.path.join(cache, f))
+  ]
   entries += [os.path.join(exported, f) for f in os.listdir(exported)]
   assert len(entries) >= 2
   second, x2, _ = _generate(tiny_run["workdir"], images, str(tmp_path / "o2"), cache)
@@ -82,8 +102,9 @@ def test_generate_uses_the_cache_survives_corrupt_entries_and_can_turn_it_off(ti
   assert fourth["compilation_cache"]["misses"] == 0 and "Error reading" not in err4
   np.testing.assert_array_equal(x1, x4)
   off_cache = str(tmp_path / "off")  # METAGAN_COMPILATION_CACHE=0 beats JAX's own folder setting
-  off, x5, _ = _generate(tiny_run["workdir"], images, str(tmp_path / "o5"), off_cache,
-                         env={compile_cache.OFF_ENV: "0"})
+  off, x5, _ = _generate(
+    tiny_run["workdir"], images, str(tmp_path / "o5"), off_cache, env={compile_cache.OFF_ENV: "0"}
+  )
   assert off["compilation_cache"] == {"dir": None, "hits": 0, "misses": 0, "repaired": 0}
   assert not os.path.exists(off_cache)
   np.testing.assert_array_equal(x1, x5)
@@ -94,15 +115,17 @@ def test_psi_flag_samples_the_truncated_program_not_the_cached_plain_one(tiny_ru
   images = write_pngs(str(tmp_path / "mine"), _strokes(3, 3))
   cache = str(tmp_path / "cache")
   _, plain, _ = _generate(tiny_run["workdir"], images, str(tmp_path / "o1"), cache, "--psi", "1")
-  report, trunc, _ = _generate(tiny_run["workdir"], images, str(tmp_path / "o2"), cache,
-                               "--psi", "0.3")
+  report, trunc, _ = _generate(
+    tiny_run["workdir"], images, str(tmp_path / "o2"), cache, "--psi", "0.3"
+  )
   assert report["rule"]["psi"] == 0.3
   assert report["compilation_cache"]["misses"] >= 1  # its own program, keyed by psi
   assert np.abs(trunc - plain).max() > 1e-3
   run = mg.load_run(tiny_run["workdir"], method="reptile")
   support, _ = cli.prepare(cli.read_images(images)[0], run.preprocessing, "auto")
-  want = dataclasses.replace(run, rule=dict(run.rule, psi=0.3)).generate(support, 3, seed=5,
-                                                                         steps=2)
+  want = dataclasses.replace(run, rule=dict(run.rule, psi=0.3)).generate(
+    support, 3, seed=5, steps=2
+  )
   np.testing.assert_allclose(trunc, want, atol=1e-5)
 
 
@@ -112,9 +135,27 @@ def test_the_no_cache_flag_turns_the_cache_off(tiny_run, tmp_path, monkeypatch):
   monkeypatch.setattr(compile_cache, "disable", lambda: calls.append("disable"))
   monkeypatch.setattr(compile_cache, "enable", lambda *a: pytest.fail("enabled"))
   images = write_pngs(str(tmp_path / "mine"), _strokes(3, 2))
-  assert cli.main(["generate", tiny_run["workdir"], "--images", images, "--out", str(tmp_path / "o"),
-                   "--method", "reptile", "--steps", "1", "--num", "2", "--quiet",
-                   "--no-compilation-cache"]) == 0
+  assert (
+    cli.main(
+      [
+        "generate",
+        tiny_run["workdir"],
+        "--images",
+        images,
+        "--out",
+        str(tmp_path / "o"),
+        "--method",
+        "reptile",
+        "--steps",
+        "1",
+        "--num",
+        "2",
+        "--quiet",
+        "--no-compilation-cache",
+      ]
+    )
+    == 0
+  )
   with open(tmp_path / "o" / "report.json") as f:
     assert json.load(f)["compilation_cache"]["dir"] is None
   assert calls == ["disable"]
@@ -126,27 +167,43 @@ def test_several_classes_give_each_class_its_one_class_samples(tiny_run, tmp_pat
   write_pngs(str(root / "alpha"), _strokes(1, 3))
   write_pngs(str(root / "beta"), _strokes(2, 2))  # another support size
   write_pngs(str(root / "gamma"), _strokes(4, 3))
-  base = ["generate", tiny_run["workdir"], "--method", "reptile", "--steps", "2", "--num", "3",
-          "--seed", "11", "--quiet"]
+  base = [
+    "generate",
+    tiny_run["workdir"],
+    "--method",
+    "reptile",
+    "--steps",
+    "2",
+    "--num",
+    "3",
+    "--seed",
+    "11",
+    "--quiet",
+  ]
   assert cli.main(base + ["--images", str(root), "--out", str(tmp_path / "all")]) == 0
   with open(tmp_path / "all" / "report.json") as f:
     report = json.load(f)
   assert report["classes"] == ["alpha", "beta", "gamma"] and report["images"] == 8
   run = mg.load_run(tiny_run["workdir"], method="reptile")
-  sups = [cli.prepare(cli.read_images(str(root / n))[0], run.preprocessing, "auto")[0]
-          for n in report["classes"]]
+  sups = [
+    cli.prepare(cli.read_images(str(root / n))[0], run.preprocessing, "auto")[0]
+    for n in report["classes"]
+  ]
   for name, s in zip(report["classes"], sups):  # a one-class call is run.generate (tests/test_cli)
     many = np.load(tmp_path / "all" / name / "samples.npz")["samples"]
     np.testing.assert_array_equal(many, run.generate(s, 3, seed=11, steps=2))
     assert (tmp_path / "all" / name / "grid.png").exists()
     assert len(os.listdir(tmp_path / "all" / name / "samples")) == 3
   assert cli.main(base + ["--images", str(root / "beta"), "--out", str(tmp_path / "beta")]) == 0
-  np.testing.assert_array_equal(np.load(tmp_path / "beta" / "samples.npz")["samples"],
-                                np.load(tmp_path / "all" / "beta" / "samples.npz")["samples"])
+  np.testing.assert_array_equal(
+    np.load(tmp_path / "beta" / "samples.npz")["samples"],
+    np.load(tmp_path / "all" / "beta" / "samples.npz")["samples"],
+  )
   # Vectorised over the classes (the accelerators' default): the same samples to rounding.
   batched = run.generate_many(sups, 3, seed=11, steps=2, vectorize="vmap")
   for s, b in zip(sups, batched):
     np.testing.assert_allclose(b, run.generate(s, 3, seed=11, steps=2), atol=1e-5)
+
 
 def test_a_folder_with_images_and_class_folders_is_refused(tmp_path):
   write_pngs(str(tmp_path / "x"), _strokes(0, 2))

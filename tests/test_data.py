@@ -52,8 +52,9 @@ def _toy(counts=(20, 20, 20, 20), size=8, seed=0):
 
 
 def test_import_and_offline_sources_do_not_import_tensorflow(tmp_path, omniglot_dir):
-  np.savez(tmp_path / "mine.npz", a=np.zeros((6, 28, 28), np.uint8),
-           b=np.ones((6, 28, 28), np.uint8))
+  np.savez(
+    tmp_path / "mine.npz", a=np.zeros((6, 28, 28), np.uint8), b=np.ones((6, 28, 28), np.uint8)
+  )
   script = textwrap.dedent(f"""
       import sys
       class Block:
@@ -65,7 +66,7 @@ def test_import_and_offline_sources_do_not_import_tensorflow(tmp_path, omniglot_
       s = data.make_sampler("omniglot", "val", data_dir={str(omniglot_dir)!r}, T=2, K=1, Q=1,
                             verbose=False)
       next(iter(s))
-      data.load_split("npz", "all", data_dir={str(tmp_path / 'mine.npz')!r}, verbose=False)
+      data.load_split("npz", "all", data_dir={str(tmp_path / "mine.npz")!r}, verbose=False)
       try:
         data.load_split("mnist", verbose=False)
       except data.DataError as e:
@@ -76,10 +77,14 @@ def test_import_and_offline_sources_do_not_import_tensorflow(tmp_path, omniglot_
       assert not [m for m in sys.modules if m.split(".")[0] in tf]
       print("OK")
   """)
-  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-             JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                       timeout=HANG_TIMEOUT_S)
+  env = dict(
+    os.environ,
+    PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    JAX_PLATFORMS="cpu",
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=HANG_TIMEOUT_S
+  )
   assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
 
 
@@ -113,20 +118,25 @@ def test_omniglot_splits_disjoint_by_class_and_alphabet(omniglot_dir):
   by = splits.omniglot_split(bg, ev)
   assert (len(by["train"]), len(by["val"]), len(by["test"])) == (836, 128, 659)
   names = {s: set(v) for s, v in by.items()}
-  assert not (names["train"] & names["val"] or names["train"] & names["test"]
-              or names["val"] & names["test"])
+  assert not (
+    names["train"] & names["val"] or names["train"] & names["test"] or names["val"] & names["test"]
+  )
   assert len(names["train"] | names["val"]) == 964
   alphabet = lambda n: n.split("/")[1]
   alphabets = {s: {alphabet(n) for n in v} for s, v in by.items()}
   assert alphabets["val"] == set(splits.OMNIGLOT_VAL_ALPHABETS)
-  assert not (alphabets["train"] & alphabets["val"] or alphabets["train"] & alphabets["test"]
-              or alphabets["val"] & alphabets["test"])
+  assert not (
+    alphabets["train"] & alphabets["val"]
+    or alphabets["train"] & alphabets["test"]
+    or alphabets["val"] & alphabets["test"]
+  )
   splits.check_disjoint(by)
 
 
 def test_load_split_writes_split_json_and_rotates_train_only(omniglot_dir, tmp_path):
-  train = data.load_split("omniglot", "train", data_dir=omniglot_dir, run_dir=tmp_path,
-                          verbose=False)
+  train = data.load_split(
+    "omniglot", "train", data_dir=omniglot_dir, run_dir=tmp_path, verbose=False
+  )
   assert len(train) == 4 * 836  # rotations: on for meta-train by default
   doc = json.loads((tmp_path / "split.json").read_text())
   assert doc["counts"] == {"train": 836, "val": 128, "test": 659}
@@ -147,8 +157,9 @@ def test_preprocessed_values(val_split):
 
 
 def test_resize_and_channels(omniglot_dir):
-  d = data.load_split("omniglot28", "val", data_dir=omniglot_dir, image_size=32, channels=3,
-                      verbose=False)
+  d = data.load_split(
+    "omniglot28", "val", data_dir=omniglot_dir, image_size=32, channels=3, verbose=False
+  )
   x = d.images[0]
   assert x.shape == (20, 32, 32, 3) and x.dtype == np.float32
   assert -1 <= x.min() and x.max() <= 1
@@ -282,7 +293,6 @@ def test_prefetch_matches_plain_iteration_and_tracks_position(val_split):
 
 def test_prefetch_reraises_worker_errors_and_stops():
   class Broken(data.TaskSampler):
-
     def batch(self, step):
       if step == 2:
         raise RuntimeError("boom at 2")
@@ -329,6 +339,7 @@ def test_jitter_deterministic_small_and_identity_at_zero(val_split):
 
 def _write_pngs(root: Path, classes=3, per_class=6, size=(32, 32), mode="L"):
   from PIL import Image
+
   rng = np.random.default_rng(0)
   arrays = {}
   for c in range(classes):
@@ -357,20 +368,23 @@ def test_folder_source_reads_pngs(tmp_path):
 
 def test_folder_of_photos_is_one_class_with_resize_each(tmp_path):
   from PIL import Image
+
   rng = np.random.default_rng(0)
   for i in range(30):  # "30 photos of my own style", mixed sizes, RGB
     h, w = (40, 50) if i % 2 else (60, 45)
     Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"p{i}.jpg")
-  d = data.load_split("folder", "all", data_dir=tmp_path, image_size=32, channels=3,
-                      resize_each=True, verbose=False)
+  d = data.load_split(
+    "folder", "all", data_dir=tmp_path, image_size=32, channels=3, resize_each=True, verbose=False
+  )
   assert d.names == [tmp_path.name] and d.images[0].shape == (30, 32, 32, 3)
   tasks = data.TaskSampler(d, T=1, K=10, Q=5, seed=0).batch(0)
   assert tasks.support.shape == (1, 10, 32, 32, 3)
 
 
 def test_npz_round_trip_and_float_input(tmp_path, val_split):
-  raw = data.ClassDataset(["a/x", "a/y", "b/z"],
-                          [np.full((5, 28, 28), v, np.uint8) for v in (0, 128, 255)])
+  raw = data.ClassDataset(
+    ["a/x", "a/y", "b/z"], [np.full((5, 28, 28), v, np.uint8) for v in (0, 128, 255)]
+  )
   data.save_npz(tmp_path / "u8.npz", raw)
   back = data.load_npz(tmp_path / "u8.npz")
   assert back.names == raw.names and back.groups == ["a", "a", "b"]
@@ -390,8 +404,9 @@ def test_seeded_class_split_is_disjoint_deterministic_and_written(tmp_path):
   assert [len(a[s]) for s in ("train", "val", "test")] == [7, 1, 2]
   assert sorted(sum(a.values(), [])) == sorted(raw.names)
   run = tmp_path / "run"
-  train = data.load_split("npz", "train", data_dir=tmp_path / "ten.npz", split_seed=0, run_dir=run,
-                          verbose=False)
+  train = data.load_split(
+    "npz", "train", data_dir=tmp_path / "ten.npz", split_seed=0, run_dir=run, verbose=False
+  )
   written = data.read_split(run)
   assert written == a and train.names == a["train"]
   assert json.loads((run / "split.json").read_text())["split_seed"] == 0
@@ -399,12 +414,16 @@ def test_seeded_class_split_is_disjoint_deterministic_and_written(tmp_path):
 
 def test_class_split_keeps_groups_together():
   names = [f"g{g}/c{c}" for g in range(6) for c in range(3)]
-  d = data.ClassDataset(names, [np.zeros((2, 4, 4), np.uint8)] * 18,
-                       [n.split("/")[0] for n in names])
+  d = data.ClassDataset(
+    names, [np.zeros((2, 4, 4), np.uint8)] * 18, [n.split("/")[0] for n in names]
+  )
   by = splits.class_split(d, seed=4, fractions=(0.5, 0.25, 0.25))
   groups = {s: {n.split("/")[0] for n in v} for s, v in by.items()}
-  assert not (groups["train"] & groups["val"] or groups["train"] & groups["test"]
-              or groups["val"] & groups["test"])
+  assert not (
+    groups["train"] & groups["val"]
+    or groups["train"] & groups["test"]
+    or groups["val"] & groups["test"]
+  )
 
 
 def test_blur_keeps_a_constant_background_and_the_mean():

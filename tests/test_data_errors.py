@@ -16,6 +16,7 @@ def _toy(names, n=20):
 
 def _png(path, shape):
   from PIL import Image
+
   path.parent.mkdir(parents=True, exist_ok=True)
   Image.fromarray(np.zeros(shape, np.uint8)).save(path)
 
@@ -75,9 +76,10 @@ def tfds_absent_no_download(tmp):
 
 
 def k_plus_q_too_large(tmp):
-  d = data.ClassDataset(["images_background/Greek/character01",
-                         "images_background/Greek/character03"],
-                        [np.zeros((30, 4, 4, 1), np.float32), np.zeros((20, 4, 4, 1), np.float32)])
+  d = data.ClassDataset(
+    ["images_background/Greek/character01", "images_background/Greek/character03"],
+    [np.zeros((30, 4, 4, 1), np.float32), np.zeros((20, 4, 4, 1), np.float32)],
+  )
   data.TaskSampler(d, T=2, K=15, Q=10)
 
 
@@ -137,34 +139,40 @@ def unprocessed_images_to_sampler(tmp):
 
 
 CASES = [
-    (unknown_dataset, r"unknown dataset 'imagenet_fake'.*'tfds:<name>'"),
-    (unknown_tfds_dataset, r"unknown TFDS dataset 'no_such_dataset_xyz'.*list_builders"),
-    (unknown_split, r"unknown split 'dev'; use one of"),
-    (folder_missing, r"image folder '.*missing' does not exist"),
-    (npz_missing, r"npz file '.*missing\.npz' does not exist"),
-    (omniglot_dir_missing, r"offline Omniglot: data_dir='.*nope' does not exist"),
-    (folder_without_data_dir, r"dataset='folder' needs data_dir"),
-    (corrupt_npz, r"cannot read npz file '.*bad\.npz': not an \.npz \(zip\) archive"),
-    (truncated_npz, r"cannot read npz file '.*cut\.npz': not an \.npz"),
-    (corrupt_image, r"cannot read image .*bad\.png"),
-    (tfds_absent_no_download,
-     r"TFDS data for 'mnist' not found .*download=False"
-     r".*tfds build mnist --data_dir.*download=True"),
-    (k_plus_q_too_large,
-     r"K \+ Q = 15 \+ 10 = 25 exceeds the 20 images of class 'images_background/Greek/character03'"
-     r".*lower K or Q"),
-    (empty_split, r"split 'val' of npz file .* is empty.*split='all'"),
-    (empty_dataset_to_sampler, r"no classes to sample from my split \(empty split\)"),
-    (inconsistent_image_shapes,
-     r"image .*c2/b\.png has shape \(20, 16, 1\).*c1/a\.png has \(16, 16, 1\)"),
-    (empty_class_folder, r"class folder '.*c2' holds no images"),
-    (non_finite_npz, r"class 'x' in .*nan\.npz has 1 non-finite values"),
-    (float_out_of_range, r"class 'x' .* must lie in \[0, 1\], got \[2, 2\]"),
-    (unknown_val_alphabet, r"validation alphabets \['Klingon'\] are not background alphabets"),
-    (bad_channels, r"channels must be 1 or 3, got 2"),
-    (bad_T, r"T must be an integer >= 1, got 0"),
-    (too_many_classes_per_task, r"classes_per_task=3 but the split has only 2 classes"),
-    (unprocessed_images_to_sampler, r"class 'a' is uint8; the sampler takes preprocessed float32"),
+  (unknown_dataset, r"unknown dataset 'imagenet_fake'.*'tfds:<name>'"),
+  (unknown_tfds_dataset, r"unknown TFDS dataset 'no_such_dataset_xyz'.*list_builders"),
+  (unknown_split, r"unknown split 'dev'; use one of"),
+  (folder_missing, r"image folder '.*missing' does not exist"),
+  (npz_missing, r"npz file '.*missing\.npz' does not exist"),
+  (omniglot_dir_missing, r"offline Omniglot: data_dir='.*nope' does not exist"),
+  (folder_without_data_dir, r"dataset='folder' needs data_dir"),
+  (corrupt_npz, r"cannot read npz file '.*bad\.npz': not an \.npz \(zip\) archive"),
+  (truncated_npz, r"cannot read npz file '.*cut\.npz': not an \.npz"),
+  (corrupt_image, r"cannot read image .*bad\.png"),
+  (
+    tfds_absent_no_download,
+    r"TFDS data for 'mnist' not found .*download=False"
+    r".*tfds build mnist --data_dir.*download=True",
+  ),
+  (
+    k_plus_q_too_large,
+    r"K \+ Q = 15 \+ 10 = 25 exceeds the 20 images of class 'images_background/Greek/character03'"
+    r".*lower K or Q",
+  ),
+  (empty_split, r"split 'val' of npz file .* is empty.*split='all'"),
+  (empty_dataset_to_sampler, r"no classes to sample from my split \(empty split\)"),
+  (
+    inconsistent_image_shapes,
+    r"image .*c2/b\.png has shape \(20, 16, 1\).*c1/a\.png has \(16, 16, 1\)",
+  ),
+  (empty_class_folder, r"class folder '.*c2' holds no images"),
+  (non_finite_npz, r"class 'x' in .*nan\.npz has 1 non-finite values"),
+  (float_out_of_range, r"class 'x' .* must lie in \[0, 1\], got \[2, 2\]"),
+  (unknown_val_alphabet, r"validation alphabets \['Klingon'\] are not background alphabets"),
+  (bad_channels, r"channels must be 1 or 3, got 2"),
+  (bad_T, r"T must be an integer >= 1, got 0"),
+  (too_many_classes_per_task, r"classes_per_task=3 but the split has only 2 classes"),
+  (unprocessed_images_to_sampler, r"class 'a' is uint8; the sampler takes preprocessed float32"),
 ]
 
 

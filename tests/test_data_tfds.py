@@ -36,8 +36,11 @@ def fake_omniglot(offline_dir):
   out = {}
   for split, src, alphabets in (("train", bg, ALPHABETS), ("test", ev, ("Angelic",))):
     ex = {"image": [], "alphabet": [], "alphabet_char_id": [], "label": []}
-    picked = [i for i, (n, g) in enumerate(zip(src.names, src.groups))
-              if g in alphabets and int(n[-2:]) <= 3]
+    picked = [
+      i
+      for i, (n, g) in enumerate(zip(src.names, src.groups))
+      if g in alphabets and int(n[-2:]) <= 3
+    ]
     for i in picked:
       up = data.preprocess.resize(src.images[i].astype(np.float32), 105)  # 28 -> 105 bilinear
       up = np.clip(np.rint(np.repeat(up, 3, axis=-1)), 0, 255).astype(np.uint8)
@@ -46,8 +49,11 @@ def fake_omniglot(offline_dir):
       ex["alphabet"] += [all50.index(src.groups[i])] * n
       ex["alphabet_char_id"] += [int(src.names[i][-2:]) - 1] * n
       ex["label"] += [i] * n
-    out[split] = ({k: np.concatenate(v) if k == "image" else np.array(v, np.int64)
-                   for k, v in ex.items()}, [src.names[i] for i in picked], all50)
+    out[split] = (
+      {k: np.concatenate(v) if k == "image" else np.array(v, np.int64) for k, v in ex.items()},
+      [src.names[i] for i in picked],
+      all50,
+    )
   return out
 
 
@@ -55,6 +61,7 @@ def _mock_omniglot(fake):
   def as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False):
     del self, decoders, read_config, shuffle_files
     return tf.data.Dataset.from_tensor_slices(fake[str(split)][0])
+
   return tfds.testing.mock_data(as_dataset_fn=as_dataset)
 
 
@@ -63,8 +70,7 @@ def test_tfds_omniglot_matches_offline_names_and_images(fake_omniglot, offline_d
     got = tfds_source.load_tfds_omniglot("background", download=True)
   ex, names, all50 = fake_omniglot["train"]
   # Under the mock, TFDS alphabet names are their numbers: map offline names to them.
-  as_tfds = [n.replace(f"/{a}/", f"/{all50.index(a)}/") for n in names
-             for a in [n.split("/")[1]]]
+  as_tfds = [n.replace(f"/{a}/", f"/{all50.index(a)}/") for n in names for a in [n.split("/")[1]]]
   assert got.names == sorted(as_tfds)
   assert got.images[0].shape == (20, 28, 28, 1) and got.images[0].dtype == np.uint8
   offline = data.load_omniglot28("background", offline_dir)
@@ -83,8 +89,9 @@ def test_omniglot_falls_back_to_tfds_with_a_message(fake_omniglot, monkeypatch, 
   monkeypatch.setattr(omniglot, "default_locations", lambda: [tmp_path / "nowhere"])
   with _mock_omniglot(fake_omniglot):
     val_alphabet = str(fake_omniglot["train"][2].index("Korean"))
-    train = data.load_split("omniglot", "train", val_alphabets=(val_alphabet,), download=True,
-                            run_dir=tmp_path / "run")
+    train = data.load_split(
+      "omniglot", "train", val_alphabets=(val_alphabet,), download=True, run_dir=tmp_path / "run"
+    )
     test = data.load_split("omniglot", "test", val_alphabets=(val_alphabet,), download=True)
   err = capsys.readouterr().err
   assert "falling back to TFDS omniglot" in err and "from TFDS omniglot" in err
@@ -98,10 +105,24 @@ def test_omniglot_falls_back_to_tfds_with_a_message(fake_omniglot, monkeypatch, 
 
 def test_tfds_mnist_and_cifar_with_mock_data(tmp_path):
   with tfds.testing.mock_data(num_examples=300):
-    d = data.load_split("mnist", "train", data_dir=tmp_path, download=True, split_seed=0,
-                        run_dir=tmp_path / "run", verbose=False)
-    c = data.load_split("tfds:cifar10", "test", data_dir=tmp_path, download=True, image_size=32,
-                        channels=3, verbose=False)
+    d = data.load_split(
+      "mnist",
+      "train",
+      data_dir=tmp_path,
+      download=True,
+      split_seed=0,
+      run_dir=tmp_path / "run",
+      verbose=False,
+    )
+    c = data.load_split(
+      "tfds:cifar10",
+      "test",
+      data_dir=tmp_path,
+      download=True,
+      image_size=32,
+      channels=3,
+      verbose=False,
+    )
   assert len(d) == 7  # 10 labels -> 7/1/2 classes
   assert d.images[0].shape[1:] == (28, 28, 1) and d.images[0].dtype == np.float32
   assert len(c) == 2 and c.images[0].shape[1:] == (32, 32, 3)

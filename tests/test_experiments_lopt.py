@@ -32,8 +32,13 @@ def test_tiny_lopt_experiment_tunes_trains_scores_and_reuses(tmp_path):
       assert len(v["per_class"]) == 3 and np.isfinite(v["mean"])
   assert [r["step"] for r in out["rows"]] == [1, 2]
   assert "| learned optimiser |" in out["table"] and "| lopt minus Adam |" in out["table"]
-  for f in ("eval/results.md", "eval/results.json", "eval/figures/lopt_curve.png",
-            "lopt/params.msgpack", "tuning.json"):
+  for f in (
+    "eval/results.md",
+    "eval/results.json",
+    "eval/figures/lopt_curve.png",
+    "lopt/params.msgpack",
+    "tuning.json",
+  ):
     assert os.path.exists(os.path.join(work, f)), f
   with open(os.path.join(work, "eval", "results.json")) as f:
     assert json.load(f)["tuning"]["best"] == {k: float(v) for k, v in best.items()}
@@ -41,9 +46,12 @@ def test_tiny_lopt_experiment_tunes_trains_scores_and_reuses(tmp_path):
   with open(os.path.join(work, "eval", "summary.json")) as f:
     committed = json.load(f)
   assert not any("per_class" in v for v in committed["summary"]["metrics"].values())
-  table = lopt_omniglot.markdown_table(ml_collections.ConfigDict(committed["config"]),
-                                       committed["summary"], committed["tuning"]["best"],
-                                       committed["info"])
+  table = lopt_omniglot.markdown_table(
+    ml_collections.ConfigDict(committed["config"]),
+    committed["summary"],
+    committed["tuning"]["best"],
+    committed["info"],
+  )
   assert table == out["table"]
   # Meta-training moved the optimiser away from its SGD start, and a second call
   # reuses the saved optimiser instead of training again.

@@ -29,18 +29,41 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_protocol_end_to_end_tiny(tmp_path, tiny_run):
   config, work, out = tiny_run["config"], tiny_run["workdir"], tiny_run["out"]
   table = out["table"]
-  for row in ("| reptile |", "| maml |", "| metasgd |", "| transfer |", "| scratch |", "| copy (jittered support) |",
-              "| real (held-out images) |", "| K real images only |", "T=0", "T=2",
-              "Test-time rules (tuned on validation alphabets)"):
+  for row in (
+    "| reptile |",
+    "| maml |",
+    "| metasgd |",
+    "| transfer |",
+    "| scratch |",
+    "| copy (jittered support) |",
+    "| real (held-out images) |",
+    "| K real images only |",
+    "T=0",
+    "T=2",
+    "Test-time rules (tuned on validation alphabets)",
+  ):
     assert row in table, row
   assert "(reference)" in table and "p=" in table
-  for f in ("eval/results.json", "eval/summary.json", "eval/results.md", "eval/figures/adaptation_curve.png",
-            "eval/figures/samples_reptile.png", "eval/figures/samples_all.png",
-            "eval/figures/headline.png",
-            "test_classes.json", "split.json", "config.json"):
+  for f in (
+    "eval/results.json",
+    "eval/summary.json",
+    "eval/results.md",
+    "eval/figures/adaptation_curve.png",
+    "eval/figures/samples_reptile.png",
+    "eval/figures/samples_all.png",
+    "eval/figures/headline.png",
+    "test_classes.json",
+    "split.json",
+    "config.json",
+  ):
     assert os.path.exists(os.path.join(work, f)), f
-  last = {"pretrain_s0": config.pretrain.steps, "reptile_s0": config.train.steps,
-          "maml_s0": config.train.steps, "metasgd_s0": config.train.steps, "scratch_s0": 0}
+  last = {
+    "pretrain_s0": config.pretrain.steps,
+    "reptile_s0": config.train.steps,
+    "maml_s0": config.train.steps,
+    "metasgd_s0": config.train.steps,
+    "scratch_s0": 0,
+  }
   for run in last:
     d = os.path.join(work, "train", run)
     assert os.path.exists(os.path.join(d, "config.json"))
@@ -51,18 +74,28 @@ def test_protocol_end_to_end_tiny(tmp_path, tiny_run):
     res = json.load(f)
   with open(os.path.join(work, "eval", "summary.json")) as f:
     committed = json.load(f)
-  assert {k: committed[k] for k in ("summary", "info")} == {"summary": res["summary"],
-                                                            "info": res["info"]}
+  assert {k: committed[k] for k in ("summary", "info")} == {
+    "summary": res["summary"],
+    "info": res["info"],
+  }
   # the table regenerates from the committed file alone (tests/test_package.py does it for
   # experiments/results/)
-  table = protocol.markdown_table(ml_collections.ConfigDict(committed["config"]),
-                                  committed["summary"], committed["info"])
+  table = protocol.markdown_table(
+    ml_collections.ConfigDict(committed["config"]), committed["summary"], committed["info"]
+  )
   assert table in open(os.path.join(work, "eval", "results.md")).read()
   rows = res["per_class"]
   assert len(rows) == 8 * 2 * 3  # (5 methods + maml@time + copy + real) x 2 steps x 3 classes
   assert all(np.isfinite(r["kid"]) for r in rows)
   s = res["summary"]
-  for key in ("reptile|2|kid", "maml|2|kid", "metasgd|2|kid", "transfer|2|fidelity", "real|2|kid", "copy|0|diversity"):
+  for key in (
+    "reptile|2|kid",
+    "maml|2|kid",
+    "metasgd|2|kid",
+    "transfer|2|fidelity",
+    "real|2|kid",
+    "copy|0|diversity",
+  ):
     assert set(s["metrics"][key]) >= {"mean", "ci", "per_class"}, key
   assert set(s["vs_transfer"]["reptile|2"]) >= {"mean_diff", "p"}
   assert set(s["vs_transfer"]["maml|2"]) >= {"mean_diff", "p"}
@@ -78,31 +111,42 @@ def test_protocol_end_to_end_tiny(tmp_path, tiny_run):
   assert "| low-data CNN acc (K real + gen) |" in table
   # what the generated images add: paired with the same classes' K-real-only accuracy
   for name, metric in (("lowdata", "lowdata_acc"), ("lowdata_cnn", "lowdata_cnn_acc")):
-    assert set(s[f"{name}_gain"]) == {f"{m}|2" for m in ("real", "copy", "reptile", "maml",
-                                                          "maml@time", "metasgd", "transfer",
-                                                          "scratch")}, name
+    assert set(s[f"{name}_gain"]) == {
+      f"{m}|2"
+      for m in ("real", "copy", "reptile", "maml", "maml@time", "metasgd", "transfer", "scratch")
+    }, name
     for key, g in s[f"{name}_gain"].items():
       m = key.split("|")[0]
       np.testing.assert_allclose(
-          g["mean"], s["metrics"][f"{m}|2|{metric}"]["mean"] - s[f"{name}_real"]["mean"],
-          atol=1e-12, err_msg=f"{name} {m}")
+        g["mean"],
+        s["metrics"][f"{m}|2|{metric}"]["mean"] - s[f"{name}_real"]["mean"],
+        atol=1e-12,
+        err_msg=f"{name} {m}",
+      )
       lo, hi = g["ci"]
       assert lo - 1e-12 <= g["mean"] <= hi + 1e-12 and 0 <= g["p"] <= 1, (name, m)
   assert "Low-data gain at T = 2" in table
   cnn_part = table.split("Low-data gain at T = 2")[1].split("; CNN: ")[1]
   g = s["lowdata_cnn_gain"]["reptile|2"]  # in points, the CI's bounds in order
-  assert (f"reptile {100 * g['mean']:+.1f} [{100 * g['ci'][0]:+.1f}, {100 * g['ci'][1]:+.1f}], "
-          f"p={g['p']:.3f}") in cnn_part
+  assert (
+    f"reptile {100 * g['mean']:+.1f} [{100 * g['ci'][0]:+.1f}, {100 * g['ci'][1]:+.1f}], "
+    f"p={g['p']:.3f}"
+  ) in cnn_part
   # every other meta method against Reptile, paired over the same classes and seeds
-  assert set(s["vs_reptile"]) == {f"{m}|{t}" for m in ("maml", "maml@time", "metasgd")
-                                  for t in (0, 2)}
+  assert set(s["vs_reptile"]) == {
+    f"{m}|{t}" for m in ("maml", "maml@time", "metasgd") for t in (0, 2)
+  }
   for key, v in s["vs_reptile"].items():
     m, t = key.split("|")
     diff = np.mean(s["metrics"][f"{m}|{t}|kid"]["per_class"]) - np.mean(
-        s["metrics"][f"reptile|{t}|kid"]["per_class"])
+      s["metrics"][f"reptile|{t}|kid"]["per_class"]
+    )
     np.testing.assert_allclose(v["mean_diff"], diff, rtol=1e-9, atol=1e-15)
     assert 0 < v["p"] <= 1 and "within each seed" in v["paired"]
-  assert "| KID vs reptile: diff x1e3, p |" in table and "| maml at reptile's time (maml@time) |" in table
+  assert (
+    "| KID vs reptile: diff x1e3, p |" in table
+    and "| maml at reptile's time (maml@time) |" in table
+  )
   k = res["info"]["train_seconds"]["maml_s0"]["equal_time_steps"]
   assert 1 <= k <= config.train.steps and f"{k} steps at reptile's time" in table
   assert s["best_second_order"] in ("maml", "maml@time", "metasgd")
@@ -115,8 +159,9 @@ def test_protocol_end_to_end_tiny(tmp_path, tiny_run):
     assert pooled == scores  # one seed: the pooled score is the seed's
     chosen = protocol.rule_name(res["info"]["rule_dicts"][f"{m}_s{seed}"])
     assert pooled[chosen] == min(pooled.values()), run
-  meta_kid = {m: s["metrics"][f"{m}|2|kid"]["mean"]
-              for m in ("reptile", "maml", "maml@time", "metasgd")}
+  meta_kid = {
+    m: s["metrics"][f"{m}|2|kid"]["mean"] for m in ("reptile", "maml", "maml@time", "metasgd")
+  }
   assert s["best_method"] == min(meta_kid, key=meta_kid.get)  # the better meta method
   _load_run_adapts_as_the_evaluation_did(config, work, res)
   with open(os.path.join(work, "test_classes.json")) as f:
@@ -140,24 +185,31 @@ def _load_run_adapts_as_the_evaluation_did(config, work, res):
     run = mg.load_run(work, method=method)
     assert run.psi == rule["psi"]
     z = jax.random.normal(jax.random.fold_in(key, 1_000_000 + t), (len(sup), 4, run.model.z_dim))
-    z_avg = jax.random.normal(jax.random.fold_in(key, 2_000_000 + t),
-                              (protocol.scoring.N_AVG, run.model.z_dim))
+    z_avg = jax.random.normal(
+      jax.random.fold_in(key, 2_000_000 + t), (protocol.scoring.N_AVG, run.model.z_dim)
+    )
     for psi in (1.0, 0.5):  # plain and truncated sampling, whichever the tuning chose
-      ref = protocol.adapt_and_generate(config, params[(method, 0)], sup, [t], key, 4,
-                                        dict(rule, psi=psi))[t]
+      ref = protocol.adapt_and_generate(
+        config, params[(method, 0)], sup, [t], key, 4, dict(rule, psi=psi)
+      )[t]
       for c in range(len(sup)):
         k = jax.random.fold_in(jax.random.fold_in(key, c), t)
         g = mg.adapt(run.meta_params, sup[c], k, run.adapt_config_for(t)).g
-        x = (run.model.generate(g, z[c]) if psi == 1.0 else
-             run.model.generate_truncated(g, z[c], psi, z_avg))
+        x = (
+          run.model.generate(g, z[c])
+          if psi == 1.0
+          else run.model.generate_truncated(g, z[c], psi, z_avg)
+        )
         # float32: one class at a time here, all classes batched in the protocol
         np.testing.assert_allclose(x, ref[c], atol=1e-4)
 
 
 def _generate_from_own_images(tmp_path, work, res):
   """load_run picks the evaluation's best method; the command equals load_run + generate."""
-  kid = {m: res["summary"]["metrics"][f"{m}|2|kid"]["mean"] for m in ("reptile", "maml", "metasgd",
-                                                                        "transfer", "scratch")}
+  kid = {
+    m: res["summary"]["metrics"][f"{m}|2|kid"]["mean"]
+    for m in ("reptile", "maml", "metasgd", "transfer", "scratch")
+  }
   run = mg.load_run(work)
   assert run.method == min(kid, key=kid.get) and run.headline == 2
   assert run.rule == res["info"]["rule_dicts"][f"{run.method}_s0"]
@@ -165,8 +217,24 @@ def _generate_from_own_images(tmp_path, work, res):
   test = mg.data.load_split("omniglot", "test", verbose=False)
   folder = write_pngs(str(tmp_path / "mine"), 1.0 - (test.images[0][:3, :, :, 0] + 1) / 2)
   out = tmp_path / "out"
-  cmd = [sys.executable, "-m", "metagan_jax", "generate", work, "--images", folder, "--steps",
-         "2", "--num", "5", "--out", str(out), "--seed", "7", "--quiet"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "metagan_jax",
+    "generate",
+    work,
+    "--images",
+    folder,
+    "--steps",
+    "2",
+    "--num",
+    "5",
+    "--out",
+    str(out),
+    "--seed",
+    "7",
+    "--quiet",
+  ]
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert str(out) in proc.stdout and "5 samples of" in proc.stdout
@@ -184,8 +252,9 @@ def _generate_from_own_images(tmp_path, work, res):
   trunc = dataclasses.replace(run, rule=dict(run.rule, psi=0.3))
   k_adapt, k_z = trunc.keys(7)
   g = mg.adapt(run.meta_params, jnp.asarray(support), k_adapt, run.adapt_config_for(2)).g
-  want = run.model.generate_truncated(g, run.model.sample_z(k_z, 5), 0.3, run.model.sample_z(
-      jax.random.fold_in(k_z, 1), runs.N_AVG))
+  want = run.model.generate_truncated(
+    g, run.model.sample_z(k_z, 5), 0.3, run.model.sample_z(jax.random.fold_in(k_z, 1), runs.N_AVG)
+  )
   got = trunc.generate(support, 5, seed=7, steps=2)
   np.testing.assert_allclose(got, want, atol=1e-5)
   assert np.abs(got - samples).max() > 1e-3
@@ -196,9 +265,17 @@ def _generate_from_own_images(tmp_path, work, res):
 @TINY_RUN_GROUP
 def test_val_probe_scores_rule_variants_on_validation_classes(tmp_path, tiny_run):
   from experiments import val_probe  # pylint: disable=g-import-not-at-top
+
   variants = {"base": {}, "freeze_d": {"d_trainable": "fc"}, "aug": {"augment": "translation"}}
-  rows = val_probe.probe(tiny_run["workdir"], ["reptile"], variants, t=2, adapt_seeds=[0],
-                         n_classes=3, out_dir=str(tmp_path))
+  rows = val_probe.probe(
+    tiny_run["workdir"],
+    ["reptile"],
+    variants,
+    t=2,
+    adapt_seeds=[0],
+    n_classes=3,
+    out_dir=str(tmp_path),
+  )
   assert [r["method"] for r in rows] == ["real", "K real only"] + ["reptile"] * 3
   got = {r["variant"]: r for r in rows[2:]}
   for r in got.values():
@@ -253,8 +330,9 @@ def test_lowdata_cnn_learns_from_images_and_is_hurt_by_wrong_ones():
 
   def draw(c, n):
     x = -np.ones((n, 28, 28, 1), np.float32)
-    x[:, 4 + 8 * c:8 + 8 * c, 4:24] = 1.0
+    x[:, 4 + 8 * c : 8 + 8 * c, 4:24] = 1.0
     return np.clip(x + 0.3 * rng.normal(size=x.shape), -1, 1).astype(np.float32)
+
   sup = np.stack([draw(c, 2) for c in range(3)])
   held = np.stack([draw(c, 10) for c in range(3)])
   acc = protocol.lowdata_cnn_accuracy(config, sup, held, seed=0)
@@ -264,6 +342,7 @@ def test_lowdata_cnn_learns_from_images_and_is_hurt_by_wrong_ones():
   assert protocol.lowdata_cnn_accuracy(config, sup, held, wrong, seed=0).mean() < 0.5
   # the compiled training loop is the per-step computation, step i keyed by fold_in(key, i)
   from experiments.protocol import scoring  # pylint: disable=g-import-not-at-top
+
   init, opt_init, train, _, step = scoring._cnn_fns(3, 8, 1e-3, 0.1)  # pylint: disable=protected-access
   x, y = jnp.asarray(sup.reshape(6, 28, 28, 1)), jnp.repeat(jnp.arange(3), 2)
   p = init(jax.random.key(0), x)
@@ -282,40 +361,59 @@ def test_tuning_pools_seeds_so_one_noisy_seed_cannot_flip_a_method(monkeypatch):
   config = tiny.get_config()
   config.eval.tune_psi = ""
   rng = np.random.default_rng(0)
-  val = {"names": ["a", "b"], "support": np.zeros((2, 2, 28, 28, 1)),
-         "heldout": rng.normal(size=(2, 6, 4))}
-  kid = {("p0", 0.001): 1.0, ("p0", 0.01): 2.0, ("p1", 0.001): 1.1, ("p1", 0.01): 1.0,
-         ("q", 0.001): 3.0, ("q", 0.01): 2.5}
+  val = {
+    "names": ["a", "b"],
+    "support": np.zeros((2, 2, 28, 28, 1)),
+    "heldout": rng.normal(size=(2, 6, 4)),
+  }
+  kid = {
+    ("p0", 0.001): 1.0,
+    ("p0", 0.01): 2.0,
+    ("p1", 0.001): 1.1,
+    ("p1", 0.01): 1.0,
+    ("q", 0.001): 3.0,
+    ("q", 0.01): 2.5,
+  }
   monkeypatch.setattr(protocol.classes, "val_classes", lambda config: val)
   adaptations = []
+
   def adapt_and_generate_psis(config, p, sup, steps, key, n, rule, psis):
     adaptations.append(list(psis))
-    return {steps[0]: {psi: (p, rule["lr"]) if psi == 1.0 else (p, rule["lr"], psi)
-                       for psi in psis}}
+    return {
+      steps[0]: {psi: (p, rule["lr"]) if psi == 1.0 else (p, rule["lr"], psi) for psi in psis}
+    }
+
   monkeypatch.setattr(protocol.scoring, "adapt_and_generate_psis", adapt_and_generate_psis)
   monkeypatch.setattr(protocol.tuning.M, "kid", lambda f_gen, f_held: kid[f_gen])
   seen = []
+
   class Gen:  # stands for the generated images: carries (params, lr) to the KID
     def __init__(self, tag):
       self.tag = tag
+
     def __len__(self):
       return 2
+
     def __getitem__(self, c):
       return self.tag
+
     def __truediv__(self, scale):  # scaled_features divides by one constant
       return self
+
   def features(x):
     if isinstance(x, tuple):
       seen.append(x)
       return Gen(x)
     return np.asarray(x)
-  params = {("reptile", 0): "p0", ("reptile", 1): "p1", ("transfer", 0): "q",
-            ("transfer", 1): "q"}
+
+  params = {("reptile", 0): "p0", ("reptile", 1): "p1", ("transfer", 0): "q", ("transfer", 1): "q"}
   out = protocol.tune_rules(config, params, features, verbose=False)
   assert {r["lr"] for run, r in out["rules"].items() if run[0] == "reptile"} == {0.001}
   assert {r["lr"] for run, r in out["rules"].items() if run[0] == "transfer"} == {0.01}
   assert out["scores"]["reptile|1"][protocol.rule_name(out["rules"][("reptile", 1)])] == 1.1
-  np.testing.assert_allclose(sorted(out["method_scores"]["reptile"].values()), [1.05, 1.05, 1.5, 1.5])
+  np.testing.assert_allclose(
+    sorted(out["method_scores"]["reptile"].values()), [1.05, 1.05, 1.5, 1.5]
+  )
   assert len(seen) == 2 * 3 * 2  # 2 grid g_trainables x (2 reptile + 1 shared transfer) x 2 lrs
   # A truncation grid scores every psi but adapts once per rule without it.
   config.eval.tune_psi = "1,0.5"
@@ -334,6 +432,7 @@ def test_tuning_pools_seeds_so_one_noisy_seed_cannot_flip_a_method(monkeypatch):
 
 def test_lowdata_gain_is_the_paired_difference_over_seeds_and_classes():
   from experiments.protocol import stats  # pylint: disable=g-import-not-at-top
+
   real_C = np.linspace(0.2, 0.9, 8)
   same = stats.lowdata_gain(np.tile(real_C, (3, 1)), real_C, 500)
   assert same["mean"] == 0 and same["ci"] == (0.0, 0.0) and same["p"] == 1.0
@@ -366,8 +465,10 @@ def test_feature_net_keeps_flax_convs_parameters_and_outputs():
   assert jax.tree.structure(p) == jax.tree.structure(ref_p)
   for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(ref_p)):  # same names: same init draws
     np.testing.assert_array_equal(a, b)
-  out, ref = protocol.FeatureNet(7).apply({"params": ref_p}, x), FlaxConvNet(7).apply(
-      {"params": ref_p}, x)
+  out, ref = (
+    protocol.FeatureNet(7).apply({"params": ref_p}, x),
+    FlaxConvNet(7).apply({"params": ref_p}, x),
+  )
   for a, b in zip(out, ref):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
@@ -375,6 +476,7 @@ def test_feature_net_keeps_flax_convs_parameters_and_outputs():
 def test_protocol_samples_at_psi_1_exactly_as_before_truncation_existed():
   from experiments import train_lib  # pylint: disable=g-import-not-at-top
   from experiments.protocol import scoring  # pylint: disable=g-import-not-at-top
+
   config = tiny.get_config()
   model = train_lib.get_model(config)
   params = model.init(jax.random.key(0))
@@ -389,11 +491,17 @@ def test_protocol_samples_at_psi_1_exactly_as_before_truncation_existed():
   # the adaptation as it was: a T-step mg.adapt per class (the protocol now runs the first T
   # steps of one program for every T, mg.adapt_prefix)
   rule_t = dict(json.loads(rj), lr=rule["lr"])
-  adapt_t = jax.jit(jax.vmap(lambda s, k: mg.adapt(
-      params, s, k, train_lib.adapt_config(config, inner_steps=t, rule=rule_t))))
+  adapt_t = jax.jit(
+    jax.vmap(
+      lambda s, k: mg.adapt(
+        params, s, k, train_lib.adapt_config(config, inner_steps=t, rule=rule_t)
+      )
+    )
+  )
   g = adapt_t(sup, keys).g
   g_prefix = scoring._adapt_fn(cj, rj, scoring.max_steps(config))(  # pylint: disable=protected-access
-      params, jnp.float32(rule["lr"]), sup, keys, jnp.int32(t)).g
+    params, jnp.float32(rule["lr"]), sup, keys, jnp.int32(t)
+  ).g
   for a, b in zip(jax.tree.leaves(g_prefix), jax.tree.leaves(g)):
     np.testing.assert_allclose(a, b, atol=1e-6)
   g = g_prefix
@@ -403,6 +511,7 @@ def test_protocol_samples_at_psi_1_exactly_as_before_truncation_existed():
   np.testing.assert_allclose(got, jax.vmap(model.generate)(g, z), atol=1e-5)
   shared = scoring._generate(cj, False)(params.g, z)  # pylint: disable=protected-access
   np.testing.assert_allclose(shared[1], model.generate(params.g, z[1]), atol=1e-5)
-  half = protocol.adapt_and_generate(config, params, np.asarray(sup), [t], key, 4,
-                                     dict(rule, psi=0.5))[t]
+  half = protocol.adapt_and_generate(
+    config, params, np.asarray(sup), [t], key, 4, dict(rule, psi=0.5)
+  )[t]
   assert np.abs(half - got).max() > 1e-3

@@ -51,14 +51,28 @@ def _assert_trees_equal(a, b):
 def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, split):
   steps, every = 12, 3
   work = str(tmp_path / "killed")
-  cmd = [sys.executable, os.path.join(ROOT, "experiments", "omniglot.py"),
-         "--config", os.path.join(ROOT, "experiments", "configs", "tiny.py"),
-         "--workdir", work, "--mode", "train", "--config.methods=reptile",
-         f"--config.train.steps={steps}", f"--config.train.ckpt_every={every}"]
+  cmd = [
+    sys.executable,
+    os.path.join(ROOT, "experiments", "omniglot.py"),
+    "--config",
+    os.path.join(ROOT, "experiments", "configs", "tiny.py"),
+    "--workdir",
+    work,
+    "--mode",
+    "train",
+    "--config.methods=reptile",
+    f"--config.train.steps={steps}",
+    f"--config.train.ckpt_every={every}",
+  ]
   env = dict(os.environ, PYTHONPATH=ROOT)
   ckpt = os.path.join(work, "train", "reptile_s0", "checkpoints")
-  proc = subprocess.Popen(cmd + ["--config.train.step_sleep=0.5"], env=env, cwd=ROOT,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  proc = subprocess.Popen(
+    cmd + ["--config.train.step_sleep=0.5"],
+    env=env,
+    cwd=ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+  )
   deadline = time.time() + HANG_TIMEOUT_S
   while not os.path.exists(os.path.join(ckpt, str(every), "commit_success.txt")):
     assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
@@ -73,8 +87,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, split):
   assert out.returncode == 0, out.stderr[-3000:]
   config = _config(steps=steps, ckpt_every=every)
   config.methods = "reptile"
-  resumed, step = _final_params(config, "reptile", os.path.join(work, "train", "reptile_s0"),
-                                split)
+  resumed, step = _final_params(config, "reptile", os.path.join(work, "train", "reptile_s0"), split)
   assert step == steps
   # The uninterrupted reference: the same pre-training, then the same Reptile run.
   reference = omniglot.train_all(config, str(tmp_path / "ref"), progress=False)[("reptile", 0)]
@@ -99,8 +112,7 @@ def test_corrupted_latest_checkpoint_falls_back_with_warning(tmp_path, split):
   with pytest.warns(RuntimeWarning, match="checkpoint step 4 .* unreadable"):
     state, _, step = train_lib.restore_checkpoint(os.path.join(run_dir, "checkpoints"), 3, like)
   assert step == 2
-  resumed = train_lib.train_run(config, "pretrain", 0, run_dir, split, resume=True,
-                                progress=False)
+  resumed = train_lib.train_run(config, "pretrain", 0, run_dir, split, resume=True, progress=False)
   _assert_trees_equal(resumed.params, final.params)
 
 
@@ -111,8 +123,7 @@ def test_run_killed_after_its_first_checkpoint_resumes(tmp_path, split):
   run_dir = str(tmp_path / "run")
   final = train_lib.train_run(config, "pretrain", 0, run_dir, split, progress=False)
   shutil.rmtree(os.path.join(run_dir, "checkpoints", "2"))
-  resumed = train_lib.train_run(config, "pretrain", 0, run_dir, split, resume=True,
-                                progress=False)
+  resumed = train_lib.train_run(config, "pretrain", 0, run_dir, split, resume=True, progress=False)
   _assert_trees_equal(resumed.params, final.params)
   with open(os.path.join(run_dir, "metrics.jsonl")) as f:
     assert [json.loads(l)["step"] for l in f] == [1, 2]
@@ -121,8 +132,7 @@ def test_run_killed_after_its_first_checkpoint_resumes(tmp_path, split):
 def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tmp_path, split):
   config = _config(pretrain=True, steps=3, inject_nan_steps="1")
   with pytest.warns(RuntimeWarning, match="non-finite .* step 2; update skipped"):
-    state = train_lib.train_run(config, "pretrain", 0, str(tmp_path / "a"), split,
-                                progress=False)
+    state = train_lib.train_run(config, "pretrain", 0, str(tmp_path / "a"), split, progress=False)
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
   with open(tmp_path / "a" / "metrics.jsonl") as f:
     skipped = [json.loads(l)["nonfinite_skipped"] for l in f]
@@ -130,8 +140,10 @@ def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tmp_path, split)
   assert int(state.step) == 2  # two updates applied, one skipped
 
   config = _config(pretrain=True, steps=5, inject_nan_steps="1,2,3", max_nonfinite=2)
-  with pytest.warns(RuntimeWarning), pytest.raises(train_lib.NonFiniteError,
-                                                   match="2 non-finite updates in a row at step 3"):
+  with (
+    pytest.warns(RuntimeWarning),
+    pytest.raises(train_lib.NonFiniteError, match="2 non-finite updates in a row at step 3"),
+  ):
     train_lib.train_run(config, "pretrain", 0, str(tmp_path / "b"), split, progress=False)
 
 
@@ -145,10 +157,20 @@ def test_training_step_is_built_from_every_rule_field_of_the_config(method):
   config.d_trainable = "conv3,fc"
   config.augment = "translation"
   built = train_lib.meta_config(
-      ml_collections.ConfigDict(json.loads(train_lib._step_key(config))), method).adapt  # pylint: disable=protected-access
+    ml_collections.ConfigDict(json.loads(train_lib._step_key(config))), method
+  ).adapt  # pylint: disable=protected-access
   direct = train_lib.meta_config(config, method).adapt
-  for field in ("n_fake", "second_order_steps", "inner_steps", "d_steps", "g_steps",
-                "d_trainable", "g_trainable", "augment", "inner_lr"):
+  for field in (
+    "n_fake",
+    "second_order_steps",
+    "inner_steps",
+    "d_steps",
+    "g_steps",
+    "d_trainable",
+    "g_trainable",
+    "augment",
+    "inner_lr",
+  ):
     assert getattr(built, field) == getattr(direct, field), field
   assert built.n_fake == 2 * config.train.k and built.d_trainable == "conv3,fc"
   assert built.second_order_steps == (1 if method == "maml" else None)
@@ -172,25 +194,47 @@ def test_equal_time_parameters_are_those_of_a_k_step_run(tmp_path, split, budget
   # fixes it (held copies) or at the end.
   config = _config(steps=3, ckpt_every=3, sample_every=3)
   run_dir = str(tmp_path / "long")
-  state = train_lib.train_run(config, "reptile", 0, run_dir, split, progress=False,
-                              equal_time_ms=budget_ms)
+  state = train_lib.train_run(
+    config, "reptile", 0, run_dir, split, progress=False, equal_time_ms=budget_ms
+  )
   got, rec = train_lib.equal_time_params(run_dir, mg.parallel.to_host(state.params))
   assert rec["steps"] == k and rec["of_steps"] == 3
   with open(os.path.join(run_dir, "timing.json")) as f:
     timing = json.load(f)
   assert timing["equal_time_steps"] == k and timing["median_step_ms"] > 0
-  short = train_lib.train_run(_config(steps=k, ckpt_every=3, sample_every=3), "reptile", 0,
-                              str(tmp_path / "short"), split, progress=False)
+  short = train_lib.train_run(
+    _config(steps=k, ckpt_every=3, sample_every=3),
+    "reptile",
+    0,
+    str(tmp_path / "short"),
+    split,
+    progress=False,
+  )
   jax.tree.map(np.testing.assert_array_equal, got, mg.parallel.to_host(short.params))
 
 
 def test_resuming_with_another_equal_time_budget_is_refused(tmp_path, split):
   run_dir = str(tmp_path / "run")
-  train_lib.train_run(_config(steps=2, ckpt_every=2, sample_every=2), "reptile", 0, run_dir,
-                      split, progress=False, equal_time_ms=1e12)
+  train_lib.train_run(
+    _config(steps=2, ckpt_every=2, sample_every=2),
+    "reptile",
+    0,
+    run_dir,
+    split,
+    progress=False,
+    equal_time_ms=1e12,
+  )
   with pytest.raises(ValueError, match="equal_time_ms=5.0"):  # the reference was retrained
-    train_lib.train_run(_config(steps=3, ckpt_every=3, sample_every=3), "reptile", 0, run_dir,
-                        split, resume=True, progress=False, equal_time_ms=5.0)
+    train_lib.train_run(
+      _config(steps=3, ckpt_every=3, sample_every=3),
+      "reptile",
+      0,
+      run_dir,
+      split,
+      resume=True,
+      progress=False,
+      equal_time_ms=5.0,
+    )
   with pytest.raises(RuntimeError, match="no equal_time.json"):
     train_lib.equal_time_params(str(tmp_path), None)
 

@@ -24,6 +24,7 @@ def _x64(f):
   def wrapped(*a, **k):
     with jax.enable_x64(True):
       return f(*a, **k)
+
   return wrapped
 
 
@@ -72,9 +73,12 @@ def test_dcgan28_maml_meta_gradient_identical_across_conv_impls():
     cfg = mg.MetaConfig(mg.AdaptConfig(model, inner_steps=1, inner_lr=0.05), algorithm="maml")
     params = jax.tree.map(lambda a: a.astype(jnp.float64), inits[impl])
     grads[impl], _ = jax.jit(functools.partial(mg.meta_gradients, config=cfg))(
-        params, tasks, jax.random.key(2))
-  same = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(inits["matmul"]),
-                                                     jax.tree.leaves(inits["xla"]))]
+      params, tasks, jax.random.key(2)
+    )
+  same = [
+    np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(inits["matmul"]), jax.tree.leaves(inits["xla"]))
+  ]
   assert all(same), "both impls must initialise identically (also under x64)"
   for a, b in zip(jax.tree.leaves(grads["matmul"]), jax.tree.leaves(grads["xla"])):
     scale = float(jnp.max(jnp.abs(b)))
@@ -142,10 +146,15 @@ def test_low_precision_matmul_rule_is_exact_to_third_order():
   a = jax.random.normal(jax.random.key(0), (6, 5), jnp.float64)
   b = jax.random.normal(jax.random.key(1), (5, 3), jnp.float64)
   c = jax.random.normal(jax.random.key(2), (6, 3), jnp.float64)
-  check_grads(lambda a, b: jnp.tanh(layers._lowp_matmul(a, b, jnp.float64)), (a, b), order=3,
-              modes=["rev"])
-  check_grads(lambda a, c: jnp.tanh(layers._lowp_matmul(a, c, jnp.float64, True)), (a, c),
-              order=3, modes=["rev"])
+  check_grads(
+    lambda a, b: jnp.tanh(layers._lowp_matmul(a, b, jnp.float64)), (a, b), order=3, modes=["rev"]
+  )
+  check_grads(
+    lambda a, c: jnp.tanh(layers._lowp_matmul(a, c, jnp.float64, True)),
+    (a, c),
+    order=3,
+    modes=["rev"],
+  )
   np.testing.assert_allclose(layers._lowp_matmul(a, c, jnp.float64, True), a.T @ c, rtol=1e-13)
   np.testing.assert_array_equal(layers.matmul(a, b), a @ b)  # no compute_dtype: a @ b itself
 
@@ -153,8 +162,9 @@ def test_low_precision_matmul_rule_is_exact_to_third_order():
 def test_bf16_products_round_operands_and_accumulate_in_float32():
   a = jax.random.normal(jax.random.key(0), (64, 48), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (48, 32), jnp.float32)
-  want = (np.asarray(a.astype(jnp.bfloat16), np.float64) @ np.asarray(b.astype(jnp.bfloat16),
-                                                                       np.float64))
+  want = np.asarray(a.astype(jnp.bfloat16), np.float64) @ np.asarray(
+    b.astype(jnp.bfloat16), np.float64
+  )
   got = layers.matmul(a, b, jnp.bfloat16)
   assert got.dtype == jnp.float32
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # float32 sums of exact products
@@ -173,15 +183,18 @@ def test_dcgan28_bf16_maml_meta_gradient_within_tolerance_of_float32():
   grads = {}
   for md in (None, "bfloat16"):
     model = mg.models.dcgan28(conv_impl="matmul", matmul_dtype=md)
-    cfg = mg.MetaConfig(mg.AdaptConfig(model, inner_steps=2, inner_lr=0.05, loss="ns"),
-                        algorithm="maml")
+    cfg = mg.MetaConfig(
+      mg.AdaptConfig(model, inner_steps=2, inner_lr=0.05, loss="ns"), algorithm="maml"
+    )
     f = jax.jit(functools.partial(mg.meta_gradients, config=cfg))
     params = mg.models.dcgan28(conv_impl="matmul").init(jax.random.key(0))
     if md:
       hlo = f.lower(params, tasks, jax.random.key(2)).as_text()
       dots = [ln for ln in hlo.splitlines() if "dot_general" in ln]
-      assert dots and all("bf16>, tensor<" in ln and "xbf16>) -> tensor<" in ln and
-                          "xf32>" in ln.split("->")[-1] for ln in dots), dots[:3]
+      assert dots and all(
+        "bf16>, tensor<" in ln and "xbf16>) -> tensor<" in ln and "xf32>" in ln.split("->")[-1]
+        for ln in dots
+      ), dots[:3]
     g, _ = f(params, tasks, jax.random.key(2))
     grads[md] = np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)])
   g32, g16 = grads[None], grads["bfloat16"]
@@ -212,8 +225,13 @@ def test_fsgan28_bf16_gradient_penalty_gradient_close_to_float32():
     params = mg.models.fsgan28().init(jax.random.key(0))
     fake = model.generate(params.g, model.sample_z(jax.random.key(2), 4))
     assert fake.dtype == jnp.float32
-    g = jax.jit(jax.grad(lambda d: loss.d_objective(
-        lambda x: model.discriminate(d, x), real, fake, jax.random.key(3))))(params.d)
+    g = jax.jit(
+      jax.grad(
+        lambda d: loss.d_objective(
+          lambda x: model.discriminate(d, x), real, fake, jax.random.key(3)
+        )
+      )
+    )(params.d)
     grads[md] = np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)])
   g32, g16 = grads[None], grads["bfloat16"]
   rel = np.linalg.norm(g16 - g32) / np.linalg.norm(g32)

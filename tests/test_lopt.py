@@ -10,8 +10,14 @@ import pytest
 
 import metagan_jax as mg
 from metagan_jax import lopt_train as LT
-from tests.helpers import (central_difference, random_direction, tiny_model, tiny_tasks, to64,
-                           tree_dot)
+from tests.helpers import (
+  central_difference,
+  random_direction,
+  tiny_model,
+  tiny_tasks,
+  to64,
+  tree_dot,
+)
 
 
 def _random_lopt(key, hidden=(8,), lr=0.1, scale=0.5):
@@ -80,8 +86,10 @@ def test_zero_last_layer_reproduces_sgd_exactly():
     if unroll:
       assert _leaves_equal(ref, got)
     else:
-      assert all(np.allclose(a, b, rtol=1e-6, atol=1e-8)
-                 for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got)))
+      assert all(
+        np.allclose(a, b, rtol=1e-6, atol=1e-8)
+        for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got))
+      )
 
 
 def test_spec_mismatch_and_missing_params_are_named():
@@ -108,15 +116,21 @@ def test_truncated_meta_gradient_matches_finite_differences(starts_run):
   with jax.enable_x64(True):
     config = _train_config(train_init=True)
     model = config.adapt.model
-    meta = to64(mg.LOptMetaParams(model.init(jax.random.key(0)),
-                                  _random_lopt(jax.random.key(1)), _random_lopt(jax.random.key(2))))
+    meta = to64(
+      mg.LOptMetaParams(
+        model.init(jax.random.key(0)),
+        _random_lopt(jax.random.key(1)),
+        _random_lopt(jax.random.key(2)),
+      )
+    )
     tasks = tiny_tasks(jax.random.key(3), t=1, k=5, q=6)
     fresh = mg.Tasks(tasks.support[0], tasks.query[0])
     run = LT._fresh_run(meta, fresh.support, fresh.query, 0, config)  # pylint: disable=protected-access
     if not starts_run:  # a run in the middle: two steps in, on another task
       other = tiny_tasks(jax.random.key(4), t=1, k=5, q=6)
-      _, run = LT.unroll_run(meta, run, mg.Tasks(other.support[0], other.query[0]),
-                             jax.random.key(5), config)
+      _, run = LT.unroll_run(
+        meta, run, mg.Tasks(other.support[0], other.query[0]), jax.random.key(5), config
+      )
     else:
       run = run._replace(t=jnp.asarray(config.horizon, jnp.int32))  # restarts on ``fresh``
     f = jax.jit(lambda m: LT.unroll_run(m, run, fresh, jax.random.key(6), config)[0])
@@ -140,8 +154,9 @@ def test_meta_step_uses_the_estimate_and_restarts_runs():
   step = jax.jit(functools.partial(LT.meta_step, config=config))
   ts = []
   for i in range(3):
-    state, metrics = step(state, tiny_tasks(jax.random.key(10 + i), t=2, k=5, q=6,
-                                            dtype=jnp.float32), jax.random.key(i))
+    state, metrics = step(
+      state, tiny_tasks(jax.random.key(10 + i), t=2, k=5, q=6, dtype=jnp.float32), jax.random.key(i)
+    )
     ts.append(np.asarray(state.runs.t).tolist())
     assert np.isfinite(float(metrics["meta_loss"]))
   assert ts == [[2, 4], [4, 2], [2, 4]]  # a run at the horizon restarts from step 0
@@ -215,9 +230,9 @@ def test_pes_is_unbiased_for_the_whole_run_where_truncation_is_biased():
     def chain(key):  # one antithetic pair through one whole run, gradient summed
       states, acc, total = jnp.zeros((1, 2, 2)), jnp.zeros((1, 2)), jnp.zeros(2)
       for k in range(horizon // unroll):
-        g, _, states, acc = LT.pes_gradient(unroll_fn, theta, states, acc,
-                                            jnp.full((1,), k == 0), jax.random.fold_in(key, k),
-                                            sigma)
+        g, _, states, acc = LT.pes_gradient(
+          unroll_fn, theta, states, acc, jnp.full((1,), k == 0), jax.random.fold_in(key, k), sigma
+        )
         total = total + g
       return total
 
@@ -232,15 +247,19 @@ def test_pes_is_unbiased_for_the_whole_run_where_truncation_is_biased():
         gk, s = jax.grad(unroll_fn, has_aux=True)(theta, jax.lax.stop_gradient(s))
         g = g + gk
       return g
+
     assert np.max(np.abs(np.asarray(tbptt(theta)) - truth)) > 0.2 * np.max(np.abs(truth))
+
     # Without the accumulated perturbations (plain truncated ES) the same check fails.
     def es_chain(key):
       s, total = jnp.zeros(2), jnp.zeros(2)
       for k in range(horizon // unroll):
-        g, _ = LT.es_gradient(lambda th: unroll_fn(th, s)[0], theta, jax.random.fold_in(key, k),
-                              sigma, 1)
+        g, _ = LT.es_gradient(
+          lambda th: unroll_fn(th, s)[0], theta, jax.random.fold_in(key, k), sigma, 1
+        )
         total, s = total + g, unroll_fn(theta, s)[1]
       return total
+
     es = np.asarray(jax.jit(jax.vmap(es_chain))(jax.random.split(jax.random.key(9), pairs)))
     assert np.max(np.abs(_zscores(es, truth))) > 10
 
@@ -250,8 +269,9 @@ def test_meta_training_improves_on_its_starting_sgd():
   model = mg.models.mlp(data_dim=2, z_dim=3, hidden=(16,))
   ring = mg.toy.RingMixtures()
   tasks = lambda k, t: ring.sample_tasks(k, t, 16, 16)[0]
-  config = LT.LOptTrainConfig(mg.AdaptConfig(model, inner_lr=0.05), horizon=8, unroll=4,
-                              outer_lr=3e-3)
+  config = LT.LOptTrainConfig(
+    mg.AdaptConfig(model, inner_lr=0.05), horizon=8, unroll=4, outer_lr=3e-3
+  )
   state = LT.init(jax.random.key(0), tasks(jax.random.key(1), 8), config, hidden=(16,))
   start = state.params
   step = jax.jit(functools.partial(LT.meta_step, config=config))
@@ -266,8 +286,9 @@ def test_meta_training_improves_on_its_starting_sgd():
   held = tasks(jax.random.key(999), 64)
   keys = jax.random.split(jax.random.key(5), 64)
   ev = jax.jit(jax.vmap(run_loss, in_axes=(None, 0, 0, 0)))
-  diff = (np.asarray(ev(state.params, held.support, held.query, keys))
-          - np.asarray(ev(start, held.support, held.query, keys)))
+  diff = np.asarray(ev(state.params, held.support, held.query, keys)) - np.asarray(
+    ev(start, held.support, held.query, keys)
+  )
   t = diff.mean() / (diff.std(ddof=1) / np.sqrt(diff.size))
   assert t < -4, (diff.mean(), t)
 

@@ -10,9 +10,16 @@ import pytest
 
 import metagan_jax as mg
 from metagan_jax import GanParams
-from tests.helpers import (central_difference, random_direction, tiny_model,
-                           tiny_tasks, to64, tree_allclose, tree_dot,
-                           tree_max_rel_err)
+from tests.helpers import (
+  central_difference,
+  random_direction,
+  tiny_model,
+  tiny_tasks,
+  to64,
+  tree_allclose,
+  tree_dot,
+  tree_max_rel_err,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -24,8 +31,9 @@ def x64():
 def _config(algorithm="maml", inner_opt=None, **adapt_kw):
   adapt_kw.setdefault("inner_steps", 2)
   adapt_kw.setdefault("inner_lr", 0.1)
-  return mg.MetaConfig(mg.AdaptConfig(tiny_model(), inner_opt=inner_opt, **adapt_kw),
-                       algorithm=algorithm)
+  return mg.MetaConfig(
+    mg.AdaptConfig(tiny_model(), inner_opt=inner_opt, **adapt_kw), algorithm=algorithm
+  )
 
 
 def _problem(config, seed=0):
@@ -54,11 +62,13 @@ def _check_fd(params, tasks, key, config, player_dirs, n_dirs=3, tol=1e-4):
 
 def _only(player):
   """Direction that is zero outside one player's parameters."""
+
   def select(v):
     zero = lambda t: jax.tree.map(jnp.zeros_like, t)
     if isinstance(v, mg.MetaSGDParams):
       return mg.MetaSGDParams(*(select(f) for f in v))
     return GanParams(g=v.g if player == "g" else zero(v.g), d=v.d if player == "d" else zero(v.d))
+
   return select
 
 
@@ -73,8 +83,9 @@ def test_maml_meta_gradient_matches_finite_differences(inner_opt):
 def test_metasgd_learning_rate_gradients_match_finite_differences():
   config = _config("metasgd")
   params, tasks, key = _problem(config)
-  lr_only = lambda player: (lambda v: mg.MetaSGDParams(
-      init=jax.tree.map(jnp.zeros_like, v.init), lr=_only(player)(v.lr)))
+  lr_only = lambda player: (
+    lambda v: mg.MetaSGDParams(init=jax.tree.map(jnp.zeros_like, v.init), lr=_only(player)(v.lr))
+  )
   _check_fd(params, tasks, key, config, [(0, lr_only("d")), (1, lr_only("g"))])
   # The learning rates really move under Meta-SGD.
   grads, _ = mg.meta_gradients(params, tasks, key, config)
@@ -85,14 +96,16 @@ def test_metasgd_with_adam_direction_matches_finite_differences():
   direction = optax.scale_by_adam(b1=0.5, b2=0.9, eps_root=1e-12)
   config = _config("metasgd", inner_lr=0.05, metasgd_direction=direction)
   params, tasks, key = _problem(config)
-  both = lambda player: (lambda v: mg.MetaSGDParams(init=_only(player)(v.init),
-                                                    lr=_only(player)(v.lr)))
+  both = lambda player: (
+    lambda v: mg.MetaSGDParams(init=_only(player)(v.init), lr=_only(player)(v.lr))
+  )
   _check_fd(params, tasks, key, config, [(0, both("d")), (1, both("g"))])
   # With every rate at inner_lr it adapts exactly as Adam(inner_lr) does.
   support = tasks.support[0]
   got = mg.adapt(params, support, key, config.adapt)
-  adam = dataclasses.replace(config.adapt, inner_opt=optax.chain(direction, optax.scale(-0.05)),
-                             metasgd_direction=None)
+  adam = dataclasses.replace(
+    config.adapt, inner_opt=optax.chain(direction, optax.scale(-0.05)), metasgd_direction=None
+  )
   want = mg.adapt(params.init, support, key, adam)
   assert tree_max_rel_err(got, want) < 1e-8  # rounding: -lr * u against scale(-lr)(u)
 
@@ -105,10 +118,14 @@ def _reference_adapt(params, support, key, config, first_order):
   g, d = params
   for i in range(inner.inner_steps):
     fake = model.generate(g, noise.z[i, 0])
-    d_loss = lambda d_: (jnp.mean(jax.nn.softplus(-model.discriminate(d_, support)))
-                         + jnp.mean(jax.nn.softplus(model.discriminate(d_, fake))))
+    d_loss = lambda d_: (
+      jnp.mean(jax.nn.softplus(-model.discriminate(d_, support)))
+      + jnp.mean(jax.nn.softplus(model.discriminate(d_, fake)))
+    )
     d = jax.tree.map(lambda p, gr: p - inner.inner_lr * const(gr), d, jax.grad(d_loss)(d))
-    g_loss = lambda g_: jnp.mean(jax.nn.softplus(-model.discriminate(d, model.generate(g_, noise.z[i, 1]))))
+    g_loss = lambda g_: jnp.mean(
+      jax.nn.softplus(-model.discriminate(d, model.generate(g_, noise.z[i, 1])))
+    )
     g = jax.tree.map(lambda p, gr: p - inner.inner_lr * const(gr), g, jax.grad(g_loss)(g))
   return GanParams(g, d)
 
@@ -121,8 +138,9 @@ def _reference_meta_gradient(params, support, query, task_key, config, first_ord
   def losses(p):
     a = _reference_adapt(p, support, k_adapt, config, first_order)
     fake = model.generate(a.g, z)
-    l_d = (jnp.mean(jax.nn.softplus(-model.discriminate(a.d, query)))
-           + jnp.mean(jax.nn.softplus(model.discriminate(a.d, fake))))
+    l_d = jnp.mean(jax.nn.softplus(-model.discriminate(a.d, query))) + jnp.mean(
+      jax.nn.softplus(model.discriminate(a.d, fake))
+    )
     l_g = jnp.mean(jax.nn.softplus(-model.discriminate(a.d, fake)))
     return l_d, l_g
 
@@ -140,8 +158,9 @@ def test_meta_gradient_equals_independent_reference(algorithm):
   grads, _ = mg.meta_gradients(params, tasks, key, config)
   support, query = _single_task(tasks)
   (task_key,) = jax.random.split(key, 1)
-  ref = _reference_meta_gradient(params, support, query, task_key, config,
-                                 first_order=algorithm == "fomaml")
+  ref = _reference_meta_gradient(
+    params, support, query, task_key, config, first_order=algorithm == "fomaml"
+  )
   assert tree_max_rel_err(grads, ref) < 1e-9
 
 
@@ -157,13 +176,15 @@ def _truncated_surrogate(params, support, query, task_key, config):
   k_adapt, k_query = jax.random.split(task_key)
   noise = mg.inner_noise(k_adapt, inner, support.shape[0], support.dtype)
   d_opt, g_opt = inner.optimizers()
-  step = functools.partial(mg.inner.inner_step, support=support, d_opt=d_opt, g_opt=g_opt,
-                           config=inner)
+  step = functools.partial(
+    mg.inner.inner_step, support=support, d_opt=d_opt, g_opt=g_opt, config=inner
+  )
   c = (params.g, params.d, g_opt.init(params.g), d_opt.init(params.d))
   for i in range(S - n):
     c, _ = step(c, (noise.z[i], noise.gp_keys[i]))
-  shift = GanParams(jax.tree.map(jnp.subtract, c[0], params.g),
-                    jax.tree.map(jnp.subtract, c[1], params.d))
+  shift = GanParams(
+    jax.tree.map(jnp.subtract, c[0], params.g), jax.tree.map(jnp.subtract, c[1], params.d)
+  )
   z = model.sample_z(jax.random.split(k_query)[0], query.shape[0], query.dtype)
 
   def losses(p):
@@ -172,16 +193,17 @@ def _truncated_surrogate(params, support, query, task_key, config):
       carry, _ = step(carry, (noise.z[i], noise.gp_keys[i]))
     g, d = carry[0], carry[1]
     fake = model.generate(g, z)
-    l_d = (jnp.mean(jax.nn.softplus(-model.discriminate(d, query)))
-           + jnp.mean(jax.nn.softplus(model.discriminate(d, fake))))
+    l_d = jnp.mean(jax.nn.softplus(-model.discriminate(d, query))) + jnp.mean(
+      jax.nn.softplus(model.discriminate(d, fake))
+    )
     return jnp.stack([l_d, jnp.mean(jax.nn.softplus(-model.discriminate(d, fake)))])
+
   return losses
 
 
 def test_truncated_second_order_matches_finite_differences_of_its_surrogate():
   # Adam inside: the first steps' optimiser state is held fixed too (SGD: the next test)
-  config = _config(inner_opt=optax.adam(0.05, eps_root=1e-12), inner_steps=3,
-                   second_order_steps=1)
+  config = _config(inner_opt=optax.adam(0.05, eps_root=1e-12), inner_steps=3, second_order_steps=1)
   params, tasks, key = _problem(config)
   support, query = _single_task(tasks)
   (task_key,) = jax.random.split(key, 1)
@@ -200,8 +222,9 @@ def test_truncated_second_order_matches_finite_differences_of_its_surrogate():
 
 def test_truncated_second_order_spans_first_order_to_exact():
   params, tasks, key = _problem(_config(inner_steps=3))
-  grads = lambda algorithm, **kw: jax.jit(functools.partial(
-      mg.meta_gradients, config=_config(algorithm, inner_steps=3, **kw)))(params, tasks, key)[0]
+  grads = lambda algorithm, **kw: jax.jit(
+    functools.partial(mg.meta_gradients, config=_config(algorithm, inner_steps=3, **kw))
+  )(params, tasks, key)[0]
   exact, first = grads("maml"), grads("fomaml")
   assert tree_max_rel_err(grads("maml", second_order_steps=3), exact) < 1e-12
   assert tree_max_rel_err(grads("maml", second_order_steps=0), first) < 1e-12
@@ -209,8 +232,11 @@ def test_truncated_second_order_spans_first_order_to_exact():
   assert tree_max_rel_err(one, exact) > 1e-4 and tree_max_rel_err(one, first) > 1e-4
   # Meta-SGD's learning rates still get a meta-gradient through the last step.
   sgd_params = to64(mg.init(jax.random.key(0), _config("metasgd", inner_steps=3)).params)
-  lr = jax.jit(functools.partial(mg.meta_gradients, config=_config(
-      "metasgd", inner_steps=3, second_order_steps=1)))(sgd_params, tasks, key)[0].lr
+  lr = jax.jit(
+    functools.partial(
+      mg.meta_gradients, config=_config("metasgd", inner_steps=3, second_order_steps=1)
+    )
+  )(sgd_params, tasks, key)[0].lr
   assert float(optax.tree.norm(lr)) > 0
   with pytest.raises(ValueError, match="second_order_steps"):
     _config(inner_steps=3, second_order_steps=4)
@@ -230,8 +256,10 @@ def test_vmap_over_tasks_equals_python_loop(algorithm):
   tasks = tiny_tasks(jax.random.key(1), t=3)
   key = jax.random.key(2)
   grads, aux = mg.meta_gradients(params, tasks, key, config)
-  per_task = [mg.per_task_gradient(params, tasks.support[i], tasks.query[i], k, config)
-              for i, k in enumerate(jax.random.split(key, 3))]
+  per_task = [
+    mg.per_task_gradient(params, tasks.support[i], tasks.query[i], k, config)
+    for i, k in enumerate(jax.random.split(key, 3))
+  ]
   loop = jax.tree.map(lambda *g: sum(g) / 3, *[p[0] for p in per_task])
   assert tree_max_rel_err(grads, loop) < 1e-6
   tree_allclose(aux["query_losses"], jnp.stack([p[1] for p in per_task]), rtol=1e-10)
@@ -244,13 +272,17 @@ def test_reptile_with_outer_sgd_equals_formula():
   beta = 0.3
   config = dataclasses.replace(_config("reptile"), outer_opt=optax.sgd(beta))
   state = mg.init(jax.random.key(0), config)
-  state = state.replace(params=to64(state.params), opt_state=config.optimizer.init(to64(state.params)))
+  state = state.replace(
+    params=to64(state.params), opt_state=config.optimizer.init(to64(state.params))
+  )
   tasks = tiny_tasks(jax.random.key(1), t=4)
   key = jax.random.key(2)
   new_state, _ = mg.meta_step(state, tasks, key, config)
   theta = state.params
-  adapted = [mg.adapt(theta, tasks.support[i], jax.random.split(k)[0], config.adapt)
-             for i, k in enumerate(jax.random.split(key, 4))]
+  adapted = [
+    mg.adapt(theta, tasks.support[i], jax.random.split(k)[0], config.adapt)
+    for i, k in enumerate(jax.random.split(key, 4))
+  ]
   mean_adapted = jax.tree.map(lambda *a: sum(a) / 4, *adapted)
   expected = jax.tree.map(lambda t, m: t + beta * (m - t), theta, mean_adapted)
   assert tree_max_rel_err(new_state.params, expected) < 1e-12
@@ -259,15 +291,17 @@ def test_reptile_with_outer_sgd_equals_formula():
 
 def test_metasgd_outer_applies_its_own_rule_to_the_rates():
   a, b = 0.3, 1e-3
-  config = dataclasses.replace(_config("metasgd"),
-                               outer_opt=mg.metasgd_outer(optax.sgd(a), optax.sgd(b)))
+  config = dataclasses.replace(
+    _config("metasgd"), outer_opt=mg.metasgd_outer(optax.sgd(a), optax.sgd(b))
+  )
   params, tasks, key = _problem(config)
   state = mg.MetaState(params, config.optimizer.init(params), jnp.zeros((), jnp.int32))
   new_state, _ = mg.meta_step(state, tasks, key, config)
   grads, _ = mg.meta_gradients(params, tasks, key, config)
   expected = mg.MetaSGDParams(
-      init=jax.tree.map(lambda p, g: p - a * g, params.init, grads.init),
-      lr=jax.tree.map(lambda p, g: p - b * g, params.lr, grads.lr))
+    init=jax.tree.map(lambda p, g: p - a * g, params.init, grads.init),
+    lr=jax.tree.map(lambda p, g: p - b * g, params.lr, grads.lr),
+  )
   assert tree_max_rel_err(new_state.params, expected) < 1e-12
   assert tree_max_rel_err(new_state.params.lr, params.lr) > 0  # the rates did move
   with pytest.raises(TypeError, match="MetaSGDParams"):
@@ -288,12 +322,16 @@ def test_adapt_with_adam_and_several_d_steps_equals_reference():
   for i in range(3):
     for j in range(2):
       fake = model.generate(g, noise.z[i, j])
-      gr = jax.grad(lambda d_: mg.losses.ns_d_loss(model.discriminate(d_, support),
-                                                   model.discriminate(d_, fake)))(d)
+      gr = jax.grad(
+        lambda d_: mg.losses.ns_d_loss(
+          model.discriminate(d_, support), model.discriminate(d_, fake)
+        )
+      )(d)
       u, ds = opt.update(gr, ds, d)
       d = optax.apply_updates(d, u)
-    gr = jax.grad(lambda g_: mg.losses.ns_g_loss(
-        model.discriminate(d, model.generate(g_, noise.z[i, 2]))))(g)
+    gr = jax.grad(
+      lambda g_: mg.losses.ns_g_loss(model.discriminate(d, model.generate(g_, noise.z[i, 2])))
+    )(g)
     u, gs = opt.update(gr, gs, g)
     g = optax.apply_updates(g, u)
   ref = GanParams(g, d)
@@ -316,14 +354,21 @@ def test_adapt_with_adam_and_several_d_steps_equals_reference():
 def test_n_fake_a_multiple_of_k_with_repeated_latents_equals_one_copy(loss):
   """n_fake = 3K with every latent repeated 3 times: the update of n_fake = K (real repeated)."""
   model = tiny_model()
-  ac = mg.AdaptConfig(model, inner_steps=1, d_steps=2, g_steps=1, loss=loss,
-                      inner_opt=optax.adam(0.05, eps_root=1e-12))
+  ac = mg.AdaptConfig(
+    model,
+    inner_steps=1,
+    d_steps=2,
+    g_steps=1,
+    loss=loss,
+    inner_opt=optax.adam(0.05, eps_root=1e-12),
+  )
   params = to64(model.init(jax.random.key(0)))
   support = tiny_tasks(jax.random.key(1)).support[0]
   noise = mg.inner_noise(jax.random.key(3), ac, support.shape[0], support.dtype)
   d_opt, g_opt = ac.optimizers()
-  step = functools.partial(mg.inner.inner_step, support=support, d_opt=d_opt, g_opt=g_opt,
-                           config=ac)
+  step = functools.partial(
+    mg.inner.inner_step, support=support, d_opt=d_opt, g_opt=g_opt, config=ac
+  )
   carry = (params.g, params.d, g_opt.init(params.g), d_opt.init(params.d))
   one, l_one = step(carry, (noise.z[0], noise.gp_keys[0]))
   three, l_three = step(carry, (jnp.tile(noise.z[0], (1, 3, 1)), noise.gp_keys[0]))

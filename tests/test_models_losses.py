@@ -17,18 +17,24 @@ def test_dcgan28_is_exactly_the_benchmark_architecture():
   model = mg.models.dcgan28()
   p = model.init(jax.random.key(0))
   shapes = jax.tree.map(jnp.shape, p)
-  assert shapes.g == {"fc": {"kernel": (64, 3136), "bias": (3136,)},
-                      "deconv1": {"kernel": (4, 4, 64, 32), "bias": (32,)},
-                      "deconv2": {"kernel": (4, 4, 32, 1), "bias": (1,)}}
-  assert shapes.d == {"conv1": {"kernel": (4, 4, 1, 32), "bias": (32,)},
-                      "conv2": {"kernel": (4, 4, 32, 64), "bias": (64,)},
-                      "fc": {"kernel": (3136, 1), "bias": (1,)}}
+  assert shapes.g == {
+    "fc": {"kernel": (64, 3136), "bias": (3136,)},
+    "deconv1": {"kernel": (4, 4, 64, 32), "bias": (32,)},
+    "deconv2": {"kernel": (4, 4, 32, 1), "bias": (1,)},
+  }
+  assert shapes.d == {
+    "conv1": {"kernel": (4, 4, 1, 32), "bias": (32,)},
+    "conv2": {"kernel": (4, 4, 32, 64), "bias": (64,)},
+    "fc": {"kernel": (3136, 1), "bias": (1,)},
+  }
   x = model.generate(p.g, model.sample_z(jax.random.key(1), 3))
   assert x.shape == (3, 28, 28, 1) and float(jnp.max(jnp.abs(x))) <= 1.0
   assert model.discriminate(p.d, x).shape == (3,)
 
 
-@pytest.mark.parametrize("name,shape", [("dcgan32", (32, 32, 3)), ("dcgan64", (64, 64, 3)), ("mlp", (2,))])
+@pytest.mark.parametrize(
+  "name,shape", [("dcgan32", (32, 32, 3)), ("dcgan64", (64, 64, 3)), ("mlp", (2,))]
+)
 def test_other_models_shapes_and_no_state(name, shape):
   model = mg.get_model(name)
   # jitted: flax's eager init and the matmul convs op by op take ~10 s a model here
@@ -43,7 +49,9 @@ def test_other_models_shapes_and_no_state(name, shape):
 def test_plain_loss_values():
   r, f = jnp.array([2.0, -1.0]), jnp.array([0.5, -3.0])
   sp = lambda x: np.log1p(np.exp(x))
-  np.testing.assert_allclose(mg.losses.ns_d_loss(r, f), np.mean(sp(-np.array(r))) + np.mean(sp(np.array(f))), rtol=1e-6)
+  np.testing.assert_allclose(
+    mg.losses.ns_d_loss(r, f), np.mean(sp(-np.array(r))) + np.mean(sp(np.array(f))), rtol=1e-6
+  )
   np.testing.assert_allclose(mg.losses.ns_g_loss(f), np.mean(sp(-np.array(f))), rtol=1e-6)
   np.testing.assert_allclose(mg.losses.hinge_d_loss(r, f), (0 + 2) / 2 + (1.5 + 0) / 2, rtol=1e-6)
   np.testing.assert_allclose(mg.losses.wasserstein_d_loss(r, f), -1.25 - 0.5, rtol=1e-6)
@@ -55,7 +63,9 @@ def test_penalties_on_a_linear_critic_have_closed_forms():
   disc = lambda x: x @ w
   real = jax.random.normal(jax.random.key(0), (6, 2))
   fake = jax.random.normal(jax.random.key(1), (6, 2))
-  np.testing.assert_allclose(mg.losses.gradient_penalty(disc, real, fake, jax.random.key(2)), 16.0, rtol=1e-5)
+  np.testing.assert_allclose(
+    mg.losses.gradient_penalty(disc, real, fake, jax.random.key(2)), 16.0, rtol=1e-5
+  )
   np.testing.assert_allclose(mg.losses.r1_penalty(disc, real), 25.0, rtol=1e-6)
 
 
@@ -66,7 +76,9 @@ def test_penalty_gradients_are_correct_to_second_order():
     real = jax.random.normal(jax.random.key(1), (4, 2), jnp.float64)
     fake = jax.random.normal(jax.random.key(2), (4, 2), jnp.float64)
     for loss in [mg.get_loss("wgan-gp"), mg.get_loss("ns-r1"), mg.get_loss("hinge")]:
-      f = lambda d_, fk: loss.d_objective(lambda x: model.discriminate(d_, x), real, fk, jax.random.key(3))
+      f = lambda d_, fk: loss.d_objective(
+        lambda x: model.discriminate(d_, x), real, fk, jax.random.key(3)
+      )
       check_grads(f, (d, fake), order=2, modes=["rev"], rtol=1e-4, atol=1e-6)
 
 
@@ -88,8 +100,12 @@ def test_fsgan28_nearest_upsampling_is_repeat_then_3x3_conv():
   assert set(syn) == {"fc", "upconv1", "upconv2", "out"}
   z = model.sample_z(jax.random.key(1), 2)
   # by hand: Dense -> 7x7x32, then twice [nearest x2, SAME 3x3 conv, ReLU], then out conv, tanh
-  conv = lambda x, l: jax.lax.conv_general_dilated(
-      x, l["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + l["bias"]
+  conv = lambda x, l: (
+    jax.lax.conv_general_dilated(
+      x, l["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    + l["bias"]
+  )
   h = jax.nn.relu(z @ syn["fc"]["kernel"] + syn["fc"]["bias"]).reshape(2, 7, 7, 32)
   for name in ("upconv1", "upconv2"):
     h = jax.nn.relu(conv(jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2), syn[name]))
@@ -110,18 +126,21 @@ def test_truncation_interpolates_between_the_mean_image_and_plain_samples():
   # psi = 0: every latent draws the image at the mapped mean w_avg
   w_avg = model.map_latents(g, z_avg).mean(0)
   x0 = model.generate_truncated(g, z, 0.0, z_avg)
-  np.testing.assert_allclose(x0, jnp.broadcast_to(model.synthesize(g, w_avg[None]), x0.shape),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    x0, jnp.broadcast_to(model.synthesize(g, w_avg[None]), x0.shape), atol=1e-6
+  )
   # in between: w moves linearly toward w_avg, so the synthesis input is exactly that
   w_half = w_avg + 0.5 * (model.map_latents(g, z) - w_avg)
-  np.testing.assert_allclose(model.generate_truncated(g, z, 0.5, z_avg),
-                             model.synthesize(g, w_half), atol=1e-6)
+  np.testing.assert_allclose(
+    model.generate_truncated(g, z, 0.5, z_avg), model.synthesize(g, w_half), atol=1e-6
+  )
   assert float(jnp.abs(model.generate_truncated(g, z, 0.5, z_avg) - x).max()) > 1e-2
   # differentiable in psi (the sampling rule could be meta-learned); float64 finite differences
   with jax.enable_x64(True):
     g64, z64, za64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), (g, z[:2], z_avg[:16]))
-    check_grads(lambda p: model.generate_truncated(g64, z64, p, za64).sum(), (0.7,),
-                order=1, modes=["rev"])
+    check_grads(
+      lambda p: model.generate_truncated(g64, z64, p, za64).sum(), (0.7,), order=1, modes=["rev"]
+    )
 
 
 def test_truncation_without_a_mapping_shrinks_z_toward_its_mean():

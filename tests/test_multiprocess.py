@@ -83,8 +83,12 @@ _ENDING = textwrap.dedent("""
 
 
 def _start_all(cmds_envs):
-  return [subprocess.Popen(c, cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True) for c, e in cmds_envs]
+  return [
+    subprocess.Popen(
+      c, cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    for c, e in cmds_envs
+  ]
 
 
 def _wait_all(procs):
@@ -94,8 +98,10 @@ def _wait_all(procs):
   the other process in a write while the first waits for it at a barrier.
   """
   outs = [""] * len(procs)
+
   def drain(i):
     outs[i] = procs[i].communicate(timeout=HANG_TIMEOUT_S)[0]
+
   threads = [threading.Thread(target=drain, args=(i,)) for i in range(len(procs))]
   for t in threads:
     t.start()
@@ -109,8 +115,13 @@ def test_process_0_working_alone_past_the_shutdown_timeout_ends_cleanly():
   # The fixed run and its control (the same script without the final barrier) at once.
   env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": xla_flags(1)}
   coords = {how: f"localhost:{_free_port()}" for how in ("context", "plain")}
-  procs = _start_all([([sys.executable, "-c", _ENDING, str(i), coords[how], how, "8"], env)
-                      for how in ("context", "plain") for i in range(2)])
+  procs = _start_all(
+    [
+      ([sys.executable, "-c", _ENDING, str(i), coords[how], how, "8"], env)
+      for how in ("context", "plain")
+      for i in range(2)
+    ]
+  )
   (c0, o0), (c1, o1), (p0, q0), (p1, q1) = _wait_all(procs)
   assert [c0, c1] == [0, 0], (o0, o1)
   assert "work done" in o0 and "work done" in o1
@@ -143,16 +154,24 @@ def test_barrier_names_the_barrier_and_the_setting_after_its_timeout():
 
 
 def test_two_processes_end_identical_and_equal_one_process(tmp_path):
-  env = {**os.environ, "PYTHONPATH": ROOT,
-         "XLA_FLAGS": xla_flags(2)}
+  env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": xla_flags(2)}
   coord = f"localhost:{_free_port()}"
-  procs = _start_all([([sys.executable, "-c", _WORKER, str(tmp_path / f"p{i}.npz"), str(i), "2",
-                        coord], env) for i in range(2)])
+  procs = _start_all(
+    [
+      ([sys.executable, "-c", _WORKER, str(tmp_path / f"p{i}.npz"), str(i), "2", coord], env)
+      for i in range(2)
+    ]
+  )
   for code, out in _wait_all(procs):
     assert code == 0, out[-3000:]
-  single = subprocess.run([sys.executable, "-c", _WORKER, str(tmp_path / "single.npz"), "0", "1",
-                           "-"], cwd=ROOT, env={**env, "XLA_FLAGS": xla_flags()}, capture_output=True,
-                          text=True, timeout=HANG_TIMEOUT_S)
+  single = subprocess.run(
+    [sys.executable, "-c", _WORKER, str(tmp_path / "single.npz"), "0", "1", "-"],
+    cwd=ROOT,
+    env={**env, "XLA_FLAGS": xla_flags()},
+    capture_output=True,
+    text=True,
+    timeout=HANG_TIMEOUT_S,
+  )
   assert single.returncode == 0, single.stderr[-3000:]
 
   p0, p1, s = (np.load(tmp_path / f) for f in ("p0.npz", "p1.npz", "single.npz"))
@@ -167,18 +186,26 @@ def test_two_processes_end_identical_and_equal_one_process(tmp_path):
 
 # --- the experiment entry point with two processes ----------------------------
 
-_OMNIGLOT = [sys.executable, os.path.join(ROOT, "experiments", "omniglot.py"),
-             "--config", os.path.join(ROOT, "experiments", "configs", "tiny.py"),
-             "--mode", "train", "--config.methods=fomaml",
-             "--config.init=random",  # no pre-training stage: meta-training is what shards
-             # first order and the NS loss: 5 processes compile this step on 2 cores
-             # (second-order sharding is tested in-process: test_sharding.py)
-             "--config.loss=ns",
-             # Adam's first steps move every weight by about +-lr whatever its gradient's
-             # size, so the sign of a ~1e-9 gradient (which the order of a sum over
-             # devices decides) would decide a difference of 2 lr: compare a
-             # well-conditioned update instead (SGD inside, Adam with a larger eps outside)
-             "--config.inner_opt=sgd", "--config.inner_lr=0.05", "--config.train.outer_eps=1e-3"]
+_OMNIGLOT = [
+  sys.executable,
+  os.path.join(ROOT, "experiments", "omniglot.py"),
+  "--config",
+  os.path.join(ROOT, "experiments", "configs", "tiny.py"),
+  "--mode",
+  "train",
+  "--config.methods=fomaml",
+  "--config.init=random",  # no pre-training stage: meta-training is what shards
+  # first order and the NS loss: 5 processes compile this step on 2 cores
+  # (second-order sharding is tested in-process: test_sharding.py)
+  "--config.loss=ns",
+  # Adam's first steps move every weight by about +-lr whatever its gradient's
+  # size, so the sign of a ~1e-9 gradient (which the order of a sum over
+  # devices decides) would decide a difference of 2 lr: compare a
+  # well-conditioned update instead (SGD inside, Adam with a larger eps outside)
+  "--config.inner_opt=sgd",
+  "--config.inner_lr=0.05",
+  "--config.train.outer_eps=1e-3",
+]
 
 # Resumes a run through train_and_evaluate (jax.distributed from the METAGAN_*
 # environment variables) and saves this process's final meta-parameters.
@@ -204,7 +231,7 @@ _RESUME = textwrap.dedent("""
 
 def _run_two(cmds, env):
   procs = _start_all([(c, {**env, "METAGAN_PROCESS_ID": str(i)}) for i, c in enumerate(cmds)])
-  for p, (code, out) in zip(procs, _wait_all(procs)):
+  for _, (code, out) in zip(procs, _wait_all(procs)):
     assert code == 0, out[-3000:]
 
 
@@ -215,19 +242,44 @@ def test_two_process_experiment_checkpoints_resume_and_match_one_process(tmp_pat
   run_dir = os.path.join(work, "train", "fomaml_s0")
   # Steps 1-2 through the command line's --coordinator / --num_processes / --process_id.
   coord = f"localhost:{_free_port()}"
-  _run_two([_OMNIGLOT + ["--workdir", work, "--config.train.steps=2", "--coordinator", coord,
-                         "--num_processes", "2", "--process_id", str(i)] for i in range(2)], env)
+  _run_two(
+    [
+      _OMNIGLOT
+      + [
+        "--workdir",
+        work,
+        "--config.train.steps=2",
+        "--coordinator",
+        coord,
+        "--num_processes",
+        "2",
+        "--process_id",
+        str(i),
+      ]
+      for i in range(2)
+    ],
+    env,
+  )
   assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["0", "1", "2"]
   with open(os.path.join(run_dir, "config.json")) as f:
     assert json.load(f)["processes"] == 2
   # Step 3: both processes restore step 2 from the orbax checkpoint and go on.
   env2 = {**env, "METAGAN_COORDINATOR": f"localhost:{_free_port()}", "METAGAN_NUM_PROCESSES": "2"}
-  _run_two([[sys.executable, "-c", _RESUME, work, "3", "0", str(tmp_path / f"p{i}.npz")]
-            for i in range(2)], env2)
+  _run_two(
+    [
+      [sys.executable, "-c", _RESUME, work, "3", "0", str(tmp_path / f"p{i}.npz")] for i in range(2)
+    ],
+    env2,
+  )
   # The same 3 steps in one process, drawing both processes' task streams.
-  single = subprocess.run([sys.executable, "-c", _RESUME, str(tmp_path / "one"), "3", "2",
-                           str(tmp_path / "single.npz")], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=HANG_TIMEOUT_S)
+  single = subprocess.run(
+    [sys.executable, "-c", _RESUME, str(tmp_path / "one"), "3", "2", str(tmp_path / "single.npz")],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=HANG_TIMEOUT_S,
+  )
   assert single.returncode == 0, single.stderr[-3000:]
 
   p0, p1, s = (np.load(tmp_path / f) for f in ("p0.npz", "p1.npz", "single.npz"))
@@ -241,5 +293,8 @@ def test_two_process_experiment_checkpoints_resume_and_match_one_process(tmp_pat
   with open(os.path.join(run_dir, "metrics.jsonl")) as f:
     assert [json.loads(l)["step"] for l in f] == [1, 2, 3]
   assert sorted(os.listdir(os.path.join(run_dir, "samples"))) == [
-      "step_000000.png", "step_000002.png", "step_000003.png"]
+    "step_000000.png",
+    "step_000002.png",
+    "step_000003.png",
+  ]
   assert len([f for f in os.listdir(run_dir) if f.startswith("events.out")]) == 2  # one per launch

@@ -7,8 +7,6 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BLOCK_TF = textwrap.dedent("""
@@ -23,7 +21,9 @@ BLOCK_TF = textwrap.dedent("""
 
 def _run(code):
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+  return subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT
+  )
 
 
 def test_core_imports_and_runs_without_tensorflow():
@@ -44,7 +44,10 @@ def test_readme_quickstart_runs_as_written():
   readme = open(os.path.join(ROOT, "README.md")).read()
   block = re.search(r"<!-- quickstart.*?-->\s*```python\n(.*?)```", readme, re.S).group(1)
   assert len(block.strip().splitlines()) <= 14
-  out = _run(block + "\nimport numpy as np; print(np.asarray(samples).shape, bool(np.isfinite(np.asarray(samples)).all()))")
+  out = _run(
+    block
+    + "\nimport numpy as np; print(np.asarray(samples).shape, bool(np.isfinite(np.asarray(samples)).all()))"
+  )
   assert out.returncode == 0, out.stderr
   assert out.stdout.strip().splitlines()[-1] == "(256, 2) True"
 
@@ -52,7 +55,9 @@ def test_readme_quickstart_runs_as_written():
 def test_readme_tables_are_those_of_the_committed_results():
   # Every table row a README quotes is regenerated from experiments/results/<run>.json.
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   from experiments.protocol import report  # pylint: disable=g-import-not-at-top
+
   results = os.path.join(ROOT, "experiments", "results")
   docs = "".join(open(os.path.join(ROOT, f)).read() for f in ("README.md", "experiments/README.md"))
   checked = 0
@@ -62,12 +67,17 @@ def test_readme_tables_are_those_of_the_committed_results():
     config = ml_collections.ConfigDict(res["config"])
     if "tuning" in res:  # a learned-optimiser run (experiments/lopt_omniglot.py)
       from experiments import lopt_omniglot  # pylint: disable=g-import-not-at-top
-      table = lopt_omniglot.markdown_table(config, res["summary"], res["tuning"]["best"],
-                                           res["info"])
+
+      table = lopt_omniglot.markdown_table(
+        config, res["summary"], res["tuning"]["best"], res["info"]
+      )
     else:
       table = report.markdown_table(config, res["summary"], res["info"])
-    rows = [line for line in table.splitlines()
-            if (line.startswith("| ") and "---" not in line) or line.startswith("Low-data gain")]
+    rows = [
+      line
+      for line in table.splitlines()
+      if (line.startswith("| ") and "---" not in line) or line.startswith("Low-data gain")
+    ]
     missing = [r for r in rows if r not in docs]
     assert not missing, f"{name}: README rows differ from the committed results: {missing[:2]}"
     checked += len(rows)

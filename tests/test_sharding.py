@@ -63,10 +63,15 @@ _SCRIPT = textwrap.dedent("""
 
 
 def _run(algorithm, T):
-  env = {**os.environ, "PYTHONPATH": ROOT,
-         "XLA_FLAGS": xla_flags(4)}
-  out = subprocess.run([sys.executable, "-c", _SCRIPT, algorithm, str(T)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
+  env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": xla_flags(4)}
+  out = subprocess.run(
+    [sys.executable, "-c", _SCRIPT, algorithm, str(T)],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=HANG_TIMEOUT_S,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 

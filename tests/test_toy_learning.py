@@ -11,8 +11,9 @@ import metagan_jax as mg
 def test_meta_learned_init_adapts_better_than_random_init():
   family = mg.toy.RingMixtures()
   model = mg.models.mlp(data_dim=2, z_dim=4, hidden=(32, 32))
-  config = mg.MetaConfig(mg.AdaptConfig(model, inner_steps=3, inner_lr=0.05),
-                         algorithm="maml", outer_lr=1e-3)
+  config = mg.MetaConfig(
+    mg.AdaptConfig(model, inner_steps=3, inner_lr=0.05), algorithm="maml", outer_lr=1e-3
+  )
 
   @functools.partial(jax.jit, static_argnames="steps")
   def meta_train(seed, steps=150):
@@ -20,9 +21,11 @@ def test_meta_learned_init_adapts_better_than_random_init():
     # sampler, op by op) cost more than the step itself
     def body(state, i):
       tasks, _ = family.sample_tasks(jax.random.fold_in(jax.random.key(seed + 100), i), 8, 16, 16)
-      state, _ = mg.meta_step(state, tasks, jax.random.fold_in(jax.random.key(seed + 200), i),
-                              config)
+      state, _ = mg.meta_step(
+        state, tasks, jax.random.fold_in(jax.random.key(seed + 200), i), config
+      )
       return state, None
+
     return jax.lax.scan(body, mg.init(jax.random.key(seed), config), np.arange(steps))[0]
 
   score = jax.jit(lambda p, k: mg.toy.adaptation_mmd(p, family, config.adapt, k, num_tasks=32))

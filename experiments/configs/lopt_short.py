@@ -24,23 +24,23 @@ def lopt_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.inner_lr = 0.05
   c.pretrain.d_steps = 1
   c.lopt = ml_collections.ConfigDict()
-  c.lopt.init = "random"          # the shared starting GAN: "random" (seeded) or "pretrained"
+  c.lopt.init = "random"  # the shared starting GAN: "random" (seeded) or "pretrained"
   c.lopt.seed = 0
-  c.lopt.hidden = "32"            # MLP hidden sizes, comma-separated
-  c.lopt.start_lr = 0.0           # SGD rate the optimisers start from; 0 = SGD's tuned rate
-  c.lopt.step_mult = 1e-3         # scale of the MLP's per-coordinate step
-  c.lopt.estimator = "tbptt"      # tbptt | es | pes
-  c.lopt.sigma = 0.01             # es / pes
-  c.lopt.num_pairs = 2            # es / pes
-  c.lopt.steps = 150              # meta-steps
-  c.lopt.tasks = 4                # inner runs in parallel
-  c.lopt.k = 4                    # support images (= eval.k)
-  c.lopt.q = 8                    # query images for the MMD meta-loss
-  c.lopt.unroll = 10              # inner steps per truncation
-  c.lopt.horizon = 50             # inner steps per run
+  c.lopt.hidden = "32"  # MLP hidden sizes, comma-separated
+  c.lopt.start_lr = 0.0  # SGD rate the optimisers start from; 0 = SGD's tuned rate
+  c.lopt.step_mult = 1e-3  # scale of the MLP's per-coordinate step
+  c.lopt.estimator = "tbptt"  # tbptt | es | pes
+  c.lopt.sigma = 0.01  # es / pes
+  c.lopt.num_pairs = 2  # es / pes
+  c.lopt.steps = 150  # meta-steps
+  c.lopt.tasks = 4  # inner runs in parallel
+  c.lopt.k = 4  # support images (= eval.k)
+  c.lopt.q = 8  # query images for the MMD meta-loss
+  c.lopt.unroll = 10  # inner steps per truncation
+  c.lopt.horizon = 50  # inner steps per run
   c.lopt.outer_lr = 1e-3
   c.lopt.log_every = 10
-  c.lopt.n_val = 10               # validation-alphabet classes for tuning SGD / Adam
+  c.lopt.n_val = 10  # validation-alphabet classes for tuning SGD / Adam
   c.lopt.sgd_lrs = "0.01,0.02,0.05,0.1,0.2"
   c.lopt.adam_lrs = "0.0001,0.0003,0.001,0.003,0.01"
   c.lopt.adam_b1 = 0.5

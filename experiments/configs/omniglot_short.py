@@ -19,21 +19,21 @@ def get_config():
   c.name = "omniglot_short"
   c.methods = "reptile,transfer"
   c.meta_seeds = "0,1,2"
-  c.pretrain.per_seed = False     # one pre-trained GAN for the run, seeded by meta_seeds[0]
-  c.pretrain.steps = 1000        # research log 17: 1,000 vs 1,500 on validation, 3 seed sets
-  c.pretrain.lr = 8e-4           # research log 26: 1e-4 left the GAN far from converged
+  c.pretrain.per_seed = False  # one pre-trained GAN for the run, seeded by meta_seeds[0]
+  c.pretrain.steps = 1000  # research log 17: 1,000 vs 1,500 on validation, 3 seed sets
+  c.pretrain.lr = 8e-4  # research log 26: 1e-4 left the GAN far from converged
   c.train.steps = 200
   c.train.tasks = 4
-  c.train.outer_lr = 1e-3         # on validation classes: better than 3e-4 (README log)
+  c.train.outer_lr = 1e-3  # on validation classes: better than 3e-4 (README log)
   c.train.outer_b1 = 0.0
   c.train.equal_time = "maml,metasgd"  # when --config.methods has them: rows at Reptile's time
   c.train.ckpt_every = 250
   c.train.sample_every = 250
-  c.eval.steps = "0,5,10"          # T = 25 and 50: the full protocol
+  c.eval.steps = "0,5,10"  # T = 25 and 50: the full protocol
   c.eval.adapt_seeds = "0"
   c.eval.n_boot = 1000
-  c.eval.tune_lrs = "0.001,0.003"   # every method picks its rate on validation classes
-  c.eval.tune_g_trainable = "all"   # (the full protocol also tunes G: mapping only)
+  c.eval.tune_lrs = "0.001,0.003"  # every method picks its rate on validation classes
+  c.eval.tune_g_trainable = "all"  # (the full protocol also tunes G: mapping only)
   c.eval.tune_d_trainable = "all;conv3,fc"  # FreezeD at test time (research log 14)
-  c.eval.tune_psi = "1,0.8,0.6,0.4"         # truncation after adaptation (research log 22)
+  c.eval.tune_psi = "1,0.8,0.6,0.4"  # truncation after adaptation (research log 22)
   return c

@@ -15,13 +15,58 @@ See experiments/README.md for the protocol in words. One module per stage:
 A new metric is one function in ``scoring``; a new test, one in ``stats``.
 """
 
-from experiments.protocol.classes import (TEST_CLASSES_FILE, support_heldout, test_classes,
-                                          val_classes)
+from experiments.protocol.classes import (
+  TEST_CLASSES_FILE,
+  support_heldout,
+  test_classes,
+  val_classes,
+)
 from experiments.protocol.features import FeatureNet, feature_net, scaled_features
-from experiments.protocol.report import (headline_picture, jsonable, markdown_table,
-                                         plot_curves, sample_grid, save_grids)
-from experiments.protocol.scoring import (METRICS, adapt_and_generate, copy_baseline, evaluate,
-                                          lowdata_accuracy, lowdata_cnn_accuracy, real_scores,
-                                          score)
+from experiments.protocol.report import (
+  headline_picture,
+  jsonable,
+  markdown_table,
+  plot_curves,
+  sample_grid,
+  save_grids,
+)
+from experiments.protocol.scoring import (
+  METRICS,
+  adapt_and_generate,
+  copy_baseline,
+  evaluate,
+  lowdata_accuracy,
+  lowdata_cnn_accuracy,
+  real_scores,
+  score,
+)
 from experiments.protocol.stats import summarise
 from experiments.protocol.tuning import rule_grid, rule_name, tune_rules
+
+__all__ = [
+  "METRICS",
+  "TEST_CLASSES_FILE",
+  "FeatureNet",
+  "adapt_and_generate",
+  "copy_baseline",
+  "evaluate",
+  "feature_net",
+  "headline_picture",
+  "jsonable",
+  "lowdata_accuracy",
+  "lowdata_cnn_accuracy",
+  "markdown_table",
+  "plot_curves",
+  "real_scores",
+  "rule_grid",
+  "rule_name",
+  "sample_grid",
+  "save_grids",
+  "scaled_features",
+  "score",
+  "summarise",
+  "support_heldout",
+  "test_classes",
+  "tune_rules",
+  "val_classes",
+]

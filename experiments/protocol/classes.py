@@ -21,12 +21,14 @@ def test_classes(config, verbose: bool = True) -> dict:
   ``heldout [C, H, 28, 28, 1]`` and the image indices used.
   """
   with open(TEST_CLASSES_FILE) as f:
-    names = json.load(f)["classes"][:config.eval.num_classes]
+    names = json.load(f)["classes"][: config.eval.num_classes]
   split = train_lib.load_split(config, "test", verbose=verbose)
   missing = [n for n in names if n not in split.names]
   if missing:
-    raise ValueError(f"test classes {missing[:3]} (from {TEST_CLASSES_FILE}) are not in the "
-                     f"{config.dataset!r} test split.")
+    raise ValueError(
+      f"test classes {missing[:3]} (from {TEST_CLASSES_FILE}) are not in the "
+      f"{config.dataset!r} test split."
+    )
   k = config.eval.k
   sup, held, idx = [], [], []
   for i, name in enumerate(names):
@@ -36,8 +38,8 @@ def test_classes(config, verbose: bool = True) -> dict:
       raise ValueError(f"eval.k={k} leaves fewer than 2 held-out images in class {name!r}.")
     perm = np.random.default_rng([config.eval.split_seed, i]).permutation(len(x))
     sup.append(x[perm[:k]])
-    held.append(x[perm[k:k + n_held]])
-    idx.append({"support": perm[:k].tolist(), "heldout": perm[k:k + n_held].tolist()})
+    held.append(x[perm[k : k + n_held]])
+    idx.append({"support": perm[:k].tolist(), "heldout": perm[k : k + n_held].tolist()})
   return {"names": names, "support": np.stack(sup), "heldout": np.stack(held), "indices": idx}
 
 
@@ -47,8 +49,9 @@ def val_classes(config) -> dict:
   n = int(config.eval.tune_classes)
   rng = np.random.default_rng([config.eval.split_seed, 1])
   alphabets = sorted(set(split.groups))
-  by_alpha = {a: list(rng.permutation([i for i, g in enumerate(split.groups) if g == a]))
-              for a in alphabets}
+  by_alpha = {
+    a: list(rng.permutation([i for i, g in enumerate(split.groups) if g == a])) for a in alphabets
+  }
   pick = []
   while len(pick) < min(n, len(split)):  # round robin over the alphabets
     for a in alphabets:
@@ -69,6 +72,9 @@ def support_heldout(split, pick, k: int, rng: np.random.Generator) -> dict:
   for i in pick:
     perm = rng.permutation(len(split.images[i]))
     sup.append(split.images[i][perm[:k]])
-    held.append(split.images[i][perm[k:k + n_held]])
-  return {"names": [split.names[i] for i in pick], "support": np.stack(sup),
-          "heldout": np.stack(held)}
+    held.append(split.images[i][perm[k : k + n_held]])
+  return {
+    "names": [split.names[i] for i in pick],
+    "support": np.stack(sup),
+    "heldout": np.stack(held),
+  }

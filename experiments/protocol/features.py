@@ -43,8 +43,11 @@ class FeatureNet(nn.Module):
 
 def _feature_net_key(config, split) -> str:
   fc = {k: v for k, v in config.features.to_dict().items() if k != "cache_dir"}
-  h = hashlib.sha256(json.dumps([fc, config.dataset, split.names, float(config.get("blur", 0.0))],
-                                sort_keys=True).encode())
+  h = hashlib.sha256(
+    json.dumps(
+      [fc, config.dataset, split.names, float(config.get("blur", 0.0))], sort_keys=True
+    ).encode()
+  )
   return h.hexdigest()[:12]
 
 
@@ -74,8 +77,8 @@ def feature_net(config, verbose: bool = True):
     n = min(len(x) for x in split.images)
     rng = np.random.default_rng(fc.seed)
     perms = [rng.permutation(len(x)) for x in split.images]
-    tr = [x[p[fc.holdout:]] for x, p in zip(split.images, perms)]
-    te = [x[p[:fc.holdout]] for x, p in zip(split.images, perms)]
+    tr = [x[p[fc.holdout :]] for x, p in zip(split.images, perms)]
+    te = [x[p[: fc.holdout]] for x, p in zip(split.images, perms)]
     x_tr = jnp.asarray(np.concatenate(tr))
     y_tr = jnp.asarray(np.concatenate([np.full(len(x), i) for i, x in enumerate(tr)]))
     x_te = np.concatenate(te)
@@ -96,18 +99,29 @@ def feature_net(config, verbose: bool = True):
 
     params, s = params0, opt.init(params0)
     x_np, y_np = np.asarray(x_tr), np.asarray(y_tr)
-    for i in range(fc.steps):
+    for _ in range(fc.steps):
       idx = rng.integers(0, len(x_np), fc.batch)
       sh = rng.integers(-2, 3, 2)  # light augmentation: shifts of up to 2 px
       xb = np.roll(x_np[idx], (int(sh[0]), int(sh[1])), axis=(1, 2))
       params, s, _ = train_step(params, s, xb, y_np[idx])
     predict = jax.jit(lambda p, x: net.apply({"params": p}, x)[0].argmax(-1))
-    acc = lambda x, y: float(np.mean(np.concatenate(
-        [np.asarray(predict(params, x[i:i + 1024])) for i in range(0, len(x), 1024)]) == y))
-    info = {"heldout_acc": acc(x_te, y_te), "train_acc": acc(np.asarray(x_tr[:4096]),
-                                                              np.asarray(y_tr[:4096])),
-            "num_classes": len(split), "steps": fc.steps, "train_s": time.perf_counter() - t0,
-            "heldout_per_class": fc.holdout, "images_per_class": n}
+    acc = lambda x, y: float(
+      np.mean(
+        np.concatenate(
+          [np.asarray(predict(params, x[i : i + 1024])) for i in range(0, len(x), 1024)]
+        )
+        == y
+      )
+    )
+    info = {
+      "heldout_acc": acc(x_te, y_te),
+      "train_acc": acc(np.asarray(x_tr[:4096]), np.asarray(y_tr[:4096])),
+      "num_classes": len(split),
+      "steps": fc.steps,
+      "train_s": time.perf_counter() - t0,
+      "heldout_per_class": fc.holdout,
+      "images_per_class": n,
+    }
     if train_lib.is_main_process():  # other processes trained the same net; one writes
       os.makedirs(fc.cache_dir, exist_ok=True)
       # Renamed into place, .json last: a reader sees a complete cache or none.
@@ -124,7 +138,9 @@ def feature_net(config, verbose: bool = True):
     x = np.asarray(x, np.float32)
     shape = x.shape
     x = x.reshape(-1, *shape[-3:])
-    out = np.concatenate([np.asarray(feat(params, x[i:i + 1024])) for i in range(0, len(x), 1024)])
+    out = np.concatenate(
+      [np.asarray(feat(params, x[i : i + 1024])) for i in range(0, len(x), 1024)]
+    )
     return out.reshape(*shape[:-3], out.shape[-1]).astype(np.float64)
 
   return features_fn, info

@@ -15,19 +15,19 @@ import numpy as np
 import optax
 
 import metagan_jax as mg
-from metagan_jax import augment
-from metagan_jax import metrics as M
-from metagan_jax.runs import N_AVG  # the centre of a truncated sample, as metagan generate
-
 from experiments import train_lib
 from experiments.protocol.classes import test_classes
 from experiments.protocol.features import FeatureNet, scaled_features
+from metagan_jax import augment
+from metagan_jax import metrics as M
+from metagan_jax.runs import N_AVG  # the centre of a truncated sample, as metagan generate
 
 METRICS = ("kid", "fidelity", "diversity", "memorisation", "lowdata_acc", "lowdata_cnn_acc")
 
 
 def _config_from_json(s: str):
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   return ml_collections.ConfigDict(json.loads(s))
 
 
@@ -37,7 +37,7 @@ def max_steps(config) -> int:
   return max([int(ec.get("headline", 0)), *train_lib.parse_list(ec.get("steps", ""), int)])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _adapt_fn(config_json: str, rule_json: str, n_max: int):
   """Jitted adaptation of every class for ``t <= n_max`` steps. The learning rate and T are
   arguments, so a grid of rates and every T of the evaluation share one compilation
@@ -48,6 +48,7 @@ def _adapt_fn(config_json: str, rule_json: str, n_max: int):
   def adapt_all(params, lr, support_CxK, keys_C, t):
     ac = train_lib.adapt_config(config, inner_steps=n_max, rule=dict(rule, lr=lr))
     return jax.vmap(lambda s, k: mg.adapt_prefix(params, s, k, ac, t))(support_CxK, keys_C)
+
   return jax.jit(adapt_all)
 
 
@@ -60,25 +61,33 @@ def _per_class(fn, g, z_CxN, per_class: bool):
   return jax.lax.map(lambda z: fn(g, z), z_CxN)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _generate(config_json: str, per_class: bool):
   """Samples ``[C, n, ...]`` of per-class generators (or of one shared G)."""
   model = train_lib.get_model(_config_from_json(config_json))
   return jax.jit(lambda g, z: _per_class(model.generate, g, z, per_class))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _generate_truncated(config_json: str, per_class: bool):
   """Truncated samples; ``psi`` is an argument, so a grid of truncations shares one compile."""
   model = train_lib.get_model(_config_from_json(config_json))
 
   def fn(g, z, psi, z_avg):
     return _per_class(lambda g1, z1: model.generate_truncated(g1, z1, psi, z_avg), g, z, per_class)
+
   return jax.jit(fn)
 
 
-def adapt_and_generate(config, meta_params, support_CxK, steps: list[int], key: jax.Array,
-                       n_gen: int, rule: dict | None = None) -> dict[int, np.ndarray]:
+def adapt_and_generate(
+  config,
+  meta_params,
+  support_CxK,
+  steps: list[int],
+  key: jax.Array,
+  n_gen: int,
+  rule: dict | None = None,
+) -> dict[int, np.ndarray]:
   """Adapts ``meta_params`` to each class for every T in ``steps``; samples ``n_gen`` per class.
 
   Each T is a fresh adaptation of T steps from the meta-parameters (with Adam
@@ -98,16 +107,25 @@ def adapt_and_generate(config, meta_params, support_CxK, steps: list[int], key: 
   return {t: imgs[psi] for t, imgs in out.items()}
 
 
-def adapt_and_generate_psis(config, meta_params, support_CxK, steps: list[int], key: jax.Array,
-                            n_gen: int, rule: dict | None, psis) -> dict[int, dict[float, np.ndarray]]:
+def adapt_and_generate_psis(
+  config,
+  meta_params,
+  support_CxK,
+  steps: list[int],
+  key: jax.Array,
+  n_gen: int,
+  rule: dict | None,
+  psis,
+) -> dict[int, dict[float, np.ndarray]]:
   """:func:`adapt_and_generate` at several truncations of one adaptation: ``{T: {psi: images}}``.
 
   The rule's own ``psi`` is ignored; ``psi = 1`` samples exactly as ``model.generate``.
   """
   cj = json.dumps(config.to_dict(), sort_keys=True)
   rule = dict(train_lib.default_rule(config), **(rule or {}))
-  rj = json.dumps({k: v for k, v in rule.items() if k not in ("lr", "lr_mult", "psi")},
-                  sort_keys=True)
+  rj = json.dumps(
+    {k: v for k, v in rule.items() if k not in ("lr", "lr_mult", "psi")}, sort_keys=True
+  )
   C = support_CxK.shape[0]
   model = train_lib.get_model(config)
   params = mg.recipes.with_rule(meta_params, rule)
@@ -143,7 +161,7 @@ def copy_baseline(support_CxK, n: int, seed: int) -> np.ndarray:
   return mg.data.jitter(flat, rng).reshape(reps.shape)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _linear_trainer(steps: int, num_classes: int):
   opt = optax.adam(0.05)
 
@@ -155,13 +173,15 @@ def _linear_trainer(steps: int, num_classes: int):
 
     def loss(w):
       logits = xs @ w["w"] + w["b"]
-      return (optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-              + 1e-3 * jnp.sum(w["w"] ** 2))
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean() + 1e-3 * jnp.sum(
+        w["w"] ** 2
+      )
 
     def body(carry, _):
       w, s = carry
       u, s = opt.update(jax.grad(loss)(w), s, w)
       return (optax.apply_updates(w, u), s), None
+
     (w, _), _ = jax.lax.scan(body, (w, opt.init(w)), None, length=steps)
     return w, mu, sd
 
@@ -177,10 +197,12 @@ def lowdata_accuracy(config, f_sup_CxKxD, f_held_CxHxD, f_aug_CxNxD=None) -> np.
     xs.append(f_aug_CxNxD.reshape(-1, D))
     ys.append(np.repeat(np.arange(C), f_aug_CxNxD.shape[1]))
   w, mu, sd = _linear_trainer(config.eval.classifier_steps, C)(
-      jnp.asarray(np.concatenate(xs), jnp.float32), jnp.asarray(np.concatenate(ys)))
+    jnp.asarray(np.concatenate(xs), jnp.float32), jnp.asarray(np.concatenate(ys))
+  )
   H = f_held_CxHxD.shape[1]
-  pred = np.asarray(((jnp.asarray(f_held_CxHxD.reshape(-1, D), jnp.float32) - mu) / sd)
-                    @ w["w"] + w["b"]).argmax(-1)
+  pred = np.asarray(
+    ((jnp.asarray(f_held_CxHxD.reshape(-1, D), jnp.float32) - mu) / sd) @ w["w"] + w["b"]
+  ).argmax(-1)
   return (pred == np.repeat(np.arange(C), H)).reshape(C, H).mean(1)
 
 
@@ -189,7 +211,7 @@ def low_data_cnn(num_classes: int) -> FeatureNet:
   return FeatureNet(num_classes, dim=128, widths=(32, 64))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cnn_fns(num_classes: int, batch: int, lr: float, shift: float):
   net, opt = low_data_cnn(num_classes), optax.adam(lr)
 
@@ -200,7 +222,9 @@ def _cnn_fns(num_classes: int, batch: int, lr: float, shift: float):
 
     def loss(p):
       return optax.softmax_cross_entropy_with_integer_labels(
-          net.apply({"params": p}, xb)[0], y_all[idx]).mean()
+        net.apply({"params": p}, xb)[0], y_all[idx]
+      ).mean()
+
     u, s = opt.update(jax.grad(loss)(p), s, p)
     return optax.apply_updates(p, u), s
 
@@ -234,16 +258,19 @@ def lowdata_cnn_accuracy(config, sup_CxK, held_CxH, aug_CxN=None, seed: int = 0)
     ys.append(np.repeat(np.arange(C), aug_CxN.shape[1]))
   x_all = jnp.asarray(np.concatenate(xs), jnp.float32)
   y_all = jnp.asarray(np.concatenate(ys))
-  init, opt_init, train, predict, _ = _cnn_fns(C, int(ec.cnn_batch), float(ec.cnn_lr),
-                                               float(ec.cnn_shift))
+  init, opt_init, train, predict, _ = _cnn_fns(
+    C, int(ec.cnn_batch), float(ec.cnn_lr), float(ec.cnn_shift)
+  )
   key = jax.random.key(int(seed))
   params = init(jax.random.fold_in(key, 0), x_all)
   # step i draws its batch and shifts from fold_in(fold_in(key, 1), i)
-  params, _ = train(params, opt_init(params), x_all, y_all, int(ec.cnn_steps),
-                    jax.random.fold_in(key, 1))
+  params, _ = train(
+    params, opt_init(params), x_all, y_all, int(ec.cnn_steps), jax.random.fold_in(key, 1)
+  )
   H = held_CxH.shape[1]
-  pred = np.asarray(predict(params, jnp.asarray(held_CxH.reshape(C * H, *held_CxH.shape[2:]),
-                                                jnp.float32)))
+  pred = np.asarray(
+    predict(params, jnp.asarray(held_CxH.reshape(C * H, *held_CxH.shape[2:]), jnp.float32))
+  )
   return (pred == np.repeat(np.arange(C), H)).reshape(C, H).mean(1)
 
 
@@ -266,17 +293,21 @@ def score(config, f_gen, f_sup, f_held, images=None) -> tuple[dict, float]:
   for c in range(C):
     per["kid"][c] = M.kid(f_gen[c], f_held[c])
     per["fidelity"][c] = M.nearest_prototype_accuracy(f_gen[c], np.full(len(f_gen[c]), c), protos)
-    per["diversity"][c] = _ratio(M.mean_pairwise_distance(f_gen[c]),
-                                 M.mean_pairwise_distance(f_held[c]))
+    per["diversity"][c] = _ratio(
+      M.mean_pairwise_distance(f_gen[c]), M.mean_pairwise_distance(f_held[c])
+    )
     # nearest-neighbour distance to the K support images vs to K held-out images
     # (same reference-set size); < 1 means samples sit closer to what they saw.
-    per["memorisation"][c] = _ratio(M.nearest_neighbour_distance(f_gen[c], f_sup[c]).mean(),
-                                    M.nearest_neighbour_distance(f_gen[c], f_held[c][:K]).mean())
-  per["lowdata_acc"] = lowdata_accuracy(config, f_sup, f_held, f_gen[:, :config.eval.n_aug])
+    per["memorisation"][c] = _ratio(
+      M.nearest_neighbour_distance(f_gen[c], f_sup[c]).mean(),
+      M.nearest_neighbour_distance(f_gen[c], f_held[c][:K]).mean(),
+    )
+  per["lowdata_acc"] = lowdata_accuracy(config, f_sup, f_held, f_gen[:, : config.eval.n_aug])
   if images is not None and _cnn_on(config):
     gen, sup, held, seed = images
-    per["lowdata_cnn_acc"] = lowdata_cnn_accuracy(config, sup, held, gen[:, :config.eval.n_aug],
-                                                  seed)
+    per["lowdata_cnn_acc"] = lowdata_cnn_accuracy(
+      config, sup, held, gen[:, : config.eval.n_aug], seed
+    )
   fd = M.frechet_distance(f_gen.reshape(-1, f_gen.shape[-1]), f_held.reshape(-1, f_held.shape[-1]))
   return per, fd
 
@@ -298,36 +329,53 @@ def real_scores(config, f_sup, f_held, images=None) -> tuple[dict, float]:
   """
   C, H, D = f_held.shape
   K = f_sup.shape[1]
-  halves = (f_held[:, :H // 2], f_held[:, H // 2:])
+  halves = (f_held[:, : H // 2], f_held[:, H // 2 :])
   protos = f_held.mean(1)
   per = {m: np.zeros(C) for m in METRICS if m != "lowdata_cnn_acc"}
   for c in range(C):
     a, b = halves[0][c], halves[1][c]
     per["kid"][c] = M.kid(a, b)
-    per["diversity"][c] = np.mean([_ratio(M.mean_pairwise_distance(x),
-                                          M.mean_pairwise_distance(f_held[c])) for x in (a, b)])
-    per["memorisation"][c] = np.mean([
-        _ratio(M.nearest_neighbour_distance(x, f_sup[c]).mean(),
-               M.nearest_neighbour_distance(x, y[:K]).mean()) for x, y in ((a, b), (b, a))])
+    per["diversity"][c] = np.mean(
+      [_ratio(M.mean_pairwise_distance(x), M.mean_pairwise_distance(f_held[c])) for x in (a, b)]
+    )
+    per["memorisation"][c] = np.mean(
+      [
+        _ratio(
+          M.nearest_neighbour_distance(x, f_sup[c]).mean(),
+          M.nearest_neighbour_distance(x, y[:K]).mean(),
+        )
+        for x, y in ((a, b), (b, a))
+      ]
+    )
     hits = []
     for i in range(H):
       p = protos.copy()
       p[c] = (f_held[c].sum(0) - f_held[c, i]) / (H - 1)
-      hits.append(M.nearest_prototype_accuracy(f_held[c, i:i + 1], [c], p))
+      hits.append(M.nearest_prototype_accuracy(f_held[c, i : i + 1], [c], p))
     per["fidelity"][c] = np.mean(hits)
-  per["lowdata_acc"] = 0.5 * (lowdata_accuracy(config, f_sup, halves[1], halves[0])
-                              + lowdata_accuracy(config, f_sup, halves[0], halves[1]))
+  per["lowdata_acc"] = 0.5 * (
+    lowdata_accuracy(config, f_sup, halves[1], halves[0])
+    + lowdata_accuracy(config, f_sup, halves[0], halves[1])
+  )
   if images is not None and _cnn_on(config):
     sup, held, seed = images
-    ha, hb = held[:, :H // 2], held[:, H // 2:]
-    per["lowdata_cnn_acc"] = 0.5 * (lowdata_cnn_accuracy(config, sup, hb, ha, seed)
-                                    + lowdata_cnn_accuracy(config, sup, ha, hb, seed))
+    ha, hb = held[:, : H // 2], held[:, H // 2 :]
+    per["lowdata_cnn_acc"] = 0.5 * (
+      lowdata_cnn_accuracy(config, sup, hb, ha, seed)
+      + lowdata_cnn_accuracy(config, sup, ha, hb, seed)
+    )
   fd = M.frechet_distance(halves[0].reshape(-1, D), halves[1].reshape(-1, D))
   return per, fd
 
 
-def evaluate(config, params_by_run: dict, features_fn, verbose: bool = True,
-             keep_images: bool = True, rules: dict | None = None) -> dict:
+def evaluate(
+  config,
+  params_by_run: dict,
+  features_fn,
+  verbose: bool = True,
+  keep_images: bool = True,
+  rules: dict | None = None,
+) -> dict:
   """Runs the protocol on every ``(method, meta_seed) -> meta-parameters``.
 
   Args:
@@ -353,16 +401,36 @@ def evaluate(config, params_by_run: dict, features_fn, verbose: bool = True,
 
   def add(method, mseed, a, per, fd, feats=None):
     for t in steps if feats is None else [feats[0]]:
-      rows.extend(dict(method=method, meta_seed=mseed, adapt_seed=a, T=t, cls=c,
-                       **{m: float(per[m][c]) for m in METRICS if m in per}) for c in range(C))
-      fds.append(dict(method=method, meta_seed=mseed, adapt_seed=a, T=t, fd=fd,
-                      **({"feats": feats[1]} if feats is not None else {})))
+      rows.extend(
+        dict(
+          method=method,
+          meta_seed=mseed,
+          adapt_seed=a,
+          T=t,
+          cls=c,
+          **{m: float(per[m][c]) for m in METRICS if m in per},
+        )
+        for c in range(C)
+      )
+      fds.append(
+        dict(
+          method=method,
+          meta_seed=mseed,
+          adapt_seed=a,
+          T=t,
+          fd=fd,
+          **({"feats": feats[1]} if feats is not None else {}),
+        )
+      )
 
   sup, held = tc["support"], tc["heldout"]
   real_only = {a: lowdata_accuracy(config, f_sup, f_held) for a in adapt_seeds}
   # the CNN's seed is the adaptation seed's: with and without generated images start alike
-  cnn_real = ({a: lowdata_cnn_accuracy(config, sup, held, seed=a) for a in adapt_seeds}
-              if _cnn_on(config) else {})
+  cnn_real = (
+    {a: lowdata_cnn_accuracy(config, sup, held, seed=a) for a in adapt_seeds}
+    if _cnn_on(config)
+    else {}
+  )
   per, fd = real_scores(config, f_sup, f_held, images=(sup, held, adapt_seeds[0]))
   add("real", 0, adapt_seeds[0], per, fd)  # the same for every T and adaptation seed
   for a in adapt_seeds:
@@ -376,21 +444,35 @@ def evaluate(config, params_by_run: dict, features_fn, verbose: bool = True,
       t0 = time.perf_counter()
       # Runs of one meta seed share adaptation noise (paired), seeds differ.
       key = jax.random.fold_in(jax.random.key(10_000 + a), mseed)
-      gen = adapt_and_generate(config, params, tc["support"], steps, key, ec.n_gen,
-                               rules.get((method, mseed)))
+      gen = adapt_and_generate(
+        config, params, tc["support"], steps, key, ec.n_gen, rules.get((method, mseed))
+      )
       for t in steps:
         f_gen = features_fn(gen[t])
         # the CNN is fitted at the headline T only: it costs more than every other metric
-        per, fd = score(config, f_gen, f_sup, f_held,
-                        images=(gen[t], sup, held, a) if t == ec.headline else None)
+        per, fd = score(
+          config, f_gen, f_sup, f_held, images=(gen[t], sup, held, a) if t == ec.headline else None
+        )
         add(method, mseed, a, per, fd, feats=(t, f_gen))
-      if keep_images and mseed == min(s for (m, s) in params_by_run if m == method) \
-          and a == adapt_seeds[0]:
+      if (
+        keep_images
+        and mseed == min(s for (m, s) in params_by_run if m == method)
+        and a == adapt_seeds[0]
+      ):
         images[method] = gen
       if verbose:
-        print(f"[eval] {method} meta seed {mseed} adapt seed {a}: "
-              f"{time.perf_counter() - t0:.1f}s", flush=True)
-  return {"per_class": rows, "fd": fds, "classes": tc["names"], "indices": tc["indices"],
-          "support": tc["support"], "f_held": f_held, "images": images,
-          "lowdata_real": {a: v.tolist() for a, v in real_only.items()},
-          "lowdata_cnn_real": {a: v.tolist() for a, v in cnn_real.items()}}
+        print(
+          f"[eval] {method} meta seed {mseed} adapt seed {a}: {time.perf_counter() - t0:.1f}s",
+          flush=True,
+        )
+  return {
+    "per_class": rows,
+    "fd": fds,
+    "classes": tc["names"],
+    "indices": tc["indices"],
+    "support": tc["support"],
+    "f_held": f_held,
+    "images": images,
+    "lowdata_real": {a: v.tolist() for a, v in real_only.items()},
+    "lowdata_cnn_real": {a: v.tolist() for a, v in cnn_real.items()},
+  }

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from metagan_jax import metrics as M
-
 from experiments import train_lib
 from experiments.protocol.scoring import METRICS
+from metagan_jax import metrics as M
 
 SECOND_ORDER = ("maml", "metasgd")
 
@@ -38,9 +37,12 @@ def paired_kid_test(rows, cells: dict, method: str, ref: str, t: int) -> dict:
   a, b = cells[(method, t, "kid")], cells[(ref, t, "kid")]
   same_seeds = _method_seeds(rows, method) == _method_seeds(rows, ref)
   diff_C = (a - b).mean(0) if same_seeds else a.mean(0) - b.mean(0)
-  return dict(M.paired_test(diff_C, np.zeros(len(diff_C))),
-              paired="classes (differences within each seed, averaged over seeds)"
-              if same_seeds else "classes (per-class means)")
+  return dict(
+    M.paired_test(diff_C, np.zeros(len(diff_C))),
+    paired="classes (differences within each seed, averaged over seeds)"
+    if same_seeds
+    else "classes (per-class means)",
+  )
 
 
 def lowdata_gain(acc_SxC, real_C, n_boot: int) -> dict:
@@ -54,9 +56,12 @@ def lowdata_gain(acc_SxC, real_C, n_boot: int) -> dict:
   """
   d_SxC = np.asarray(acc_SxC, np.float64) - np.asarray(real_C, np.float64)[None, :]
   per_class = d_SxC.mean(0)
-  return {"mean": float(d_SxC.mean()), "ci": M.hierarchical_bootstrap_ci(d_SxC, n_boot),
-          "per_class": per_class.tolist(),
-          "p": M.paired_test(per_class, np.zeros_like(per_class))["p"]}
+  return {
+    "mean": float(d_SxC.mean()),
+    "ci": M.hierarchical_bootstrap_ci(d_SxC, n_boot),
+    "per_class": per_class.tolist(),
+    "p": M.paired_test(per_class, np.zeros_like(per_class))["p"],
+  }
 
 
 def summarise(config, res: dict) -> dict:
@@ -81,8 +86,14 @@ def summarise(config, res: dict) -> dict:
   steps = train_lib.parse_list(ec.steps, int)
   C = len(res["classes"])
   methods = list(dict.fromkeys(r["method"] for r in res["per_class"]))
-  out = {"methods": methods, "steps": steps, "metrics": {}, "fd": {}, "vs_transfer": {},
-         "vs_reptile": {}}
+  out = {
+    "methods": methods,
+    "steps": steps,
+    "metrics": {},
+    "fd": {},
+    "vs_transfer": {},
+    "vs_reptile": {},
+  }
   cells = {}
   for m in methods:
     for t in steps:
@@ -92,34 +103,54 @@ def summarise(config, res: dict) -> dict:
         v = _seed_class_matrix(res["per_class"], m, t, metric, C)
         cells[(m, t, metric)] = v
         out["metrics"][f"{m}|{t}|{metric}"] = {
-            "mean": float(v.mean()), "ci": M.hierarchical_bootstrap_ci(v, ec.n_boot),
-            "per_class": v.mean(0).tolist(), "per_seed": v.mean(1).tolist()}
+          "mean": float(v.mean()),
+          "ci": M.hierarchical_bootstrap_ci(v, ec.n_boot),
+          "per_class": v.mean(0).tolist(),
+          "per_seed": v.mean(1).tolist(),
+        }
       runs = [f for f in res["fd"] if f["method"] == m and f["T"] == t]
       out["fd"][f"{m}|{t}"] = {"mean": float(np.mean([f["fd"] for f in runs]))}
       if t == ec.headline and all("feats" in f for f in runs):
         f_held = res["f_held"]
 
         def fd_stat(cls_idx, runs=runs):
-          return np.mean([M.frechet_distance(f["feats"][cls_idx].reshape(-1, f_held.shape[-1]),
-                                             f_held[cls_idx].reshape(-1, f_held.shape[-1]))
-                          for f in runs])
-        out["fd"][f"{m}|{t}"]["ci"] = M.bootstrap_ci(np.arange(C), min(ec.n_boot, 200),
-                                                     statistic=fd_stat)
+          return np.mean(
+            [
+              M.frechet_distance(
+                f["feats"][cls_idx].reshape(-1, f_held.shape[-1]),
+                f_held[cls_idx].reshape(-1, f_held.shape[-1]),
+              )
+              for f in runs
+            ]
+          )
+
+        out["fd"][f"{m}|{t}"]["ci"] = M.bootstrap_ci(
+          np.arange(C), min(ec.n_boot, 200), statistic=fd_stat
+        )
   for name, metric in (("lowdata", "lowdata_acc"), ("lowdata_cnn", "lowdata_cnn_acc")):
     if not res.get(f"{name}_real"):  # the CNN's, only in runs with that metric
       continue
     real = np.mean([v for v in res[f"{name}_real"].values()], axis=0)
     out[f"{name}_real"] = {"mean": float(real.mean()), "ci": M.bootstrap_ci(real, ec.n_boot)}
-    out[f"{name}_gain"] = {f"{m}|{ec.headline}": lowdata_gain(cells[(m, ec.headline, metric)],
-                                                               real, ec.n_boot)
-                           for m in methods if (m, ec.headline, metric) in cells}
+    out[f"{name}_gain"] = {
+      f"{m}|{ec.headline}": lowdata_gain(cells[(m, ec.headline, metric)], real, ec.n_boot)
+      for m in methods
+      if (m, ec.headline, metric) in cells
+    }
   if "transfer" in methods:
-    out["vs_transfer"] = {f"{m}|{t}": paired_kid_test(res["per_class"], cells, m, "transfer", t)
-                          for m in methods if m != "transfer" for t in steps}
+    out["vs_transfer"] = {
+      f"{m}|{t}": paired_kid_test(res["per_class"], cells, m, "transfer", t)
+      for m in methods
+      if m != "transfer"
+      for t in steps
+    }
   if "reptile" in methods:  # every other meta method (and its equal-time row) against Reptile
-    out["vs_reptile"] = {f"{m}|{t}": paired_kid_test(res["per_class"], cells, m, "reptile", t)
-                         for m in methods if m != "reptile"
-                         and train_lib.base_method(m) in train_lib.META_METHODS for t in steps}
+    out["vs_reptile"] = {
+      f"{m}|{t}": paired_kid_test(res["per_class"], cells, m, "reptile", t)
+      for m in methods
+      if m != "reptile" and train_lib.base_method(m) in train_lib.META_METHODS
+      for t in steps
+    }
   meta = [m for m in methods if train_lib.base_method(m) in train_lib.META_METHODS]
   if meta:
     kid = lambda m: out["metrics"][f"{m}|{ec.headline}|kid"]["mean"]

@@ -10,11 +10,10 @@ import jax
 import numpy as np
 
 import metagan_jax as mg
-from metagan_jax import metrics as M
-
 from experiments import train_lib
 from experiments.protocol import classes, scoring
 from experiments.protocol.features import scaled_features
+from metagan_jax import metrics as M
 
 
 def rule_grid(config, meta_params=None) -> list[dict]:
@@ -32,9 +31,13 @@ def rule_grid(config, meta_params=None) -> list[dict]:
   for psi in psis:
     if not 0.0 <= psi <= 1.0:
       raise ValueError(f"config.eval.tune_psi has {psi}; truncations lie in [0, 1] (1: none).")
-  grid = [dict(base, lr=lr, g_trainable=g, d_trainable=d, **({"psi": psi} if psis else {}))
-          for d in (dts or [base["d_trainable"]]) for g in (gts or [base["g_trainable"]])
-          for lr in lrs for psi in (psis or [None])]
+  grid = [
+    dict(base, lr=lr, g_trainable=g, d_trainable=d, **({"psi": psi} if psis else {}))
+    for d in (dts or [base["d_trainable"]])
+    for g in (gts or [base["g_trainable"]])
+    for lr in lrs
+    for psi in (psis or [None])
+  ]
   if isinstance(meta_params, mg.MetaSGDParams):
     grid = [dict(r, lr=base["lr"], lr_mult=r["lr"] / base["lr"]) for r in grid]
   return grid
@@ -82,9 +85,16 @@ def tune_rules(config, params_by_run: dict, features_fn, verbose: bool = True) -
         by_adaptation.setdefault(k, (rule, []))[1].append((name, float(rule.get("psi", 1.0))))
       scores = {}
       for rule, names in by_adaptation.values():
-        gens = scoring.adapt_and_generate_psis(config, params, vc["support"], [t],
-                                               jax.random.key(20_000), config.eval.n_gen, rule,
-                                               [psi for _, psi in names])[t]
+        gens = scoring.adapt_and_generate_psis(
+          config,
+          params,
+          vc["support"],
+          [t],
+          jax.random.key(20_000),
+          config.eval.n_gen,
+          rule,
+          [psi for _, psi in names],
+        )[t]
         for name, psi in names:
           f_gen = features_fn(gens[psi])
           scores[name] = float(np.mean([M.kid(f_gen[c], f_held[c]) for c in range(len(f_gen))]))
@@ -99,6 +109,9 @@ def tune_rules(config, params_by_run: dict, features_fn, verbose: bool = True) -
     for run in runs:
       out["rules"][run] = grid[best]
     if verbose:
-      print(f"[tune] {method} ({len(runs)} seed(s)): {best} (mean validation KID x1e3 "
-            f"{1e3 * pooled[best]:.3g}; {secs[method]:.1f}s)", flush=True)
+      print(
+        f"[tune] {method} ({len(runs)} seed(s)): {best} (mean validation KID x1e3 "
+        f"{1e3 * pooled[best]:.3g}; {secs[method]:.1f}s)",
+        flush=True,
+      )
   return out

@@ -15,16 +15,44 @@ from metagan_jax.data.api import load_split, make_sampler
 from metagan_jax.data.folder import load_folder, load_npz, save_npz
 from metagan_jax.data.omniglot import find_omniglot28, load_omniglot, load_omniglot28
 from metagan_jax.data.prefetch import Prefetcher
-from metagan_jax.data.preprocess import (add_rotations, blur, jitter, preprocess_dataset,
-                                         preprocess_images)
+from metagan_jax.data.preprocess import (
+  add_rotations,
+  blur,
+  jitter,
+  preprocess_dataset,
+  preprocess_images,
+)
 from metagan_jax.data.sampler import TaskSampler
 from metagan_jax.data.sources import ClassDataset, DataError
-from metagan_jax.data.splits import (OMNIGLOT_VAL_ALPHABETS, class_split, omniglot_split,
-                                     read_split, write_split)
+from metagan_jax.data.splits import (
+  OMNIGLOT_VAL_ALPHABETS,
+  class_split,
+  omniglot_split,
+  read_split,
+  write_split,
+)
 
 __all__ = [
-    "OMNIGLOT_VAL_ALPHABETS", "ClassDataset", "DataError", "Prefetcher", "TaskSampler",
-    "add_rotations", "blur", "class_split", "find_omniglot28", "jitter", "load_folder", "load_npz",
-    "load_omniglot", "load_omniglot28", "load_split", "make_sampler", "omniglot_split",
-    "preprocess_dataset", "preprocess_images", "read_split", "save_npz", "write_split",
+  "OMNIGLOT_VAL_ALPHABETS",
+  "ClassDataset",
+  "DataError",
+  "Prefetcher",
+  "TaskSampler",
+  "add_rotations",
+  "blur",
+  "class_split",
+  "find_omniglot28",
+  "jitter",
+  "load_folder",
+  "load_npz",
+  "load_omniglot",
+  "load_omniglot28",
+  "load_split",
+  "make_sampler",
+  "omniglot_split",
+  "preprocess_dataset",
+  "preprocess_images",
+  "read_split",
+  "save_npz",
+  "write_split",
 ]

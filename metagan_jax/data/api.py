@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from metagan_jax.data import folder, omniglot, splits, tfds_source
 from metagan_jax.data import preprocess as pp
@@ -24,19 +24,30 @@ def _kind(dataset: str) -> str:
   if dataset.split("/")[0] in tfds_source.KNOWN:
     return "tfds"
   raise DataError(
-      f"unknown dataset {dataset!r}; use 'omniglot' (offline copy, else TFDS), 'omniglot28' "
-      f"(offline only), 'folder' or 'npz' (with data_dir=the path), one of "
-      f"{tfds_source.KNOWN}, or 'tfds:<name>' for any TFDS image-classification dataset.")
+    f"unknown dataset {dataset!r}; use 'omniglot' (offline copy, else TFDS), 'omniglot28' "
+    f"(offline only), 'folder' or 'npz' (with data_dir=the path), one of "
+    f"{tfds_source.KNOWN}, or 'tfds:<name>' for any TFDS image-classification dataset."
+  )
 
 
-def load_split(dataset: str = "omniglot", split: str = "train", *, data_dir=None,
-               image_size: int = 28, channels: int = 1, invert: bool | None = None,
-               blur: float = 0.0,
-               rotations: bool | None = None, split_seed: int = 0,
-               fractions: Sequence[float] = splits.DEFAULT_FRACTIONS,
-               val_alphabets: Sequence[str] = splits.OMNIGLOT_VAL_ALPHABETS,
-               download: bool = False, run_dir: str | os.PathLike | None = None,
-               resize_each: bool = False, verbose: bool = True) -> ClassDataset:
+def load_split(
+  dataset: str = "omniglot",
+  split: str = "train",
+  *,
+  data_dir=None,
+  image_size: int = 28,
+  channels: int = 1,
+  invert: bool | None = None,
+  blur: float = 0.0,
+  rotations: bool | None = None,
+  split_seed: int = 0,
+  fractions: Sequence[float] = splits.DEFAULT_FRACTIONS,
+  val_alphabets: Sequence[str] = splits.OMNIGLOT_VAL_ALPHABETS,
+  download: bool = False,
+  run_dir: str | os.PathLike | None = None,
+  resize_each: bool = False,
+  verbose: bool = True,
+) -> ClassDataset:
   """Loads one split, preprocessed: float32 ``[n, image_size, image_size, channels]`` in [-1, 1].
 
   Args:
@@ -75,61 +86,92 @@ def load_split(dataset: str = "omniglot", split: str = "train", *, data_dir=None
   is_omniglot = kind == "omniglot"
   if kind == "omniglot":
     source = {"omniglot": "auto", "omniglot28": "offline", "tfds:omniglot": "tfds"}[dataset]
-    background = omniglot.load_omniglot("background", source=source, data_dir=data_dir,
-                                        download=download, verbose=verbose)
-    evaluation = omniglot.load_omniglot("evaluation", source=source, data_dir=data_dir,
-                                        download=download, verbose=False)
+    background = omniglot.load_omniglot(
+      "background", source=source, data_dir=data_dir, download=download, verbose=verbose
+    )
+    evaluation = omniglot.load_omniglot(
+      "evaluation", source=source, data_dir=data_dir, download=download, verbose=False
+    )
     by_split = splits.omniglot_split(background, evaluation, val_alphabets)
-    full = ClassDataset(background.names + evaluation.names, background.images + evaluation.images,
-                        background.groups + evaluation.groups,
-                        f"{background.source} + {evaluation.source}")
-    part_source = {"train": background.source, "val": background.source,
-                   "test": evaluation.source, "all": full.source}[split]
-    info = dict(dataset="omniglot", rule="background/evaluation by alphabet",
-                val_alphabets=list(val_alphabets))
+    full = ClassDataset(
+      background.names + evaluation.names,
+      background.images + evaluation.images,
+      background.groups + evaluation.groups,
+      f"{background.source} + {evaluation.source}",
+    )
+    part_source = {
+      "train": background.source,
+      "val": background.source,
+      "test": evaluation.source,
+      "all": full.source,
+    }[split]
+    info = dict(
+      dataset="omniglot",
+      rule="background/evaluation by alphabet",
+      val_alphabets=list(val_alphabets),
+    )
   else:
     if kind in USER_NAMES and data_dir is None:
       raise DataError(f"dataset={dataset!r} needs data_dir= the {dataset} path.")
     if kind == "folder":
-      full = folder.load_folder(data_dir, channels=channels,
-                                resize_to=image_size if resize_each else None)
+      full = folder.load_folder(
+        data_dir, channels=channels, resize_to=image_size if resize_each else None
+      )
     elif kind == "npz":
       full = folder.load_npz(data_dir)
     else:
       name = dataset[5:] if dataset.startswith("tfds:") else dataset
       full = tfds_source.load_tfds(name, data_dir=data_dir, download=download)
     by_split = splits.class_split(full, split_seed, fractions)
-    info = dict(dataset=dataset, rule="seeded class split", split_seed=split_seed,
-                fractions=list(fractions))
+    info = dict(
+      dataset=dataset, rule="seeded class split", split_seed=split_seed, fractions=list(fractions)
+    )
     part_source = full.source
   by_split["all"] = list(full.names)
   splits.check_disjoint(by_split)
   if run_dir is not None:
-    path = splits.write_split(run_dir, {k: v for k, v in by_split.items() if k != "all"},
-                              source=full.source, **info)
+    path = splits.write_split(
+      run_dir, {k: v for k, v in by_split.items() if k != "all"}, source=full.source, **info
+    )
     announce(f"split written to {path}", verbose)
   if not by_split[split]:
-    raise DataError(f"split {split!r} of {full.source} is empty ({len(full)} classes in all, "
-                    f"split {({k: len(v) for k, v in by_split.items()})}); use split='all' to "
-                    f"use every class, or add classes.")
+    raise DataError(
+      f"split {split!r} of {full.source} is empty ({len(full)} classes in all, "
+      f"split { ({k: len(v) for k, v in by_split.items()}) }); use split='all' to "
+      f"use every class, or add classes."
+    )
   data = full.select(by_split[split], source=f"{part_source} [{split}]")
   if invert is None:
     invert = is_omniglot
-  data = pp.preprocess_dataset(data, image_size=image_size, channels=channels, invert=invert,
-                               blur_sigma=blur)
+  data = pp.preprocess_dataset(
+    data, image_size=image_size, channels=channels, invert=invert, blur_sigma=blur
+  )
   if rotations is None:
     rotations = is_omniglot and split == "train"
   if rotations:
     data = pp.add_rotations(data)
-  announce(f"{dataset} split {split!r}: {len(data)} classes, images {data.image_shape} "
-           f"in [-1, 1] (invert={invert}, blur={blur}, rotations={rotations}) from {data.source}",
-           verbose)
+  announce(
+    f"{dataset} split {split!r}: {len(data)} classes, images {data.image_shape} "
+    f"in [-1, 1] (invert={invert}, blur={blur}, rotations={rotations}) from {data.source}",
+    verbose,
+  )
   return data
 
 
-def make_sampler(dataset: str = "omniglot", split: str = "train", *, T: int = 8, K: int = 5,
-                 Q: int = 5, seed: int = 0, classes_per_task: int = 1, jitter: bool = False,
-                 process_index: int = 0, start_step: int = 0, **load_kwargs) -> TaskSampler:
+def make_sampler(
+  dataset: str = "omniglot",
+  split: str = "train",
+  *,
+  T: int = 8,
+  K: int = 5,
+  Q: int = 5,
+  seed: int = 0,
+  classes_per_task: int = 1,
+  jitter: bool = False,
+  process_index: int = 0,
+  start_step: int = 0,
+  **load_kwargs,
+) -> TaskSampler:
   """``load_split(dataset, split, **load_kwargs)`` wrapped in a :class:`TaskSampler`.
 
   Example:
@@ -138,5 +180,14 @@ def make_sampler(dataset: str = "omniglot", split: str = "train", *, T: int = 8,
       state = meta_step(state, tasks, key, config)
   """
   data = load_split(dataset, split, **load_kwargs)
-  return TaskSampler(data, T, K, Q, seed=seed, classes_per_task=classes_per_task, jitter=jitter,
-                     process_index=process_index, start_step=start_step)
+  return TaskSampler(
+    data,
+    T,
+    K,
+    Q,
+    seed=seed,
+    classes_per_task=classes_per_task,
+    jitter=jitter,
+    process_index=process_index,
+    start_step=start_step,
+  )

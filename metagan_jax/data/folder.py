@@ -30,8 +30,11 @@ def _existing(path, what: str) -> Path:
 
 
 def _image_files(folder: Path) -> list[Path]:
-  return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")
-                and f.suffix.lower() in IMAGE_SUFFIXES)
+  return sorted(
+    f
+    for f in folder.iterdir()
+    if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES
+  )
 
 
 def _read_image(f: Path, channels: int | None, resize_to: int | None) -> np.ndarray:
@@ -54,8 +57,9 @@ def _read_image(f: Path, channels: int | None, resize_to: int | None) -> np.ndar
   return x if x.ndim == 3 else x[..., None]
 
 
-def load_folder(path: str | os.PathLike, *, channels: int | None = None,
-                resize_to: int | None = None) -> ClassDataset:
+def load_folder(
+  path: str | os.PathLike, *, channels: int | None = None, resize_to: int | None = None
+) -> ClassDataset:
   """Reads ``path/<class>/<image>`` (or ``path/<image>`` as a single class).
 
   Args:
@@ -81,8 +85,7 @@ def load_folder(path: str | os.PathLike, *, channels: int | None = None,
   for d in class_dirs:
     files = _image_files(d)
     if not files:
-      raise DataError(
-          f"class folder {str(d)!r} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+      raise DataError(f"class folder {str(d)!r} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
     imgs = []
     for f in files:
       x = _read_image(f, channels, resize_to)
@@ -90,9 +93,10 @@ def load_folder(path: str | os.PathLike, *, channels: int | None = None,
         ref = (f, x.shape)
       elif x.shape != ref[1]:
         raise DataError(
-            f"image {f} has shape {x.shape} (HxWxC), but {ref[0]} has {ref[1]}; all images "
-            f"must share one size: resize them, or pass resize_each=True (load_split) / "
-            f"resize_to=N (load_folder) to centre-crop and resize each image.")
+          f"image {f} has shape {x.shape} (HxWxC), but {ref[0]} has {ref[1]}; all images "
+          f"must share one size: resize them, or pass resize_each=True (load_split) / "
+          f"resize_to=N (load_folder) to centre-crop and resize each image."
+        )
       imgs.append(x)
     names.append(d.name)
     images.append(np.stack(imgs))
@@ -103,15 +107,19 @@ def load_npz(path: str | os.PathLike) -> ClassDataset:
   """Reads an ``.npz`` of per-class arrays (key = class name); see the module doc."""
   p = _existing(path, "npz file")
   if p.is_file() and not zipfile.is_zipfile(p):
-    raise DataError(f"cannot read npz file {str(p)!r}: not an .npz (zip) archive; expected an .npz "
-                    f"written by np.savez with one image array per class.")
+    raise DataError(
+      f"cannot read npz file {str(p)!r}: not an .npz (zip) archive; expected an .npz "
+      f"written by np.savez with one image array per class."
+    )
   try:
     with np.load(p, allow_pickle=False) as z:
       names = sorted(z.files)
       raw = [z[k] for k in names]
   except Exception as e:  # BadZipFile, OSError, ValueError (pickled objects): unreadable.
-    raise DataError(f"cannot read npz file {str(p)!r}: {type(e).__name__}: {e}; expected an .npz "
-                    f"written by np.savez with one image array per class.") from e
+    raise DataError(
+      f"cannot read npz file {str(p)!r}: {type(e).__name__}: {e}; expected an .npz "
+      f"written by np.savez with one image array per class."
+    ) from e
   if not names:
     raise DataError(f"npz file {str(p)!r} holds no arrays (one per class expected).")
   images, shape = [], None
@@ -126,8 +134,10 @@ def load_npz(path: str | os.PathLike) -> ClassDataset:
     if shape is None:
       shape = (n, a.shape[1:])
     elif a.shape[1:] != shape[1]:
-      raise DataError(f"{what} has images of shape {a.shape[1:]}, but class {shape[0]!r} has "
-                      f"{shape[1]}; all classes must share one image size.")
+      raise DataError(
+        f"{what} has images of shape {a.shape[1:]}, but class {shape[0]!r} has "
+        f"{shape[1]}; all classes must share one image size."
+      )
     images.append(a)
   groups = [n.rsplit("/", 1)[0] if "/" in n else n for n in names]
   return ClassDataset(names, images, groups, f"npz file {p.resolve()}")

@@ -34,8 +34,9 @@ def _is_omniglot28(path: Path) -> bool:
   return all((path / f).is_file() for f in FILES.values())
 
 
-def find_omniglot28(data_dir: str | os.PathLike | None = None, *,
-                    required: bool = True) -> Path | None:
+def find_omniglot28(
+  data_dir: str | os.PathLike | None = None, *, required: bool = True
+) -> Path | None:
   """Returns the offline Omniglot directory.
 
   Args:
@@ -54,19 +55,25 @@ def find_omniglot28(data_dir: str | os.PathLike | None = None, *,
   for how, d in explicit:
     path = Path(d).expanduser()
     if not path.exists():
-      raise DataError(f"offline Omniglot: {how} does not exist; point it at the omniglot28 "
-                      f"folder holding {FILES['background']} and {FILES['evaluation']}.")
+      raise DataError(
+        f"offline Omniglot: {how} does not exist; point it at the omniglot28 "
+        f"folder holding {FILES['background']} and {FILES['evaluation']}."
+      )
     if not _is_omniglot28(path):
-      raise DataError(f"offline Omniglot: {how} lacks {FILES['background']} / "
-                      f"{FILES['evaluation']}; point it at the omniglot28 folder.")
+      raise DataError(
+        f"offline Omniglot: {how} lacks {FILES['background']} / "
+        f"{FILES['evaluation']}; point it at the omniglot28 folder."
+      )
     return path.resolve()
   for path in default_locations():
     if _is_omniglot28(path):
       return path
   if required:
     tried = ", ".join(str(p) for p in default_locations())
-    raise DataError(f"offline Omniglot not found (tried {tried}); pass data_dir=..., set "
-                    f"{ENV_VAR}, or use dataset='tfds:omniglot'.")
+    raise DataError(
+      f"offline Omniglot not found (tried {tried}); pass data_dir=..., set "
+      f"{ENV_VAR}, or use dataset='tfds:omniglot'."
+    )
   return None
 
 
@@ -107,8 +114,9 @@ def load_omniglot28(part: str, data_dir: str | os.PathLike | None = None) -> Cla
   return ClassDataset(list(names), images, groups, f"offline Omniglot {path}")
 
 
-def load_omniglot(part: str, *, source: str = "auto", data_dir=None, download: bool = False,
-                  verbose: bool = True) -> ClassDataset:
+def load_omniglot(
+  part: str, *, source: str = "auto", data_dir=None, download: bool = False, verbose: bool = True
+) -> ClassDataset:
   """Omniglot ``part`` from the offline copy, or from TFDS when that is absent.
 
   Args:
@@ -127,8 +135,12 @@ def load_omniglot(part: str, *, source: str = "auto", data_dir=None, download: b
     else:
       path = find_omniglot28(None, required=False)
     if path is None:
-      announce("offline Omniglot not found (tried " + ", ".join(map(str, default_locations()))
-               + f", {ENV_VAR} unset); falling back to TFDS omniglot.", verbose)
+      announce(
+        "offline Omniglot not found (tried "
+        + ", ".join(map(str, default_locations()))
+        + f", {ENV_VAR} unset); falling back to TFDS omniglot.",
+        verbose,
+      )
       source, tfds_dir = "tfds", data_dir
     else:
       source, data_dir = "offline", path
@@ -138,6 +150,7 @@ def load_omniglot(part: str, *, source: str = "auto", data_dir=None, download: b
     data = load_omniglot28(part, data_dir)
   else:
     from metagan_jax.data import tfds_source  # TensorFlow only on this path.
+
     data = tfds_source.load_tfds_omniglot(part, data_dir=tfds_dir, download=download)
   announce(f"Omniglot {part}: {len(data)} classes from {data.source}", verbose)
   return data

@@ -11,7 +11,6 @@ _POLL_S = 0.05
 
 
 class _Failure:
-
   def __init__(self, exc: BaseException):
     self.exc = exc
 
@@ -26,8 +25,9 @@ def _put(q: queue.Queue, stop: threading.Event, item) -> bool:
   return False
 
 
-def _work(sampler, step: int, q: queue.Queue, stop: threading.Event, device_put: bool,
-          sharding) -> None:
+def _work(
+  sampler, step: int, q: queue.Queue, stop: threading.Event, device_put: bool, sharding
+) -> None:
   try:
     while not stop.is_set():
       tasks = sampler.batch(step)
@@ -66,11 +66,14 @@ class Prefetcher:
     # The thread gets no reference to self, so an unclosed Prefetcher can still
     # be garbage-collected, and __del__ then stops the thread.
     self._thread = threading.Thread(
-        target=_work, args=(sampler, sampler.step, self._queue, self._stop, device_put, sharding),
-        daemon=True, name="metagan_jax-prefetch")
+      target=_work,
+      args=(sampler, sampler.step, self._queue, self._stop, device_put, sharding),
+      daemon=True,
+      name="metagan_jax-prefetch",
+    )
     self._thread.start()
 
-  def __iter__(self) -> "Prefetcher":
+  def __iter__(self) -> Prefetcher:
     return self
 
   def __next__(self):
@@ -82,7 +85,7 @@ class Prefetcher:
         break
       except queue.Empty:
         if not self._thread.is_alive() and self._queue.empty():
-          raise RuntimeError("prefetch thread ended without a batch or an error.")
+          raise RuntimeError("prefetch thread ended without a batch or an error.") from None
     if isinstance(item, _Failure):
       self.close()
       raise item.exc
@@ -100,7 +103,7 @@ class Prefetcher:
         break
     self._thread.join(timeout=10)
 
-  def __enter__(self) -> "Prefetcher":
+  def __enter__(self) -> Prefetcher:
     return self
 
   def __exit__(self, *exc) -> None:

@@ -23,16 +23,18 @@ def to_unit_range(imgs: np.ndarray, what: str) -> np.ndarray:
   if np.issubdtype(imgs.dtype, np.integer):
     if imgs.size and (imgs.min() < 0 or imgs.max() > 255):
       raise DataError(
-          f"{what}: integer images must be 8-bit (0..255), got values in "
-          f"[{imgs.min()}, {imgs.max()}]; convert to uint8 or to float in [0, 1].")
+        f"{what}: integer images must be 8-bit (0..255), got values in "
+        f"[{imgs.min()}, {imgs.max()}]; convert to uint8 or to float in [0, 1]."
+      )
     return imgs.astype(np.float32) * np.float32(1 / 255)
   if np.issubdtype(imgs.dtype, np.floating):
     check_finite(imgs, what)
     lo, hi = (float(imgs.min()), float(imgs.max())) if imgs.size else (0.0, 0.0)
     if lo < -1e-6 or hi > 1 + 1e-6:
       raise DataError(
-          f"{what}: float images must lie in [0, 1], got [{lo:.3g}, {hi:.3g}]; "
-          f"rescale them (or store uint8 0..255).")
+        f"{what}: float images must lie in [0, 1], got [{lo:.3g}, {hi:.3g}]; "
+        f"rescale them (or store uint8 0..255)."
+      )
     return imgs.astype(np.float32)
   raise DataError(f"{what}: unsupported image dtype {imgs.dtype}; use uint8 or float.")
 
@@ -68,7 +70,7 @@ def center_crop_square(imgs_NxHxWxC: np.ndarray) -> np.ndarray:
   _, h, w, _ = imgs_NxHxWxC.shape
   s = min(h, w)
   top, left = (h - s) // 2, (w - s) // 2
-  return imgs_NxHxWxC[:, top:top + s, left:left + s]
+  return imgs_NxHxWxC[:, top : top + s, left : left + s]
 
 
 def resize(imgs_NxHxWxC: np.ndarray, size: int) -> np.ndarray:
@@ -93,8 +95,10 @@ def to_channels(imgs_NxHxWxC: np.ndarray, channels: int, what: str) -> np.ndarra
     return imgs_NxHxWxC @ _LUMA[:, None]
   if c == 1 and channels == 3:
     return np.repeat(imgs_NxHxWxC, 3, axis=-1)
-  raise DataError(f"{what}: cannot convert {c}-channel images to {channels} channels "
-                  f"(supported: 1, 3, 4 -> 1 or 3).")
+  raise DataError(
+    f"{what}: cannot convert {c}-channel images to {channels} channels "
+    f"(supported: 1, 3, 4 -> 1 or 3)."
+  )
 
 
 def as_nhwc(imgs: np.ndarray, what: str) -> np.ndarray:
@@ -108,8 +112,10 @@ def as_nhwc(imgs: np.ndarray, what: str) -> np.ndarray:
     return imgs[..., None]
   if imgs.ndim == 4 and imgs.shape[-1] in (1, 3, 4):
     return imgs
-  raise DataError(f"{what}: expected images [n, H, W] or [n, H, W, C] with C in 1/3/4 "
-                  f"(channels-last); got shape {imgs.shape}.")
+  raise DataError(
+    f"{what}: expected images [n, H, W] or [n, H, W, C] with C in 1/3/4 "
+    f"(channels-last); got shape {imgs.shape}."
+  )
 
 
 @functools.lru_cache(maxsize=16)
@@ -135,8 +141,15 @@ def blur(imgs_NxHxWxC: np.ndarray, sigma: float) -> np.ndarray:
   return np.einsum("pw,nowc->nopc", _gaussian_matrix(w, float(sigma)), out, optimize=True)
 
 
-def preprocess_images(imgs: np.ndarray, *, image_size: int, channels: int, invert: bool,
-                      blur_sigma: float = 0.0, what: str = "images") -> np.ndarray:
+def preprocess_images(
+  imgs: np.ndarray,
+  *,
+  image_size: int,
+  channels: int,
+  invert: bool,
+  blur_sigma: float = 0.0,
+  what: str = "images",
+) -> np.ndarray:
   """Raw images -> float32 ``[N, image_size, image_size, channels]`` in [-1, 1].
 
   Args:
@@ -158,12 +171,21 @@ def preprocess_images(imgs: np.ndarray, *, image_size: int, channels: int, inver
   return np.ascontiguousarray(x)
 
 
-def preprocess_dataset(data: ClassDataset, *, image_size: int, channels: int,
-                       invert: bool, blur_sigma: float = 0.0) -> ClassDataset:
+def preprocess_dataset(
+  data: ClassDataset, *, image_size: int, channels: int, invert: bool, blur_sigma: float = 0.0
+) -> ClassDataset:
   """Applies :func:`preprocess_images` to every class of ``data``."""
-  images = [preprocess_images(x, image_size=image_size, channels=channels, invert=invert,
-                              blur_sigma=blur_sigma, what=f"class {n!r} of {data.source}")
-            for n, x in zip(data.names, data.images)]
+  images = [
+    preprocess_images(
+      x,
+      image_size=image_size,
+      channels=channels,
+      invert=invert,
+      blur_sigma=blur_sigma,
+      what=f"class {n!r} of {data.source}",
+    )
+    for n, x in zip(data.names, data.images)
+  ]
   return ClassDataset(list(data.names), images, list(data.groups), data.source)
 
 
@@ -179,12 +201,18 @@ def add_rotations(data: ClassDataset) -> ClassDataset:
       names.append(n if k == 0 else f"{n}/rot{90 * k}")
       images.append(x if k == 0 else np.ascontiguousarray(np.rot90(x, k, axes=(1, 2))))
       groups.append(g)
-  return ClassDataset(names, images, groups,
-                      data.source + " (+90/180/270-degree rotations as classes)")
+  return ClassDataset(
+    names, images, groups, data.source + " (+90/180/270-degree rotations as classes)"
+  )
 
 
-def jitter(imgs_NxHxWxC: np.ndarray, rng: np.random.Generator, *, max_shift: float = 2.0,
-           max_degrees: float = 10.0) -> np.ndarray:
+def jitter(
+  imgs_NxHxWxC: np.ndarray,
+  rng: np.random.Generator,
+  *,
+  max_shift: float = 2.0,
+  max_degrees: float = 10.0,
+) -> np.ndarray:
   """Small random affine jitter: per image a shift and a rotation, bilinear.
 
   Pixels that come from outside the image repeat the border (Omniglot's border
@@ -201,8 +229,9 @@ def jitter(imgs_NxHxWxC: np.ndarray, rng: np.random.Generator, *, max_shift: flo
   shift = rng.uniform(-max_shift, max_shift, (n, 2)).astype(np.float32)
   cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
   cy, cx = (h - 1) / 2, (w - 1) / 2
-  yy, xx = np.meshgrid(np.arange(h, dtype=np.float32) - cy, np.arange(w, dtype=np.float32) - cx,
-                       indexing="ij")
+  yy, xx = np.meshgrid(
+    np.arange(h, dtype=np.float32) - cy, np.arange(w, dtype=np.float32) - cx, indexing="ij"
+  )
   # Inverse map: output pixel -> source position (undo shift, then rotation).
   dy = yy[None] - shift[:, 0, None, None]
   dx = xx[None] - shift[:, 1, None, None]

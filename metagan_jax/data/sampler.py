@@ -32,9 +32,21 @@ class TaskSampler:
   resume it; :meth:`batch` gives any batch directly.
   """
 
-  def __init__(self, data: ClassDataset, T: int, K: int, Q: int, *, seed: int = 0,
-               classes_per_task: int = 1, jitter: bool = False, jitter_shift: float = 2.0,
-               jitter_degrees: float = 10.0, process_index: int = 0, start_step: int = 0):
+  def __init__(
+    self,
+    data: ClassDataset,
+    T: int,
+    K: int,
+    Q: int,
+    *,
+    seed: int = 0,
+    classes_per_task: int = 1,
+    jitter: bool = False,
+    jitter_shift: float = 2.0,
+    jitter_degrees: float = 10.0,
+    process_index: int = 0,
+    start_step: int = 0,
+  ):
     """Checks everything and packs the images; raises :class:`DataError` on bad input.
 
     Args:
@@ -47,17 +59,26 @@ class TaskSampler:
       process_index: this host's index; hosts with distinct indices draw distinct tasks.
       start_step: the position to start from (same as ``restore``).
     """
-    for k, v, lo in (("T", T, 1), ("K", K, 1), ("Q", Q, 0),
-                     ("classes_per_task", classes_per_task, 1), ("seed", seed, 0),
-                     ("process_index", process_index, 0), ("start_step", start_step, 0)):
+    for k, v, lo in (
+      ("T", T, 1),
+      ("K", K, 1),
+      ("Q", Q, 0),
+      ("classes_per_task", classes_per_task, 1),
+      ("seed", seed, 0),
+      ("process_index", process_index, 0),
+      ("start_step", start_step, 0),
+    ):
       if not isinstance(v, (int, np.integer)) or v < lo:
         raise DataError(f"{k} must be an integer >= {lo}, got {v!r}.")
     if len(data) == 0:
-      raise DataError(f"no classes to sample from {data.source or 'this split'} (empty split); "
-                      f"use another split, split='all', or add classes.")
+      raise DataError(
+        f"no classes to sample from {data.source or 'this split'} (empty split); "
+        f"use another split, split='all', or add classes."
+      )
     if len(data) < classes_per_task:
-      raise DataError(f"classes_per_task={classes_per_task} but the split has only "
-                      f"{len(data)} classes.")
+      raise DataError(
+        f"classes_per_task={classes_per_task} but the split has only {len(data)} classes."
+      )
     self.T, self.K, self.Q = int(T), int(K), int(Q)
     self.seed, self.process_index = int(seed), int(process_index)
     self.classes_per_task = int(classes_per_task)
@@ -73,27 +94,32 @@ class TaskSampler:
       if small.size:
         i = int(small[np.argmin(counts[small])])
         raise DataError(
-            f"K + Q = {self.K} + {self.Q} = {n} exceeds the {counts[i]} images of class "
-            f"{data.names[i]!r} ({small.size} of {len(data)} classes have fewer than {n}); "
-            f"lower K or Q, or drop small classes.")
+          f"K + Q = {self.K} + {self.Q} = {n} exceeds the {counts[i]} images of class "
+          f"{data.names[i]!r} ({small.size} of {len(data)} classes have fewer than {n}); "
+          f"lower K or Q, or drop small classes."
+        )
     else:
-      smallest = np.sort(counts)[:self.classes_per_task]
+      smallest = np.sort(counts)[: self.classes_per_task]
       if smallest.sum() < n:
-        raise DataError(f"K + Q = {n} exceeds the {smallest.sum()} images of the "
-                        f"{self.classes_per_task} smallest classes; lower K or Q.")
+        raise DataError(
+          f"K + Q = {n} exceeds the {smallest.sum()} images of the "
+          f"{self.classes_per_task} smallest classes; lower K or Q."
+        )
     shapes = {x.shape[1:] for x in data.images}
     if len(shapes) != 1:
       raise DataError(f"classes of {data.source} have different image shapes {sorted(shapes)}.")
     for name, x in zip(data.names, data.images):
       if x.dtype != np.float32:
-        raise DataError(f"class {name!r} is {x.dtype}; the sampler takes preprocessed float32 "
-                        f"images (use load_split or preprocess.preprocess_dataset).")
+        raise DataError(
+          f"class {name!r} is {x.dtype}; the sampler takes preprocessed float32 "
+          f"images (use load_split or preprocess.preprocess_dataset)."
+        )
     self.image_shape = shapes.pop()
     self.counts_C = counts
     self._max_n = int(counts.max())
     self.imgs_CxNxHxWxC = np.zeros((len(data), self._max_n, *self.image_shape), np.float32)
     for c, x in enumerate(data.images):
-      self.imgs_CxNxHxWxC[c, :len(x)] = x
+      self.imgs_CxNxHxWxC[c, : len(x)] = x
 
   @property
   def num_classes(self) -> int:
@@ -107,8 +133,9 @@ class TaskSampler:
       return rng.choice(self.num_classes, size, replace=False)
     return rng.integers(0, self.num_classes, size)
 
-  def indices(self, step: int,
-              rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+  def indices(
+    self, step: int, rng: np.random.Generator | None = None
+  ) -> tuple[np.ndarray, np.ndarray]:
     """Class and image indices of batch ``step``: two ``int[T, K + Q]`` arrays."""
     rng = self._rng(step) if rng is None else rng
     T, n = self.T, self.K + self.Q
@@ -122,8 +149,7 @@ class TaskSampler:
         keys[np.arange(self._max_n)[None, :] >= self.counts_C[cls_T][:, None]] = 2.0
         idx_TxN = np.argsort(keys, axis=1)[:, :n]
       else:
-        idx_TxN = np.stack([rng.choice(self.counts_C[c], n, replace=False)
-                            for c in cls_T.tolist()])
+        idx_TxN = np.stack([rng.choice(self.counts_C[c], n, replace=False) for c in cls_T.tolist()])
       return cls_TxN, idx_TxN
     m = self.classes_per_task
     cls_Txm = self._pick_classes(rng, T * m).reshape(T, m)
@@ -147,12 +173,17 @@ class TaskSampler:
     query = self.imgs_CxNxHxWxC[cls_TxN[:, K:], idx_TxN[:, K:]]
     if self.jitter:
       support, query = (
-          pp.jitter(x.reshape(-1, *self.image_shape), rng, max_shift=self.jitter_shift,
-                    max_degrees=self.jitter_degrees).reshape(x.shape)
-          for x in (support, query))
+        pp.jitter(
+          x.reshape(-1, *self.image_shape),
+          rng,
+          max_shift=self.jitter_shift,
+          max_degrees=self.jitter_degrees,
+        ).reshape(x.shape)
+        for x in (support, query)
+      )
     return Tasks(support=support, query=query)
 
-  def __iter__(self) -> "TaskSampler":
+  def __iter__(self) -> TaskSampler:
     return self
 
   def __next__(self) -> Tasks:
@@ -167,8 +198,10 @@ class TaskSampler:
   def restore(self, state: dict) -> None:
     """Continues from a saved :meth:`state` (the seed must match)."""
     if int(state.get("seed", self.seed)) != self.seed:
-      raise DataError(f"sampler state was saved with seed {state['seed']}, this sampler has "
-                      f"seed {self.seed}; build it with the saved seed.")
+      raise DataError(
+        f"sampler state was saved with seed {state['seed']}, this sampler has "
+        f"seed {self.seed}; build it with the saved seed."
+      )
     self.step = int(state["step"])
 
   def prefetch(self, size: int = 2, sharding=None, device_put: bool = True):
@@ -178,4 +211,5 @@ class TaskSampler:
     :meth:`state` keep counting the batches actually handed out.
     """
     from metagan_jax.data.prefetch import Prefetcher  # pylint: disable=g-import-not-at-top
+
     return Prefetcher(self, size=size, sharding=sharding, device_put=device_put)

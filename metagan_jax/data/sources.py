@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -42,8 +42,9 @@ class ClassDataset:
       object.__setattr__(self, "groups", list(self.names))
     if not len(self.names) == len(self.images) == len(self.groups):
       raise DataError(
-          f"ClassDataset needs one name, image array and group per class; got "
-          f"{len(self.names)} names, {len(self.images)} arrays, {len(self.groups)} groups.")
+        f"ClassDataset needs one name, image array and group per class; got "
+        f"{len(self.names)} names, {len(self.images)} arrays, {len(self.groups)} groups."
+      )
     if len(set(self.names)) != len(self.names):
       dup = sorted({n for n in self.names if self.names.count(n) > 1})[:3]
       raise DataError(f"class names must be unique; repeated: {dup}")
@@ -63,7 +64,7 @@ class ClassDataset:
       raise DataError(f"dataset from {self.source or 'unknown source'} has no classes.")
     return tuple(self.images[0].shape[1:])
 
-  def select(self, names: Sequence[str], source: str | None = None) -> "ClassDataset":
+  def select(self, names: Sequence[str], source: str | None = None) -> ClassDataset:
     """Returns the classes called ``names``, in that order."""
     index = {n: i for i, n in enumerate(self.names)}
     missing = [n for n in names if n not in index]
@@ -71,10 +72,10 @@ class ClassDataset:
       raise DataError(f"classes not in {self.source or 'the dataset'}: {missing[:5]}")
     idx = [index[n] for n in names]
     return ClassDataset(
-        names=[self.names[i] for i in idx],
-        images=[self.images[i] for i in idx],
-        groups=[self.groups[i] for i in idx],
-        source=self.source if source is None else source,
+      names=[self.names[i] for i in idx],
+      images=[self.images[i] for i in idx],
+      groups=[self.groups[i] for i in idx],
+      source=self.source if source is None else source,
     )
 
 
@@ -90,4 +91,5 @@ def check_finite(imgs: np.ndarray, what: str) -> None:
     bad = int(np.size(imgs) - np.count_nonzero(np.isfinite(imgs)))
     if bad:
       raise DataError(
-          f"{what} has {bad} non-finite values (NaN or inf); clean or drop those images.")
+        f"{what} has {bad} non-finite values (NaN or inf); clean or drop those images."
+      )

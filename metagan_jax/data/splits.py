@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -24,11 +24,11 @@ SPLITS = ("train", "val", "test", "all")
 # np.random.default_rng(0).choice(30, 5, replace=False) over the sorted names,
 # and fixed here so every run validates on the same characters.
 OMNIGLOT_VAL_ALPHABETS = (
-    "Blackfoot_(Canadian_Aboriginal_Syllabics)",
-    "Burmese_(Myanmar)",
-    "Greek",
-    "Inuktitut_(Canadian_Aboriginal_Syllabics)",
-    "Malay_(Jawi_-_Arabic)",
+  "Blackfoot_(Canadian_Aboriginal_Syllabics)",
+  "Burmese_(Myanmar)",
+  "Greek",
+  "Inuktitut_(Canadian_Aboriginal_Syllabics)",
+  "Malay_(Jawi_-_Arabic)",
 )
 
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
@@ -39,8 +39,11 @@ def check_split_name(split: str) -> None:
     raise DataError(f"unknown split {split!r}; use one of {SPLITS}.")
 
 
-def omniglot_split(background: ClassDataset, evaluation: ClassDataset,
-                   val_alphabets: Sequence[str] = OMNIGLOT_VAL_ALPHABETS) -> dict[str, list[str]]:
+def omniglot_split(
+  background: ClassDataset,
+  evaluation: ClassDataset,
+  val_alphabets: Sequence[str] = OMNIGLOT_VAL_ALPHABETS,
+) -> dict[str, list[str]]:
   """Class names of the standard Omniglot split (by alphabet).
 
   Raises:
@@ -49,17 +52,20 @@ def omniglot_split(background: ClassDataset, evaluation: ClassDataset,
   val = set(val_alphabets)
   unknown = sorted(val - set(background.groups))
   if unknown:
-    raise DataError(f"validation alphabets {unknown} are not background alphabets of "
-                    f"{background.source}; choose among {sorted(set(background.groups))}.")
+    raise DataError(
+      f"validation alphabets {unknown} are not background alphabets of "
+      f"{background.source}; choose among {sorted(set(background.groups))}."
+    )
   return {
-      "train": [n for n, g in zip(background.names, background.groups) if g not in val],
-      "val": [n for n, g in zip(background.names, background.groups) if g in val],
-      "test": list(evaluation.names),
+    "train": [n for n, g in zip(background.names, background.groups) if g not in val],
+    "val": [n for n, g in zip(background.names, background.groups) if g in val],
+    "test": list(evaluation.names),
   }
 
 
-def class_split(data: ClassDataset, seed: int,
-                fractions: Sequence[float] = DEFAULT_FRACTIONS) -> dict[str, list[str]]:
+def class_split(
+  data: ClassDataset, seed: int, fractions: Sequence[float] = DEFAULT_FRACTIONS
+) -> dict[str, list[str]]:
   """Seeded train/val/test split of the groups (= classes unless the source groups them).
 
   Each split gets ``round(fraction * num_groups)`` groups, val and test at least
@@ -67,7 +73,8 @@ def class_split(data: ClassDataset, seed: int,
   """
   if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
     raise DataError(
-        f"split fractions must be 3 non-negative numbers summing to 1, got {fractions}.")
+      f"split fractions must be 3 non-negative numbers summing to 1, got {fractions}."
+    )
   groups = sorted(set(data.groups))
   n = len(groups)
   n_val, n_test = (int(round(f * n)) for f in fractions[1:])
@@ -80,8 +87,10 @@ def class_split(data: ClassDataset, seed: int,
   which = {}
   for rank, gi in enumerate(perm.tolist()):
     which[groups[gi]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
-  return {s: [c for c, g in zip(data.names, data.groups) if which[g] == s]
-          for s in ("train", "val", "test")}
+  return {
+    s: [c for c, g in zip(data.names, data.groups) if which[g] == s]
+    for s in ("train", "val", "test")
+  }
 
 
 def check_disjoint(splits: dict[str, list[str]]) -> None:

@@ -16,8 +16,16 @@ from metagan_jax.data.sources import ClassDataset, DataError
 
 # Image classification datasets known to work as plain names; any other TFDS
 # dataset works as "tfds:<name>".
-KNOWN = ("omniglot", "mnist", "emnist", "kmnist", "fashion_mnist", "cifar10", "cifar100",
-         "svhn_cropped")
+KNOWN = (
+  "omniglot",
+  "mnist",
+  "emnist",
+  "kmnist",
+  "fashion_mnist",
+  "cifar10",
+  "cifar100",
+  "svhn_cropped",
+)
 
 
 def import_tfds():
@@ -26,9 +34,10 @@ def import_tfds():
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise DataError(
-        "TFDS sources need tensorflow-datasets and tensorflow: pip install 'metagan_jax[data]' "
-        "(or: pip install tensorflow-cpu tensorflow-datasets). The offline Omniglot copy, "
-        f"folders and .npz files need neither. ({e})") from e
+      "TFDS sources need tensorflow-datasets and tensorflow: pip install 'metagan_jax[data]' "
+      "(or: pip install tensorflow-cpu tensorflow-datasets). The offline Omniglot copy, "
+      f"folders and .npz files need neither. ({e})"
+    ) from e
   return tfds
 
 
@@ -46,32 +55,38 @@ def get_builder(name: str, *, data_dir=None, download: bool = False):
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.DatasetNotFoundError as e:
     raise DataError(
-        f"unknown TFDS dataset {name!r}; see tfds.list_builders() for the names.") from e
+      f"unknown TFDS dataset {name!r}; see tfds.list_builders() for the names."
+    ) from e
   if download:
     try:
       builder.download_and_prepare()
     except Exception as e:
-      raise DataError(f"TFDS could not download/prepare {name!r} into {builder.data_dir}: "
-                      f"{type(e).__name__}: {e}. Without network, run `tfds build {name} "
-                      f"--data_dir DIR` where there is one and copy DIR here.") from e
+      raise DataError(
+        f"TFDS could not download/prepare {name!r} into {builder.data_dir}: "
+        f"{type(e).__name__}: {e}. Without network, run `tfds build {name} "
+        f"--data_dir DIR` where there is one and copy DIR here."
+      ) from e
   elif not builder.is_prepared():
     where = data_dir if data_dir is not None else "the default ~/tensorflow_datasets"
     raise DataError(
-        f"TFDS data for {name!r} not found in data_dir={where} and download=False. Get it with "
-        f"`tfds build {name} --data_dir DIR` (then pass data_dir=DIR), or pass download=True, "
-        f"or point data_dir at a folder that already holds it.")
+      f"TFDS data for {name!r} not found in data_dir={where} and download=False. Get it with "
+      f"`tfds build {name} --data_dir DIR` (then pass data_dir=DIR), or pass download=True, "
+      f"or point data_dir at a folder that already holds it."
+    )
   return builder
 
 
-def _read(builder, split: str, keys: tuple[str, ...], image_key: str, map_image=None,
-          batch_size: int = 512) -> dict[str, np.ndarray]:
+def _read(
+  builder, split: str, keys: tuple[str, ...], image_key: str, map_image=None, batch_size: int = 512
+) -> dict[str, np.ndarray]:
   """Reads ``keys`` of every example of ``split`` into numpy arrays."""
   tfds = import_tfds()
   features = builder.info.features
   missing = [k for k in keys if k not in features]
   if missing:
-    raise DataError(f"TFDS dataset {builder.name!r} has no feature {missing}; it has "
-                    f"{sorted(features.keys())}.")
+    raise DataError(
+      f"TFDS dataset {builder.name!r} has no feature {missing}; it has {sorted(features.keys())}."
+    )
   fixed = None not in tuple(features[image_key].shape)
   ds = builder.as_dataset(split=split, shuffle_files=False)
   ds = ds.map(lambda ex: {k: ex[k] for k in keys})
@@ -85,8 +100,10 @@ def _read(builder, split: str, keys: tuple[str, ...], image_key: str, map_image=
       if shape is None:
         shape = ex[image_key].shape[1:]
       elif ex[image_key].shape[1:] != shape:
-        raise DataError(f"TFDS {builder.name!r} example {i} has image shape "
-                        f"{ex[image_key].shape[1:]}, the first {shape}; images must share a size.")
+        raise DataError(
+          f"TFDS {builder.name!r} example {i} has image shape "
+          f"{ex[image_key].shape[1:]}, the first {shape}; images must share a size."
+        )
     if map_image is not None:
       ex[image_key] = map_image(ex[image_key])
     for k in keys:
@@ -102,8 +119,15 @@ def _group(labels: np.ndarray, images: np.ndarray) -> tuple[np.ndarray, list[np.
   return uniq, np.split(images[order], starts[1:])
 
 
-def load_tfds(name: str, *, data_dir=None, download: bool = False, split: str | None = None,
-              image_key: str = "image", label_key: str = "label") -> ClassDataset:
+def load_tfds(
+  name: str,
+  *,
+  data_dir=None,
+  download: bool = False,
+  split: str | None = None,
+  image_key: str = "image",
+  label_key: str = "label",
+) -> ClassDataset:
   """Any TFDS image-classification dataset, grouped by label.
 
   Args:
@@ -126,8 +150,9 @@ def load_tfds(name: str, *, data_dir=None, download: bool = False, split: str | 
     label_names = builder.info.features[label_key].names
   except AttributeError:
     label_names = None
-  names = [str(label_names[l]) if label_names and l < len(label_names) else str(l)
-           for l in labels.tolist()]
+  names = [
+    str(label_names[l]) if label_names and l < len(label_names) else str(l) for l in labels.tolist()
+  ]
   return ClassDataset(names, images, None, f"TFDS {name} ({split}) from {builder.data_dir}")
 
 
@@ -150,8 +175,13 @@ def load_tfds_omniglot(part: str, *, data_dir=None, download: bool = False) -> C
   if tfds_split is None:
     raise DataError(f"Omniglot part must be 'background' or 'evaluation', got {part!r}.")
   builder = get_builder("omniglot", data_dir=data_dir, download=download)
-  ex = _read(builder, tfds_split, ("image", "alphabet", "alphabet_char_id"), "image",
-             map_image=_omniglot_to_28)
+  ex = _read(
+    builder,
+    tfds_split,
+    ("image", "alphabet", "alphabet_char_id"),
+    "image",
+    map_image=_omniglot_to_28,
+  )
   alphabets = builder.info.features["alphabet"].names
   key = ex["alphabet"].astype(np.int64) * 100_000 + ex["alphabet_char_id"].astype(np.int64)
   keys, images = _group(key, ex["image"])
@@ -161,6 +191,9 @@ def load_tfds_omniglot(part: str, *, data_dir=None, download: bool = False) -> C
     names.append(f"images_{part}/{alphabet}/character{k % 100_000 + 1:02d}")
     groups.append(alphabet)
   order = np.argsort(names)  # Same class order as the offline copy (sorted keys).
-  return ClassDataset([names[i] for i in order], [images[i] for i in order],
-                      [groups[i] for i in order],
-                      f"TFDS omniglot ({tfds_split}) from {builder.data_dir}")
+  return ClassDataset(
+    [names[i] for i in order],
+    [images[i] for i in order],
+    [groups[i] for i in order],
+    f"TFDS omniglot ({tfds_split}) from {builder.data_dir}",
+  )
