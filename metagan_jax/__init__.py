@@ -9,6 +9,7 @@ only for TFDS sources.
 from metagan_jax import (
   augment,
   backend,
+  checkpoint,
   compile_cache,
   data,
   gan,
@@ -64,6 +65,7 @@ __all__ = [
   "AdaptConfig",
   "augment",
   "backend",
+  "checkpoint",
   "compile_cache",
   "data",
   "gan",

@@ -1,10 +1,13 @@
 """Generator/discriminator pairs as pure ``apply(params, inputs)`` functions.
 
-Every model is a :class:`GanModel`: two flax linen modules, split once into
-pure functions of parameter pytrees, so that ``jax.grad``/``jax.vmap`` in the
-inner and outer loops only ever see pytrees (no module state). No layer keeps
-running statistics: BatchNorm's would make the inner loop impure, so the conv
-pairs offer only stateless normalisation (LayerNorm / GroupNorm / none).
+Every model is a :class:`GanModel`: two players, each an ``init``/``apply`` pair
+of pure functions of parameter pytrees, so that ``jax.grad``/``jax.vmap`` in the
+inner and outer loops only ever see pytrees (no module state). The built-in
+pairs are flax linen modules; your own pair can be flax NNX modules
+(:meth:`GanModel.from_nnx`) or any pure functions (:meth:`GanModel.from_functions`,
+which covers equinox, haiku and hand-written models). No layer keeps running
+statistics: BatchNorm's would make the inner loop impure, so the conv pairs offer
+only stateless normalisation (LayerNorm / GroupNorm / none).
 """
 
 from __future__ import annotations
@@ -22,6 +25,28 @@ from metagan_jax import backend, layers
 
 PyTree = Any
 
+__all__ = [
+  "CONV_IMPLS",
+  "MATMUL_DTYPES",
+  "ConvDiscriminator",
+  "ConvGenerator",
+  "DCGAN28Discriminator",
+  "DCGAN28Generator",
+  "FSGAN28Discriminator",
+  "FSGAN28Generator",
+  "GanModel",
+  "GanParams",
+  "MLP",
+  "Mapping",
+  "dcgan",
+  "dcgan28",
+  "dcgan32",
+  "dcgan64",
+  "fsgan28",
+  "get_model",
+  "mlp",
+]
+
 
 class GanParams(NamedTuple):
   """Parameters of a GAN pair: ``g`` for the generator, ``d`` for the discriminator."""
@@ -34,12 +59,19 @@ class GanParams(NamedTuple):
 class GanModel:
   """A generator/discriminator pair as pure functions.
 
+  Build one from your own players with :meth:`from_nnx` (flax NNX modules),
+  :meth:`from_functions` (any pure ``init``/``apply`` functions) or
+  :meth:`from_linen` (flax linen modules); the registered pairs come from
+  :func:`get_model`.
+
   Attributes:
     name: registry name, e.g. ``"dcgan28"``.
     z_dim: latent size; ``z ~ N(0, I)`` of shape ``[n, z_dim]``.
     data_shape: shape of one sample, e.g. ``(28, 28, 1)`` (channels-last).
-    generator: the flax module mapping ``z_NxZ -> x_Nx...``.
-    discriminator: the flax module mapping ``x_Nx... -> logits_N``.
+    generator: the player mapping ``z_NxZ -> x_Nx...``: a flax linen module, or
+      any object with linen's ``init(key, z) -> {"params": p}`` and
+      ``apply({"params": p}, z)``.
+    discriminator: the player mapping ``x_Nx... -> logits_N``, likewise.
     mapping: the generator's latent mapping ``z -> w`` (its parameters under
       ``"mapping"``), or ``None`` when the generator has none (then ``w = z``).
     synthesis: the rest of the generator, ``w -> x`` (parameters under ``"synthesis"``).
@@ -52,6 +84,152 @@ class GanModel:
   discriminator: nn.Module
   mapping: nn.Module | None = None
   synthesis: nn.Module | None = None
+
+  @classmethod
+  def from_linen(
+    cls,
+    generator: nn.Module,
+    discriminator: nn.Module,
+    *,
+    z_dim: int,
+    data_shape: Sequence[int],
+    name: str = "linen",
+  ) -> GanModel:
+    """A pair of flax linen modules: ``generator(z_NxZ) -> x_Nx...``, ``discriminator(x) -> logits_N``.
+
+    The shapes are checked (abstractly, before anything compiles); see :meth:`from_functions`.
+    """
+    model = cls(name, int(z_dim), _shape(data_shape), generator, discriminator)
+    _check_pair(model)
+    return model
+
+  @classmethod
+  def from_functions(
+    cls,
+    *,
+    g_init: Callable[[jax.Array], PyTree],
+    g_apply: Callable[[PyTree, jax.Array], jax.Array],
+    d_init: Callable[[jax.Array], PyTree],
+    d_apply: Callable[[PyTree, jax.Array], jax.Array],
+    z_dim: int,
+    data_shape: Sequence[int],
+    name: str = "functions",
+  ) -> GanModel:
+    """A pair of pure functions: equinox, haiku or hand-written models.
+
+    Parameters should be nested dicts of arrays (string keys), so that
+    ``AdaptConfig.g_trainable`` / ``d_trainable`` path prefixes, Meta-SGD's
+    per-parameter rates, sharding and checkpoints work as for the built-in pairs.
+
+    Example (a hand-written MLP generator)::
+
+      def g_init(key):
+        return {"fc": {"w": 0.1 * jax.random.normal(key, (8, 2)), "b": jnp.zeros(2)}}
+
+      def g_apply(p, z):
+        return z @ p["fc"]["w"] + p["fc"]["b"]
+
+      model = GanModel.from_functions(g_init=g_init, g_apply=g_apply,
+                                      d_init=d_init, d_apply=d_apply,
+                                      z_dim=8, data_shape=(2,))
+
+    Args:
+      g_init: ``key -> params`` of the generator.
+      g_apply: ``(params, z_NxZ) -> x_Nx...`` with ``x.shape[1:] == data_shape``.
+      d_init: ``key -> params`` of the discriminator.
+      d_apply: ``(params, x_Nx...) -> logits_N``.
+      z_dim: latent size.
+      data_shape: shape of one sample, e.g. ``(28, 28, 1)`` (channels-last).
+      name: a name for error messages and logs.
+
+    Returns:
+      The :class:`GanModel`.
+
+    Raises:
+      TypeError: an argument is not callable.
+      ValueError: the generator's output is not ``[N, *data_shape]`` or the
+        discriminator's is not ``[N]`` (checked with ``jax.eval_shape``, before
+        any compile).
+    """
+    for arg, f in (
+      ("g_init", g_init),
+      ("g_apply", g_apply),
+      ("d_init", d_init),
+      ("d_apply", d_apply),
+    ):
+      if not callable(f):
+        raise TypeError(
+          f"GanModel.from_functions: {arg} must be a function, got {type(f).__name__}."
+        )
+    model = cls(
+      name,
+      int(z_dim),
+      _shape(data_shape),
+      _FunctionPlayer(g_init, g_apply, f"{name} generator"),
+      _FunctionPlayer(d_init, d_apply, f"{name} discriminator"),
+    )
+    _check_pair(model)
+    return model
+
+  @classmethod
+  def from_nnx(
+    cls,
+    generator: Any,
+    discriminator: Any,
+    *,
+    z_dim: int,
+    data_shape: Sequence[int],
+    name: str = "nnx",
+  ) -> GanModel:
+    """A pair of flax NNX modules, split once so that the loops see only pytrees.
+
+    Each player is split with ``nnx.split`` into its graph and its ``nnx.Param``
+    state; parameters are that state's pure dict (nested dicts of arrays, list
+    indices as string keys), and ``apply`` merges them back into the module for
+    one call. Nothing else of the module is used: a module holding other
+    variables (``nnx.BatchNorm``'s batch statistics, counters, a stored
+    ``nnx.Rngs``) raises an error, since a pure inner loop cannot carry state
+    that a forward pass updates.
+
+    Example::
+
+      class G(nnx.Module):
+        def __init__(self, rngs):
+          self.fc = nnx.Linear(8, 2, rngs=rngs)
+        def __call__(self, z):
+          return self.fc(z)
+
+      model = GanModel.from_nnx(G(nnx.Rngs(0)), D(nnx.Rngs(1)), z_dim=8, data_shape=(2,))
+      # or factories, so that model.init(key) draws new parameters from the key:
+      model = GanModel.from_nnx(lambda rngs: G(rngs), lambda rngs: D(rngs), z_dim=8, data_shape=(2,))
+
+    Args:
+      generator: an ``nnx.Module`` mapping ``z [N, z_dim]`` to ``x [N, *data_shape]``,
+        or a factory ``rngs -> module``. With a module, :meth:`init` returns its
+        current parameters whatever the key; with a factory, parameters drawn
+        from ``nnx.Rngs(key)``.
+      discriminator: an ``nnx.Module`` (or factory) mapping ``x`` to logits ``[N]``.
+      z_dim: latent size.
+      data_shape: shape of one sample, e.g. ``(28, 28, 1)`` (channels-last).
+      name: a name for error messages and logs.
+
+    Returns:
+      The :class:`GanModel`.
+
+    Raises:
+      TypeError: a player is neither an ``nnx.Module`` nor a factory of one.
+      ValueError: a module holds variables other than ``nnx.Param``, or the
+        output shapes are wrong (checked before any compile).
+    """
+    model = cls(
+      name,
+      int(z_dim),
+      _shape(data_shape),
+      _nnx_player(generator, "generator", name),
+      _nnx_player(discriminator, "discriminator", name),
+    )
+    _check_pair(model)
+    return model
 
   def init(self, key: jax.Array) -> GanParams:
     """Returns freshly initialised parameters of both players."""
@@ -114,6 +292,143 @@ def _init(model: GanModel, key: jax.Array) -> GanParams:
     g=model.generator.init(kg, z)["params"],
     d=model.discriminator.init(kd, x)["params"],
   )
+
+
+def _shape(data_shape: Sequence[int]) -> tuple[int, ...]:
+  try:
+    shape = tuple(int(d) for d in data_shape)
+  except TypeError:
+    raise TypeError(
+      f"data_shape must be a sequence of ints such as (28, 28, 1), got {data_shape!r}."
+    ) from None
+  if not shape or min(shape) < 1:
+    raise ValueError(f"data_shape={data_shape!r}: give the shape of one sample, e.g. (28, 28, 1).")
+  return shape
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _FunctionPlayer:
+  """A player from pure functions, with linen's ``init``/``apply`` calling convention."""
+
+  init_fn: Callable[[jax.Array], PyTree]
+  apply_fn: Callable[[PyTree, jax.Array], jax.Array]
+  what: str
+
+  def init(self, key: jax.Array, x: jax.Array) -> dict:
+    del x  # the parameters' shapes are the function's to know
+    return {"params": self.init_fn(key)}
+
+  def apply(self, variables: dict, x: jax.Array) -> jax.Array:
+    return self.apply_fn(variables["params"], x)
+
+
+def _str_keys(tree: PyTree) -> PyTree:
+  # NNX's pure dicts key list items by int; string keys keep paths uniform for
+  # trainable prefixes and orbax, and ``nnx.replace_by_pure_dict`` accepts them.
+  if isinstance(tree, dict):
+    return {str(k): _str_keys(v) for k, v in tree.items()}
+  return tree
+
+
+def _nnx_player(module_or_factory: Any, role: str, model_name: str) -> _FunctionPlayer:
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  where = f"GanModel.from_nnx(name={model_name!r}) {role}"
+  if isinstance(module_or_factory, nnx.Module):
+    module, factory = module_or_factory, None
+  elif callable(module_or_factory) and not isinstance(module_or_factory, nn.Module):
+    factory = module_or_factory
+    module = nnx.eval_shape(lambda: factory(nnx.Rngs(0)))
+    if not isinstance(module, nnx.Module):
+      raise TypeError(f"{where}: the factory returned {type(module).__name__}, not an nnx.Module.")
+  else:
+    hint = (
+      " For a flax linen module use GanModel.from_linen."
+      if isinstance(module_or_factory, nn.Module)
+      else ""
+    )
+    raise TypeError(
+      f"{where} must be an nnx.Module or a factory `rngs -> nnx.Module`, got "
+      f"{type(module_or_factory).__name__}.{hint}"
+    )
+  graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+  others = [("/".join(map(str, path)), type(v).__name__) for path, v in nnx.to_flat_state(rest)]
+  if others:
+    shown = ", ".join(f"{p} ({t})" for p, t in others[:4])
+    more = f" and {len(others) - 4} more" if len(others) > 4 else ""
+    raise ValueError(
+      f"{where} ({type(module).__name__}) holds variables other than nnx.Param: "
+      f"{shown}{more}. The inner loop is a pure function of parameters, so state a forward "
+      "pass updates (BatchNorm statistics, counters, stored Rngs) cannot be carried: use a "
+      "stateless normalisation (nnx.LayerNorm, nnx.GroupNorm) or none, and pass randomness "
+      "as inputs instead of storing nnx.Rngs in the module."
+    )
+  template = params
+
+  def apply(p, x):
+    state = jax.tree.map(lambda v: v, template)  # fresh Variables; the template stays intact
+    nnx.replace_by_pure_dict(state, p)
+    return nnx.merge(graphdef, state)(x)
+
+  if factory is None:
+    pure = _str_keys(nnx.to_pure_dict(params))
+
+    def init(key):
+      del key  # an instance's parameters are already drawn
+      return jax.tree.map(jnp.asarray, pure)
+  else:
+
+    def init(key):
+      return _str_keys(nnx.to_pure_dict(nnx.split(factory(nnx.Rngs(key)), nnx.Param)[1]))
+
+  return _FunctionPlayer(init, apply, f"{model_name} {role}")
+
+
+def _check_pair(model: GanModel) -> None:
+  """Checks both players' output shapes with ``jax.eval_shape`` (traces, never compiles)."""
+  n = 2
+  z = jax.ShapeDtypeStruct((n, model.z_dim), jnp.float32)
+  x = jax.ShapeDtypeStruct((n, *model.data_shape), jnp.float32)
+  key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+
+  def run(role, f, *args):
+    try:
+      return jax.eval_shape(f, *args)
+    except Exception as e:  # the user's code failed: say which player and on what input
+      raise ValueError(
+        f"GanModel {model.name!r}: calling the {role} failed ({type(e).__name__}: {e})."
+      ) from e
+
+  g = run("generator's init", lambda k, z: model.generator.init(k, z)["params"], key, z)
+  d = run("discriminator's init", lambda k, x: model.discriminator.init(k, x)["params"], key, x)
+  out = run(
+    f"generator on z of shape {z.shape}", lambda p, z: model.generator.apply({"params": p}, z), g, z
+  )
+  want = (n, *model.data_shape)
+  if getattr(out, "shape", None) != want:
+    raise ValueError(
+      f"GanModel {model.name!r}: the generator maps z of shape {z.shape} to "
+      f"{getattr(out, 'shape', type(out).__name__)}, but data_shape={model.data_shape} needs "
+      f"{want}: make it return [N, *data_shape] (reshape its output), or pass the data_shape "
+      "it produces."
+    )
+  logits = run(
+    f"discriminator on x of shape {x.shape}",
+    lambda p, x: model.discriminator.apply({"params": p}, x),
+    d,
+    x,
+  )
+  if getattr(logits, "shape", None) != (n,):
+    raise ValueError(
+      f"GanModel {model.name!r}: the discriminator maps x of shape {x.shape} to "
+      f"{getattr(logits, 'shape', type(logits).__name__)}; it must return one logit per "
+      f"sample, shape [N] = {(n,)}: e.g. `return logits.reshape(-1)` for [N, 1]."
+    )
+  if not jnp.issubdtype(out.dtype, jnp.floating) or not jnp.issubdtype(logits.dtype, jnp.floating):
+    raise ValueError(
+      f"GanModel {model.name!r}: the players must return floating-point arrays "
+      f"(generator {out.dtype}, discriminator {logits.dtype})."
+    )
 
 
 def _norm(kind: str | None, name: str) -> Callable[[jax.Array], jax.Array]:
