@@ -12,7 +12,7 @@ Each configuration runs in its own process (``maml_speed.py`` or
 ``torch_peer.py``), so ``peak_rss_mb`` is that configuration's own high-water
 mark. Results go to ``benchmarks/results/<sweep>.jsonl``, plots to
 ``benchmarks/figures/``, and the markdown tables between the ``<!-- sweeps -->``
-markers of ``benchmarks/README.md`` are regenerated from the JSONL files.
+markers of ``docs/benchmarks.md`` (the benchmarks page) are regenerated from the JSONL files.
 """
 
 from __future__ import annotations
@@ -371,7 +371,7 @@ def tables() -> str:
 
 
 def write_readme() -> None:
-  path = os.path.join(HERE, "README.md")
+  path = os.path.join(os.path.dirname(HERE), "docs", "benchmarks.md")
   text = (
     open(path).read()
     if os.path.exists(path)
@@ -404,7 +404,7 @@ def main() -> None:
       sweeps[name](args.steps)
   print("figures:", plots())
   write_readme()
-  print("tables written to benchmarks/README.md")
+  print("tables written to docs/benchmarks.md")
 
 
 if __name__ == "__main__":

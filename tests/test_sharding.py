@@ -22,9 +22,19 @@ _SCRIPT = textwrap.dedent("""
     import metagan_jax as mg
     from metagan_jax import parallel
 
-    algorithm, T = sys.argv[1], int(sys.argv[2])
+    algorithm, T, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     assert jax.device_count() == 4, jax.devices()
     model = mg.models.mlp(data_dim=2, z_dim=3, hidden=(16,))
+    if kind == "nnx":  # the same pair as flax NNX modules (parameters: plain nested dicts)
+      from flax import nnx
+      class MLP(nnx.Module):
+        def __init__(self, din, dout, rngs):
+          self.fc0, self.fc1 = nnx.Linear(din, 16, rngs=rngs), nnx.Linear(16, dout, rngs=rngs)
+        def __call__(self, x):
+          h = self.fc1(jax.nn.leaky_relu(self.fc0(x), 0.2))
+          return h[:, 0] if h.shape[1] == 1 else h
+      model = mg.GanModel.from_nnx(lambda r: MLP(3, 2, r), lambda r: MLP(2, 1, r),
+                                   z_dim=3, data_shape=(2,))
     tasks, _ = mg.toy.RingMixtures().sample_tasks(jax.random.key(0), T, 6, 5)
 
     def run(mesh):
@@ -62,10 +72,10 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run(algorithm, T):
+def _run(algorithm, T, kind="linen"):
   env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": xla_flags(4)}
   out = subprocess.run(
-    [sys.executable, "-c", _SCRIPT, algorithm, str(T)],
+    [sys.executable, "-c", _SCRIPT, algorithm, str(T), kind],
     cwd=ROOT,
     env=env,
     capture_output=True,
@@ -76,9 +86,9 @@ def _run(algorithm, T):
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
-def test_sharded_meta_step_equals_single_device(algorithm):
-  r = _run(algorithm, 8)
+@pytest.mark.parametrize("algorithm,kind", [("maml", "linen"), ("reptile", "nnx")])
+def test_sharded_meta_step_equals_single_device(algorithm, kind):
+  r = _run(algorithm, 8, kind)
   assert r["moved"] > 1e-4  # the meta-steps did change the parameters
   assert r["rel_err"] < 1e-5
   assert r["replicated"]

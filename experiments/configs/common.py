@@ -9,7 +9,7 @@ def base_config() -> ml_collections.ConfigDict:
   """Defaults shared by the short, full and tiny configs."""
   c = ml_collections.ConfigDict()
   c.name = "omniglot"
-  c.dataset = "omniglot"  # offline Omniglot if found, else TFDS (see docs/data.md)
+  c.dataset = "omniglot"  # offline Omniglot if found, else TFDS (see docs/howto/data.md)
   c.data_dir = ""  # "" = found automatically (METAGAN_OMNIGLOT28_DIR, ../shared/...)
   # Gaussian blur (pixels) of every image, train and test alike (support, held-out
   # reference, feature net): it softens Omniglot's 1-pixel binary strokes.
@@ -33,7 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.inner_b2 = 0.9
   # Meta-SGD's step: "sgd" (-lr * grad, Li et al.) or "adam" (-lr * Adam's direction with the
   # betas above: with every rate at inner_lr, the adam rule exactly). Through WGAN-GP, "sgd"
-  # diverged in meta-training (experiments/README.md, research log 13).
+  # diverged in meta-training (docs/research_log.md, research log 13).
   c.metasgd_direction = "adam"
   # maml / metasgd meta-training: second order through the last n inner steps only
   # ("all": exact; metagan_jax.AdaptConfig.second_order_steps)
@@ -72,7 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.equal_time_of = "reptile"
   # Meta-SGD's learned rates: their own outer Adam learning rate (0 = train.outer_lr). They
   # start at inner_lr = 1e-3, so outer_lr = 1e-3 moved them ~100% per step and meta-training
-  # diverged at step 11; 1e-5 (~1% per step) stayed finite (experiments/README.md, log 13).
+  # diverged at step 11; 1e-5 (~1% per step) stayed finite (docs/research_log.md, log 13).
   c.train.rate_lr = 1e-5
   c.train.outer_eps = 1e-8  # Adam's epsilon (larger: tiny gradients move less than outer_lr)
   c.train.ckpt_every = 200
