@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine (Python >= 3.10 and make):
 #   make demo   # installs into .venv, runs the main job
-#   make test   # installs into .venv, runs the test suite
+#   make test   # installs into .venv; lint, format check, the docs build and the test suite
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,15 +10,26 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(VENV)/.stamp-test: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[dev,data,bench,experiments]"
+	$(PY) -m pip install -q -e ".[dev,docs,data,bench,experiments]"
 	touch $@
 
 $(VENV)/.stamp-demo: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[data,experiments]"
 	touch $@
 
-.PHONY: test demo lopt
-test: $(VENV)/.stamp-test
+.PHONY: test lint docs-check pytest demo lopt
+# What CI runs (.ci/run): each step stops the run on its first failure.
+test: lint docs-check pytest
+
+lint: $(VENV)/.stamp-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# The site from scratch (-E: every page re-read, so no warning hides in a cached page).
+docs-check: $(VENV)/.stamp-test
+	$(PY) -m sphinx -E -W --keep-going -b html docs docs/_build/html
+
+pytest: $(VENV)/.stamp-test
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 demo: $(VENV)/.stamp-demo
@@ -26,3 +37,13 @@ demo: $(VENV)/.stamp-demo
 
 lopt: $(VENV)/.stamp-demo   # learned optimiser vs tuned SGD / Adam on Omniglot (~10 min)
 	$(PY) experiments/lopt_omniglot.py --config experiments/configs/lopt_short.py --workdir runs/lopt_short
+
+$(VENV)/.stamp-docs: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[docs,data,experiments]"
+	touch $@
+
+# The documentation site into docs/_build/html, warnings as errors; it executes the tutorials
+# (METAGAN_DOCS_EXECUTE=off skips that, =cache re-runs only changed ones).
+.PHONY: docs
+docs: $(VENV)/.stamp-docs
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html

@@ -1,6 +1,6 @@
 """Cost of every meta-learning algorithm on the main job's config: one markdown table.
 
-  python benchmarks/algorithm_costs.py                 # the table in benchmarks/README.md
+  python benchmarks/algorithm_costs.py                 # the table in docs/benchmarks.md
   python benchmarks/algorithm_costs.py --profile       # plus what second order's cost is made of
   python benchmarks/algorithm_costs.py --steps 5 --config experiments/configs/omniglot_full.py
 

@@ -51,6 +51,7 @@ import metagan_jax as mg  # pylint: disable=g-import-not-at-top
 from experiments import protocol, train_lib  # pylint: disable=g-import-not-at-top
 from metagan_jax import lopt_train as LT  # pylint: disable=g-import-not-at-top
 from metagan_jax import metrics as M  # pylint: disable=g-import-not-at-top
+from metagan_jax.progress import Progress  # pylint: disable=g-import-not-at-top
 
 OPTIMIZERS = ("sgd", "adam", "lopt")
 
@@ -109,8 +110,6 @@ def meta_train(
 
   Both optimisers start as SGD(``start_lr``, default ``lopt.start_lr``).
   """
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-
   lc = config.lopt
   path = os.path.join(out_dir, "params.msgpack")
   tcfg = train_config(config)
@@ -144,26 +143,31 @@ def meta_train(
   log_path = os.path.join(out_dir, "metrics.jsonl")
   if main:
     open(log_path, "w").close()
-  for i in tqdm(
-    range(lc.steps),
+  # A tqdm bar on a terminal; in a log file, one plain line every few seconds.
+  bar = Progress(
+    total=lc.steps,
     desc=f"lopt ({lc.estimator})",
     disable=not progress,
     file=sys.stderr,
     mininterval=1.0,
-  ):
-    state, metrics = step(state, sampler.batch(i + 1), jax.random.fold_in(key, i))
-    acc.append(jax.device_get(metrics))
-    if (i + 1) % lc.log_every == 0 or i + 1 == lc.steps:
-      row = {
-        "step": i + 1,
-        **{k: float(np.mean([a[k] for a in acc])) for k in acc[0]},
-        "elapsed_s": round(time.perf_counter() - t0, 1),
-      }
-      rows.append(row)
-      if main:
-        with open(log_path, "a") as f:
-          f.write(json.dumps(row) + "\n")
-      acc = []
+  )
+  with bar:
+    for i in range(lc.steps):
+      state, metrics = step(state, sampler.batch(i + 1), jax.random.fold_in(key, i))
+      acc.append(jax.device_get(metrics))
+      if (i + 1) % lc.log_every == 0 or i + 1 == lc.steps:
+        row = {
+          "step": i + 1,
+          **{k: float(np.mean([a[k] for a in acc])) for k in acc[0]},
+          "elapsed_s": round(time.perf_counter() - t0, 1),
+        }
+        rows.append(row)
+        if main:
+          with open(log_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        acc = []
+        bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if "loss" in k}, refresh=False)
+      bar.update(1)
   if not all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params)):
     raise FloatingPointError(
       "the learned optimiser's parameters became non-finite; lower lopt.outer_lr or lopt.step_mult."

@@ -45,6 +45,7 @@ import numpy as np
 
 import metagan_jax as mg
 from metagan_jax import gan, recipes
+from metagan_jax.progress import Progress
 
 META_METHODS = mg.ALGORITHMS
 BASELINES = ("transfer", "scratch")
@@ -571,8 +572,6 @@ def train_run(
     FileExistsError: ``run_dir`` has checkpoints and ``resume`` is False.
     NonFiniteError: ``train.max_nonfinite`` non-finite updates in a row.
   """
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-
   run = Run(config, method, seed, train_split, init_params)
   tc = config.train
   ckpt_dir = os.path.join(run_dir, "checkpoints")
@@ -714,7 +713,8 @@ def train_run(
     if not restored:  # a run resumed from its step-0 checkpoint has it already
       save_checkpoint(mngr, 0, state, meta(0))
     snapshot(0)
-  bar = tqdm(
+  # A tqdm bar on a terminal; in a log file, one plain line every few seconds.
+  bar = Progress(
     total=run.total,
     initial=start,
     desc=f"{method} seed {seed}",

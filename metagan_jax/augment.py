@@ -22,6 +22,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+__all__ = [
+  "OPS",
+  "parse_policy",
+  "translate",
+  "cutout",
+  "diff_augment",
+]
+
+#: The augmentation ops a policy may name (:func:`parse_policy`).
 OPS = ("translation", "cutout")
 
 

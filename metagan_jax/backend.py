@@ -4,27 +4,28 @@ Every setting below accepts ``"auto"`` (the default) and resolves it from the
 platform of the devices that run the computation; an explicit value always
 wins. The rules:
 
-=====================================  ===========  ==============  ==========================
-setting                                CPU          GPU / TPU       why
-=====================================  ===========  ==============  ==========================
-``MetaConfig.vectorize``               ``"map"``    ``"vmap"``      one task's small matmuls
-``LOptTrainConfig.vectorize``                                       already keep 2-16 CPU
-                                                                    cores busy, and ``map``
-                                                                    needs less memory; an
-                                                                    accelerator is mostly idle
-                                                                    unless the tasks run at once
-``models.*(conv_impl=...)``            ``"matmul"`` ``"xla"``       XLA:CPU runs the grouped
-                                                                    convolutions of vmapped
-                                                                    per-task weights far below
-                                                                    its matmul rate (23x slower
-                                                                    meta-steps, measured); GPU
-                                                                    and TPU compilers have fast
-                                                                    native convolutions
-=====================================  ===========  ==============  ==========================
++-------------------------------+--------------+------------+------------------------------+
+| setting                       | CPU          | GPU / TPU  | why                          |
++===============================+==============+============+==============================+
+| ``MetaConfig.vectorize``,     | ``"map"``    | ``"vmap"`` | one task's small matmuls     |
+| ``LOptTrainConfig.vectorize`` |              |            | already keep 2-16 CPU        |
+|                               |              |            | cores busy, and ``map``      |
+|                               |              |            | needs less memory; an        |
+|                               |              |            | accelerator is mostly idle   |
+|                               |              |            | unless the tasks run at once |
++-------------------------------+--------------+------------+------------------------------+
+| ``models.*(conv_impl=...)``   | ``"matmul"`` | ``"xla"``  | XLA:CPU runs the grouped     |
+|                               |              |            | convolutions of vmapped      |
+|                               |              |            | per-task weights far below   |
+|                               |              |            | its matmul rate (23x slower  |
+|                               |              |            | meta-steps, measured); GPU   |
+|                               |              |            | and TPU compilers have fast  |
+|                               |              |            | native convolutions          |
++-------------------------------+--------------+------------+------------------------------+
 
-The CPU column is measured (``benchmarks/README.md``); the accelerator column is
+The CPU column is measured (``docs/benchmarks.md``); the accelerator column is
 the rule's hypothesis until ``benchmarks/device_check.sh`` has been run on one
-(``benchmarks/README.md`` says what has been).
+(``docs/benchmarks.md`` says what has been).
 """
 
 from __future__ import annotations
@@ -33,8 +34,21 @@ from collections.abc import Sequence
 
 import jax
 
+__all__ = [
+  "ACCELERATORS",
+  "VECTORIZE",
+  "CONV_IMPLS",
+  "platform",
+  "is_accelerator",
+  "resolve_vectorize",
+  "resolve_conv_impl",
+]
+
+#: Platform names that count as accelerators (:func:`is_accelerator`).
 ACCELERATORS = ("gpu", "tpu", "cuda", "rocm")
+#: How a batch of tasks runs, ``"map"`` (one task after another) or ``"vmap"``.
 VECTORIZE = ("map", "vmap")
+#: The convolution implementations, ``"matmul"`` (:mod:`metagan_jax.layers`) or ``"xla"``.
 CONV_IMPLS = ("matmul", "xla")
 
 

@@ -11,11 +11,11 @@ meta-GAN with the run's own rule for T steps (default: the run's headline),
 samples with the run's tuned truncation psi (--psi overrides; 1: none) and
 writes OUT/samples.npz (``samples``: float32 [N, H, W, C] in [-1, 1], the run's
 polarity), OUT/grid.png (the support images as converted, then the samples, enlarged
-for viewing), OUT/samples/*.png (each sample at the model's size) and
+for viewing), ``OUT/samples/*.png`` (each sample at the model's size) and
 OUT/report.json.
 
 Several classes in one call: a DIR whose images sit in one sub-folder per class
-(DIR/<class>/*.png) adapts to each class separately, with the same keys, and
+(``DIR/<class>/*.png``) adapts to each class separately, with the same keys, and
 writes each class's outputs to OUT/<class>/; OUT/report.json lists them. A
 class's samples equal a one-class call's with the same --seed.
 
@@ -38,6 +38,10 @@ import tempfile
 import time
 
 import numpy as np
+
+__all__ = [
+  "main",
+]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MIN_IMAGES = 2
@@ -187,16 +191,6 @@ def _umask() -> int:
   return mask
 
 
-class _NoBar:
-  def __init__(self, *a, **k):
-    pass
-
-  def update(self, *a):
-    pass
-
-  set_postfix_str = close = update
-
-
 def _write_class(folder: str, support: np.ndarray, samples: np.ndarray, report: dict) -> None:
   """One class's outputs: samples.npz, grid.png, samples/*.png and report.json in ``folder``."""
   os.makedirs(folder, exist_ok=True)
@@ -232,11 +226,8 @@ def generate(args) -> dict:
     cache_dir = compile_cache.enable()
   stats = compile_cache.Stats()
   import metagan_jax as mg  # pylint: disable=g-import-not-at-top
+  from metagan_jax.progress import Progress  # pylint: disable=g-import-not-at-top
 
-  try:
-    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-  except ImportError:  # the bar is a nicety: without tqdm, the command runs without one
-    tqdm = _NoBar
   out = os.path.abspath(args.out)
   # 1. Everything is checked before any compute.
   if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and not args.overwrite:
@@ -272,7 +263,8 @@ def generate(args) -> dict:
   t_loaded = time.perf_counter()
   steps = run.headline if args.steps is None else args.steps
   supports, flips = zip(*(prepare(c[1], run.preprocessing, args.invert) for c in classes))
-  bar = tqdm(total=3, desc="generate", file=sys.stderr, disable=args.quiet)
+  # A tqdm bar on a terminal (plain lines without tqdm); in a log file, plain lines.
+  bar = Progress(total=3, desc="generate", file=sys.stderr, disable=args.quiet)
   bar.set_postfix_str(
     f"adapting {run.method} for {steps} steps"
     + (f" to {len(classes)} classes" if subs is not None else "")

@@ -34,6 +34,20 @@ import warnings
 
 import jax
 
+__all__ = [
+  "OFF_ENV",
+  "default_dir",
+  "resolve_dir",
+  "Stats",
+  "repairing",
+  "enable",
+  "disable",
+  "export_dir",
+  "source_key",
+  "exported_call",
+]
+
+#: The environment variable that turns the cache off (``0``, ``off``, ``false`` or ``no``).
 OFF_ENV = "METAGAN_COMPILATION_CACHE"
 _OFF_VALUES = ("0", "off", "false", "no")
 _EVENTS = {

@@ -27,6 +27,13 @@ from metagan_jax import losses as losses_lib
 from metagan_jax.inner import check_samples
 from metagan_jax.models import GanModel, GanParams
 
+__all__ = [
+  "GanTrainConfig",
+  "GanTrainState",
+  "init",
+  "train_step",
+]
+
 PyTree = Any
 
 

@@ -22,6 +22,20 @@ from metagan_jax import losses as losses_lib
 from metagan_jax.lopt import LOptMetaParams, LOptSpec
 from metagan_jax.models import GanModel, GanParams
 
+__all__ = [
+  "MetaSGDParams",
+  "per_parameter_sgd",
+  "AdaptConfig",
+  "InnerNoise",
+  "inner_noise",
+  "check_samples",
+  "trainable_mask",
+  "inner_step",
+  "adapt_with_aux",
+  "adapt_prefix",
+  "adapt",
+]
+
 PyTree = Any
 
 
@@ -67,7 +81,8 @@ class AdaptConfig:
       SGD(inner_lr). For Adam, pass ``optax.adam(lr, eps_root=1e-12)`` or
       similar: ``eps_root > 0`` keeps the square root differentiable at zero,
       which second-order MAML needs.
-    d_opt / g_opt: per-player overrides of ``inner_opt``.
+    d_opt: the discriminator's override of ``inner_opt``.
+    g_opt: the generator's override of ``inner_opt``.
     loss: a preset name (``ns``, ``hinge``, ``wasserstein``, ``wgan-gp``,
       ``ns-r1``) or a :class:`metagan_jax.GanLoss`.
     n_fake: generated samples per update; defaults to the support size. A

@@ -1,6 +1,6 @@
 """Convolutions written as matrix products, and spectral normalisation.
 
-Meta-learning ``vmap``s the models over per-task weights. XLA turns a
+Meta-learning maps the models with ``vmap`` over per-task weights. XLA turns a
 convolution with a batched kernel into a *grouped* convolution (one group per
 task), and on CPU grouped convolutions, their transposes and their second
 derivatives run far below the matmul rate. Written as patch extraction (a few
@@ -39,6 +39,20 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+__all__ = [
+  "default_kernel_init",
+  "matmul",
+  "conv4x4s2",
+  "conv_transpose4x4s2",
+  "conv3x3",
+  "top_singular_value",
+  "spectral_normalize",
+  "Dense",
+  "Conv3x3",
+  "Conv4x4s2",
+  "ConvTranspose4x4s2",
+]
 
 default_kernel_init = nn.initializers.lecun_normal()
 

@@ -34,6 +34,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
+__all__ = [
+  "LOptSpec",
+  "LOptParams",
+  "LOptState",
+  "LOptMetaParams",
+  "init_lopt_params",
+  "learned_optimizer",
+]
+
 PyTree = Any
 
 

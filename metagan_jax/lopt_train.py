@@ -46,7 +46,23 @@ from metagan_jax.lopt import LOptMetaParams, init_lopt_params
 from metagan_jax.models import GanParams
 from metagan_jax.tasks import Tasks
 
+__all__ = [
+  "ESTIMATORS",
+  "LOptTrainConfig",
+  "InnerRun",
+  "LOptTrainState",
+  "mmd2",
+  "needs_restart",
+  "unroll_run",
+  "init",
+  "es_gradient",
+  "pes_gradient",
+  "meta_gradients",
+  "meta_step",
+]
+
 PyTree = Any
+#: The meta-gradient estimators (truncated backprop, ES and persistent ES).
 ESTIMATORS = ("tbptt", "es", "pes")
 
 
@@ -128,7 +144,7 @@ class LOptTrainConfig:
 
   @property
   def particles(self) -> int:
-    """Inner runs per task: 1, or 2 * num_pairs for PES (+ and - of each pair)."""
+    """Inner runs per task; 1, or 2 * num_pairs for PES (the + and - of each pair)."""
     return 2 * self.num_pairs if self.estimator == "pes" else 1
 
 

@@ -14,6 +14,19 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+__all__ = [
+  "ns_d_loss",
+  "ns_g_loss",
+  "hinge_d_loss",
+  "hinge_g_loss",
+  "wasserstein_d_loss",
+  "wasserstein_g_loss",
+  "gradient_penalty",
+  "r1_penalty",
+  "GanLoss",
+  "get_loss",
+]
+
 Array = jax.Array
 
 

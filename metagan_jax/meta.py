@@ -31,7 +31,21 @@ from metagan_jax.lopt import LOptMetaParams
 from metagan_jax.models import GanParams
 from metagan_jax.tasks import Tasks
 
+__all__ = [
+  "ALGORITHMS",
+  "MetaConfig",
+  "MetaState",
+  "init",
+  "metasgd_outer",
+  "maml_objective",
+  "per_task_gradient",
+  "check_tasks",
+  "meta_gradients",
+  "meta_step",
+]
+
 PyTree = Any
+#: The meta-learning algorithms :class:`MetaConfig` accepts.
 ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd")
 
 
@@ -259,7 +273,7 @@ def per_task_gradient(meta_params, support, query, key, config: MetaConfig):
 
 
 def check_tasks(tasks: Tasks, config: MetaConfig) -> None:
-  """Raises a clear error unless ``tasks`` fits the model: float, [T, K|Q, *data_shape]."""
+  """Raises a clear error unless ``tasks`` fits the model: float, ``[T, K|Q, *data_shape]``."""
   if not isinstance(tasks, Tasks):
     raise TypeError(f"tasks must be metagan_jax.Tasks(support, query), got {type(tasks).__name__}.")
   model = config.adapt.model

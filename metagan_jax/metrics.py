@@ -21,6 +21,22 @@ from collections.abc import Callable
 
 import numpy as np
 
+__all__ = [
+  "polynomial_kernel",
+  "kid",
+  "gaussian_stats",
+  "frechet_distance_from_stats",
+  "frechet_distance",
+  "pairwise_distances",
+  "mean_pairwise_distance",
+  "nearest_neighbour_distance",
+  "nearest_prototype_accuracy",
+  "stroke_components",
+  "bootstrap_ci",
+  "paired_test",
+  "hierarchical_bootstrap_ci",
+]
+
 
 def _as_features(x, what: str) -> np.ndarray:
   x = np.asarray(x, np.float64)

@@ -446,6 +446,7 @@ def _norm(kind: str | None, name: str) -> Callable[[jax.Array], jax.Array]:
   )
 
 
+#: The convolution implementations the conv pairs take (the same tuple as ``backend.CONV_IMPLS``).
 CONV_IMPLS = backend.CONV_IMPLS
 
 
@@ -470,6 +471,7 @@ def _check_impl(conv_impl: str) -> str:
   return backend.resolve_conv_impl(conv_impl)
 
 
+#: The ``matmul_dtype`` values: ``None`` (float32 products) or ``"bfloat16"``.
 MATMUL_DTYPES = (None, "bfloat16")
 
 
@@ -682,7 +684,7 @@ def fsgan28(
   """The 28x28 pair that draws Omniglot: a latent mapping and a normalised G; a 3-conv D.
 
   The defaults are the recipe of the few-shot experiments (trained with WGAN-GP,
-  two critic steps per G step; experiments/README.md has the ablation that chose it).
+  two critic steps per G step; docs/research_log.md has the ablation that chose it).
 
   Args:
     z_dim: latent size.

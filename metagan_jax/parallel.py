@@ -42,10 +42,24 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+__all__ = [
+  "TASK_AXIS",
+  "DEFAULT_BARRIER_TIMEOUT_S",
+  "task_mesh",
+  "check_divisible",
+  "shard_tasks",
+  "replicate",
+  "to_host",
+  "initialize_distributed",
+  "barrier",
+  "distributed",
+]
+
 PyTree = Any
+#: The name of the mesh axis the task batch is sharded over (:func:`task_mesh`).
 TASK_AXIS = "tasks"
-# Seconds a process waits at an explicit barrier for the others (process 0 may
-# evaluate, plot and save alone for a long time): long, and a setting.
+#: Seconds a process waits at an explicit barrier for the others (process 0 may
+#: evaluate, plot and save alone for a long time): long, and a setting.
 DEFAULT_BARRIER_TIMEOUT_S = 3600.0
 
 

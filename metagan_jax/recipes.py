@@ -27,6 +27,18 @@ from metagan_jax.inner import AdaptConfig, MetaSGDParams
 from metagan_jax.meta import MetaConfig, metasgd_outer
 from metagan_jax.models import GanModel, GanParams, get_model
 
+__all__ = [
+  "model",
+  "default_rule",
+  "inner_optimizer",
+  "metasgd_direction",
+  "adapt_config",
+  "meta_config",
+  "pretrain_config",
+  "pretrained_params",
+  "with_rule",
+]
+
 Config = Mapping[str, Any]
 
 

@@ -34,7 +34,19 @@ from metagan_jax.meta import ALGORITHMS
 from metagan_jax.meta import init as meta_init
 from metagan_jax.models import GanModel
 
+__all__ = [
+  "GAN_METHODS",
+  "LOPT_METHODS",
+  "RunError",
+  "Preprocessing",
+  "LoadedRun",
+  "N_AVG",
+  "load_run",
+]
+
+#: The methods a meta-GAN run can hold (the algorithms, ``transfer`` and ``scratch``).
 GAN_METHODS = ALGORITHMS + ("transfer", "scratch")
+#: The methods a learned-optimiser run holds.
 LOPT_METHODS = ("lopt", "sgd", "adam")
 
 
@@ -143,7 +155,7 @@ class LoadedRun:
 
   @property
   def psi(self) -> float:
-    """The rule's sampling truncation (1: none; see ``GanModel.generate_truncated``)."""
+    """The rule's sampling truncation (1 for none; see ``GanModel.generate_truncated``)."""
     return float(self.rule.get("psi", 1.0))
 
   def generate_many(
@@ -224,7 +236,8 @@ def _support(support, model: GanModel) -> np.ndarray:
   return s
 
 
-N_AVG = 2048  # latents whose mapped mean centres a truncated sample
+#: Latents whose mapped mean centres a truncated sample.
+N_AVG = 2048
 
 
 def _one_class(meta_params, support, seed, ac: AdaptConfig, n: int, psi: float = 1.0):

@@ -4,6 +4,10 @@ from typing import NamedTuple
 
 import jax
 
+__all__ = [
+  "Tasks",
+]
+
 
 class Tasks(NamedTuple):
   """A batch of few-shot generation tasks.

@@ -17,6 +17,13 @@ import jax.numpy as jnp
 
 from metagan_jax.tasks import Tasks
 
+__all__ = [
+  "RingTask",
+  "RingMixtures",
+  "mmd2",
+  "adaptation_mmd",
+]
+
 
 class RingTask(NamedTuple):
   """Parameters of one task: ``rotation`` (radians), ``radius``, ``scale`` (mode std)."""

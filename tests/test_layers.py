@@ -177,7 +177,7 @@ def test_dcgan28_bf16_maml_meta_gradient_within_tolerance_of_float32():
   """The bf16 flag (issue 20): every product of the second-order meta-gradient is bf16 x bf16
   -> f32, and the meta-gradient stays within 10% (relative norm) of float32's, cosine > 0.995.
   Measured: 4.8% and 0.9989 on this tiny config, 1.1-3.0% and 0.9997-0.9999 on the standard
-  workload (benchmarks/README.md)."""
+  workload (docs/benchmarks.md)."""
   imgs = jax.random.uniform(jax.random.key(1), (2, 4, 28, 28, 1), jnp.float32, -1, 1)
   tasks = mg.Tasks(imgs[:, :2], imgs[:, 2:])
   grads = {}

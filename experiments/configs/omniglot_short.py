@@ -24,7 +24,7 @@ def get_config():
   c.pretrain.lr = 8e-4  # research log 26: 1e-4 left the GAN far from converged
   c.train.steps = 200
   c.train.tasks = 4
-  c.train.outer_lr = 1e-3  # on validation classes: better than 3e-4 (README log)
+  c.train.outer_lr = 1e-3  # on validation classes: better than 3e-4 (docs/research_log.md)
   c.train.outer_b1 = 0.0
   c.train.equal_time = "maml,metasgd"  # when --config.methods has them: rows at Reptile's time
   c.train.ckpt_every = 250

@@ -1,6 +1,6 @@
 """The evaluation protocol: adapt every method to unseen Omniglot classes and score it.
 
-See experiments/README.md for the protocol in words. One module per stage:
+See docs/explanation/protocol.md for the protocol in words. One module per stage:
 
 1. ``features``: a feature CNN trained on meta-training classes only;
 2. ``classes``: 20 fixed test classes from the evaluation alphabets, K support

@@ -55,7 +55,7 @@ def _adapt_fn(config_json: str, rule_json: str, n_max: int):
 def _per_class(fn, g, z_CxN, per_class: bool):
   # One class at a time (lax.map), not one vmap over all classes: on CPU, C batches of
   # n_gen latents through G take 1.8-2.8x less time than one batch of C x n_gen
-  # (benchmarks/README.md, "The main job's time").
+  # (docs/benchmarks.md, "The main job's time").
   if per_class:
     return jax.lax.map(lambda a: fn(*a), (g, z_CxN))
   return jax.lax.map(lambda z: fn(g, z), z_CxN)
@@ -229,7 +229,7 @@ def _cnn_fns(num_classes: int, batch: int, lr: float, shift: float):
     return optax.apply_updates(p, u), s
 
   # All steps in one compiled loop: with im2col convolutions (layers.Conv3x3) that is
-  # bitwise the same as one call per step and 1.8-1.9x faster on CPU (benchmarks/README.md).
+  # bitwise the same as one call per step and 1.8-1.9x faster on CPU (docs/benchmarks.md).
   @functools.partial(jax.jit, static_argnums=(4,))
   def train(p, s, x_all, y_all, n_steps, key):
     body = lambda i, ps: step(*ps, x_all, y_all, jax.random.fold_in(key, i))

@@ -56,7 +56,7 @@ def tune_rules(config, params_by_run: dict, features_fn, verbose: bool = True) -
   (:func:`rule_grid`) at T = ``eval.headline``, with the same adaptation noise; a
   method's score for a rule is its mean validation KID over its seeds, and the best
   rule serves all of them. Pooling over seeds keeps one noisy seed from flipping a
-  close choice (per-seed choices changed with the CPU: experiments/README.md).
+  close choice (per-seed choices changed with the CPU: docs/research_log.md).
 
   Returns ``{"rules": {(method, seed): rule}, "scores": {"method|seed": {rule name:
   KID}}, "method_scores": {method: {rule name: mean KID}}, "classes": [...]}``.

@@ -10,7 +10,16 @@ from metagan_jax.data import preprocess as pp
 from metagan_jax.data.sampler import TaskSampler
 from metagan_jax.data.sources import ClassDataset, DataError, announce
 
+__all__ = [
+  "OMNIGLOT_NAMES",
+  "USER_NAMES",
+  "load_split",
+  "make_sampler",
+]
+
+#: Dataset names that load Omniglot (the offline copy, else TFDS).
 OMNIGLOT_NAMES = ("omniglot", "omniglot28", "tfds:omniglot")
+#: Dataset names that load one's own images (a folder, or an ``.npz`` file).
 USER_NAMES = ("folder", "npz")
 
 
@@ -174,7 +183,8 @@ def make_sampler(
 ) -> TaskSampler:
   """``load_split(dataset, split, **load_kwargs)`` wrapped in a :class:`TaskSampler`.
 
-  Example:
+  Example::
+
     sampler = make_sampler("omniglot", "train", T=8, K=5, Q=5, seed=0)
     for tasks in sampler.prefetch():   # Tasks(support [8,5,28,28,1], query [8,5,28,28,1])
       state = meta_step(state, tasks, key, config)

@@ -18,6 +18,14 @@ import numpy as np
 from metagan_jax.data import preprocess as pp
 from metagan_jax.data.sources import ClassDataset, DataError, check_finite
 
+__all__ = [
+  "IMAGE_SUFFIXES",
+  "load_folder",
+  "load_npz",
+  "save_npz",
+]
+
+#: The image file suffixes a folder source reads.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 

@@ -19,7 +19,18 @@ import numpy as np
 
 from metagan_jax.data.sources import ClassDataset, DataError, announce
 
+__all__ = [
+  "ENV_VAR",
+  "FILES",
+  "default_locations",
+  "find_omniglot28",
+  "load_omniglot28",
+  "load_omniglot",
+]
+
+#: The environment variable naming the offline Omniglot folder.
 ENV_VAR = "METAGAN_OMNIGLOT28_DIR"
+#: The files of the offline Omniglot folder, by Omniglot split.
 FILES = {"background": "train_small.npz", "evaluation": "test_small.npz"}
 _DEFAULT_REL = Path("..") / "shared" / "data" / "omniglot28"
 _REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -7,6 +7,10 @@ import threading
 
 import jax
 
+__all__ = [
+  "Prefetcher",
+]
+
 _POLL_S = 0.05
 
 
@@ -50,7 +54,8 @@ class Prefetcher:
   call :meth:`close`; the thread is a daemon and never blocks interpreter exit.
 
   Args:
-    sampler: the sampler (its :meth:`batch` is pure, so the thread may call it).
+    sampler: the sampler (its :meth:`~metagan_jax.data.sampler.TaskSampler.batch` is
+      pure, so the thread may call it).
     size: batches queued ahead.
     sharding: optional ``jax.sharding.Sharding`` (or pytree of them) for
       ``jax.device_put``; default the default device.

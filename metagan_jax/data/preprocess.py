@@ -13,6 +13,19 @@ import numpy as np
 
 from metagan_jax.data.sources import ClassDataset, DataError, check_finite
 
+__all__ = [
+  "to_unit_range",
+  "center_crop_square",
+  "resize",
+  "to_channels",
+  "as_nhwc",
+  "blur",
+  "preprocess_images",
+  "preprocess_dataset",
+  "add_rotations",
+  "jitter",
+]
+
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 

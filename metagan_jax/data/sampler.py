@@ -15,6 +15,10 @@ from metagan_jax.data import preprocess as pp
 from metagan_jax.data.sources import ClassDataset, DataError
 from metagan_jax.tasks import Tasks
 
+__all__ = [
+  "TaskSampler",
+]
+
 # Up to this many images per class the per-image random keys are drawn for the
 # whole batch at once; bigger classes (MNIST's ~7000) draw per task instead.
 _VECTOR_MAX_N = 256
@@ -30,6 +34,9 @@ class TaskSampler:
 
   Iterating advances :attr:`step`; :meth:`state` / :meth:`restore` save and
   resume it; :meth:`batch` gives any batch directly.
+
+  Attributes:
+    step: the index of the batch that iterating hands out next.
   """
 
   def __init__(

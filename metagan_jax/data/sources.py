@@ -14,6 +14,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+__all__ = [
+  "DataError",
+  "ClassDataset",
+  "announce",
+  "check_finite",
+]
+
 
 class DataError(ValueError):
   """Bad data input: says what is wrong, with which value, and how to fix it."""

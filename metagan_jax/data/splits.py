@@ -18,11 +18,24 @@ import numpy as np
 
 from metagan_jax.data.sources import ClassDataset, DataError
 
+__all__ = [
+  "SPLITS",
+  "OMNIGLOT_VAL_ALPHABETS",
+  "DEFAULT_FRACTIONS",
+  "check_split_name",
+  "omniglot_split",
+  "class_split",
+  "check_disjoint",
+  "write_split",
+  "read_split",
+]
+
+#: The split names (three disjoint sets of classes, and ``"all"`` of them).
 SPLITS = ("train", "val", "test", "all")
 
-# 5 of the 30 background alphabets (128 of the 964 classes), drawn once with
-# np.random.default_rng(0).choice(30, 5, replace=False) over the sorted names,
-# and fixed here so every run validates on the same characters.
+#: 5 of the 30 background alphabets (128 of the 964 classes), drawn once with
+#: ``np.random.default_rng(0).choice(30, 5, replace=False)`` over the sorted names,
+#: and fixed here so every run validates on the same characters.
 OMNIGLOT_VAL_ALPHABETS = (
   "Blackfoot_(Canadian_Aboriginal_Syllabics)",
   "Burmese_(Myanmar)",
@@ -31,6 +44,7 @@ OMNIGLOT_VAL_ALPHABETS = (
   "Malay_(Jawi_-_Arabic)",
 )
 
+#: The train, validation and test fractions of the classes (:func:`class_split`).
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
 
 

@@ -14,8 +14,16 @@ import numpy as np
 from metagan_jax.data import preprocess as pp
 from metagan_jax.data.sources import ClassDataset, DataError
 
-# Image classification datasets known to work as plain names; any other TFDS
-# dataset works as "tfds:<name>".
+__all__ = [
+  "KNOWN",
+  "import_tfds",
+  "get_builder",
+  "load_tfds",
+  "load_tfds_omniglot",
+]
+
+#: Image classification datasets known to work as plain names; any other TFDS
+#: dataset works as ``"tfds:<name>"``.
 KNOWN = (
   "omniglot",
   "mnist",
