@@ -239,7 +239,9 @@ def _split_meta_params(meta_params, config: AdaptConfig):
 
 
 def _path_name(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+  # dict keys (.key), sequence indices (.idx) and attributes of dataclass-like pytrees
+  # (.name: flax.struct, equinox modules), so "w" names the field `w` in each.
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 
 
 def trainable_mask(params: PyTree, spec: str | None, what: str = "trainable") -> PyTree:

@@ -295,3 +295,22 @@ def test_the_compile_counter_sees_a_compile():
   with _Compiles() as compiles:
     jax.jit(lambda x: x * 3.25 + 0.5)(jnp.arange(7.0))
   assert compiles.n >= 1
+
+
+def test_trainable_paths_name_fields_of_dataclass_pytrees():
+  # equinox modules and flax.struct dataclasses key their leaves by attribute (GetAttrKey).
+  import flax.struct
+
+  @flax.struct.dataclass
+  class Dense:
+    w: jax.Array
+    b: jax.Array
+
+  params = {
+    "fc": Dense(w=jnp.ones((2, 2)), b=jnp.zeros(2)),
+    "out": Dense(jnp.ones(2), jnp.zeros(1)),
+  }
+  mask = mg.trainable_mask(params, "fc/w,out")
+  assert mask == {"fc": Dense(w=True, b=False), "out": Dense(w=True, b=True)}
+  with pytest.raises(ValueError, match=r"prefix 'fc/x' matches no parameter.*'fc/w'"):
+    mg.trainable_mask(params, "fc/x")
