@@ -30,7 +30,7 @@ docs-check: $(VENV)/.stamp-test
 	$(PY) -m sphinx -E -W --keep-going -b html docs docs/_build/html
 
 pytest: $(VENV)/.stamp-test
-	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=20 tests
 
 demo: $(VENV)/.stamp-demo
 	$(PY) experiments/omniglot.py --config experiments/configs/omniglot_short.py --workdir runs/omniglot_short
