@@ -354,10 +354,6 @@ def _is_global(x) -> bool:
   return isinstance(x, jax.Array) and not x.is_fully_addressable
 
 
-def _leaf_dict(state) -> dict:
-  return {f"leaf_{i:05d}": x for i, x in enumerate(jax.tree.leaves(state))}
-
-
 def save_checkpoint(mngr, step: int, state, meta: dict) -> None:
   """Saves ``state`` (every process calls it; orbax writes each array once).
 
@@ -366,7 +362,9 @@ def save_checkpoint(mngr, step: int, state, meta: dict) -> None:
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
-  leaves = {k: x if _is_global(x) else np.asarray(x) for k, x in _leaf_dict(state).items()}
+  leaves = {
+    k: x if _is_global(x) else np.asarray(x) for k, x in mg.checkpoint.leaf_dict(state).items()
+  }
   mngr.save(
     step,
     args=ocp.args.Composite(state=ocp.args.StandardSave(leaves), meta=ocp.args.JsonSave(meta)),
@@ -393,7 +391,7 @@ def restore_checkpoint(ckpt_dir: str, keep: int, like) -> tuple[Any, dict, int] 
     k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
     if _is_global(x)
     else np.asarray(x)
-    for k, x in _leaf_dict(like).items()
+    for k, x in mg.checkpoint.leaf_dict(like).items()
   }
   for step in sorted(mngr.all_steps(), reverse=True):
     try:

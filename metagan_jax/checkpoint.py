@@ -2,8 +2,8 @@
 
 The tree's structure comes from ``like`` at restore time, so NamedTuples,
 flax dataclasses and optax states come back as they were saved; only the
-leaves are written (as a flat ``{"0": ..., "1": ...}`` dict, which orbax's
-standard handler takes for any tree).
+leaves are written, as the flat dict of :func:`leaf_dict` (the layout of the
+experiments' checkpoints too, which orbax's standard handler takes for any tree).
 
 Example::
 
@@ -23,13 +23,18 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["restore", "save"]
+__all__ = ["leaf_dict", "restore", "save"]
 
 PyTree = Any
 
 
-def _leaves(tree: PyTree) -> dict:
-  return {str(i): x for i, x in enumerate(jax.tree.leaves(tree))}
+def _key(i: int) -> str:
+  return f"leaf_{i:05d}"
+
+
+def leaf_dict(tree: PyTree) -> dict:
+  """The leaves of ``tree`` as ``{"leaf_00000": x0, "leaf_00001": x1, ...}``, in flattening order."""
+  return {_key(i): x for i, x in enumerate(jax.tree.leaves(tree))}
 
 
 def save(directory: str | os.PathLike, tree: PyTree, *, force: bool = False) -> None:
@@ -51,7 +56,7 @@ def save(directory: str | os.PathLike, tree: PyTree, *, force: bool = False) -> 
       f"checkpoint directory {path} exists; pass force=True to overwrite it, or choose another."
     )
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(path, _leaves(tree), force=force)
+    ckptr.save(path, leaf_dict(tree), force=force)
 
 
 def restore(directory: str | os.PathLike, like: PyTree) -> PyTree:
@@ -76,7 +81,7 @@ def restore(directory: str | os.PathLike, like: PyTree) -> PyTree:
     raise FileNotFoundError(f"no checkpoint at {path}; write one with metagan_jax.checkpoint.save.")
   leaves, treedef = jax.tree.flatten(like)
   target = {
-    str(i): jax.ShapeDtypeStruct(np.shape(x), jax.numpy.result_type(x))
+    _key(i): jax.ShapeDtypeStruct(np.shape(x), jax.numpy.result_type(x))
     for i, x in enumerate(leaves)
   }
   with ocp.StandardCheckpointer() as ckptr:
@@ -87,4 +92,4 @@ def restore(directory: str | os.PathLike, like: PyTree) -> PyTree:
         f"the checkpoint at {path} does not match `like` ({len(leaves)} arrays): was it saved "
         f"from a state of another model or algorithm? ({e})"
       ) from e
-  return jax.tree.unflatten(treedef, [out[str(i)] for i in range(len(leaves))])
+  return jax.tree.unflatten(treedef, [out[_key(i)] for i in range(len(leaves))])
