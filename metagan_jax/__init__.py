@@ -31,6 +31,7 @@ from metagan_jax.inner import (
   adapt_prefix,
   adapt_with_aux,
   inner_noise,
+  leave_one_out_sets,
   per_parameter_sgd,
   trainable_mask,
 )
@@ -94,6 +95,7 @@ __all__ = [
   "init",
   "init_lopt_params",
   "inner_noise",
+  "leave_one_out_sets",
   "layers",
   "learned_optimizer",
   "load_run",

@@ -57,6 +57,11 @@ class GanTrainConfig:
       (``""``: none; ``"translation"``, ``"cutout"``, ``"translation,cutout"``;
       :mod:`metagan_jax.augment`). ``""`` leaves the other random streams as
       they were.
+    recon_weight: conditional models: weight of an L1 term ``|G(z, set_i) - real_i|``
+      in G's loss, each real image the held-out target of its support set
+      (DAGAN / FAML-style pre-training; the caller keeps ``real_i`` out of its set).
+    mode_seeking_weight: weight of MSGAN's mode-seeking term in G's loss (see
+      :class:`metagan_jax.AdaptConfig`).
   """
 
   model: GanModel
@@ -66,6 +71,8 @@ class GanTrainConfig:
   d_steps: int = 2
   ema: float = 0.999
   augment: str = ""
+  recon_weight: float = 0.0
+  mode_seeking_weight: float = 0.0
 
   def __post_init__(self):
     if not isinstance(self.model, GanModel):
@@ -76,6 +83,13 @@ class GanTrainConfig:
       raise ValueError(f"GanTrainConfig.d_steps must be an integer >= 1, got {self.d_steps!r}.")
     if not 0.0 <= self.ema < 1.0:
       raise ValueError(f"GanTrainConfig.ema must be in [0, 1), got {self.ema!r}.")
+    for name in ("recon_weight", "mode_seeking_weight"):
+      if not getattr(self, name) >= 0:
+        raise ValueError(f"GanTrainConfig.{name} must be >= 0, got {getattr(self, name)!r}.")
+    if self.recon_weight and not self.model.conditional:
+      raise ValueError(
+        f"GanTrainConfig.recon_weight needs a conditional model; {self.model.name!r} is not."
+      )
     object.__setattr__(self, "loss", losses_lib.get_loss(self.loss))
     object.__setattr__(self, "augment", ",".join(augment_lib.parse_policy(self.augment)))
 
@@ -105,7 +119,9 @@ def init(key: jax.Array, config: GanTrainConfig, params: GanParams | None = None
   )
 
 
-def train_step(state: GanTrainState, real: jax.Array, key: jax.Array, config: GanTrainConfig):
+def train_step(
+  state: GanTrainState, real: jax.Array, key: jax.Array, config: GanTrainConfig, support=None
+):
   """One step: ``d_steps`` D updates, one G update, the EMA update. Pure.
 
   Args:
@@ -113,6 +129,8 @@ def train_step(state: GanTrainState, real: jax.Array, key: jax.Array, config: Ga
     real: ``[N, *model.data_shape]`` real samples (one batch; every D update uses it).
     key: PRNG key for the step's latents and penalty interpolates.
     config: a :class:`GanTrainConfig`.
+    support: conditional models only: ``[N, M, *data_shape]``, the set each real image
+      is judged beside (images of its class, itself left out) and each fake is drawn from.
 
   Returns:
     ``(new state, {"d_loss", "g_loss", "d_fake"})``: losses before the updates,
@@ -120,6 +138,7 @@ def train_step(state: GanTrainState, real: jax.Array, key: jax.Array, config: Ga
   """
   check_samples(real, config.model, "real")
   model, loss = config.model, config.loss
+  sets = model.support_sets(support, real.shape[0]) if model.conditional else support
   d_opt, g_opt = config.optimizers()
   n = real.shape[0]
   g, d = state.params.g, state.params.d
@@ -133,11 +152,11 @@ def train_step(state: GanTrainState, real: jax.Array, key: jax.Array, config: Ga
     if aug:  # one draw for [real; fake], so the penalty interpolates augmented pairs
       both = augment_lib.diff_augment(jax.random.fold_in(k, 1), jnp.concatenate([real, fake]), aug)
       real_, fake = both[:n], both[n:]
-    return loss.d_objective(lambda x: model.discriminate(d_, x), real_, fake, k)
+    return loss.d_objective(model.critic(d_, sets), real_, fake, k)
 
   d_losses = []
   for j in range(config.d_steps):
-    fake = model.generate(g, model.sample_z(keys[2 * j], n, real.dtype))
+    fake = model.generate(g, model.sample_z(keys[2 * j], n, real.dtype), sets)
     l, grads = jax.value_and_grad(d_obj)(d, fake, keys[2 * j + 1])
     upd, d_state = d_opt.update(grads, d_state, d)
     d = optax.apply_updates(d, upd)
@@ -145,11 +164,18 @@ def train_step(state: GanTrainState, real: jax.Array, key: jax.Array, config: Ga
   z = model.sample_z(keys[-1], n, real.dtype)
 
   def g_obj(g_):
-    fake = model.generate(g_, z)
+    fake = model.generate(g_, z, sets)
+    terms = []  # the named extra terms (none by default: the GAN loss alone)
+    if config.recon_weight:
+      terms.append(config.recon_weight * jnp.mean(jnp.abs(fake - real)))
+    if config.mode_seeking_weight:
+      z2 = model.sample_z(jax.random.fold_in(keys[-1], 7), n, real.dtype)
+      x2 = model.generate(g_, z2, sets)
+      terms.append(config.mode_seeking_weight * losses_lib.mode_seeking(fake, x2, z, z2))
     if aug:
       fake = augment_lib.diff_augment(jax.random.fold_in(keys[-1], 1), fake, aug)
-    logits = model.discriminate(d, fake)
-    return loss.g_objective(logits), logits
+    logits = model.discriminate(d, fake, sets)
+    return sum(terms, loss.g_objective(logits)), logits
 
   (g_loss, fake_logits), grads = jax.value_and_grad(g_obj, has_aux=True)(g)
   upd, g_state = g_opt.update(grads, g_state, g)

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from metagan_jax import augment as augment_lib
@@ -30,6 +31,7 @@ __all__ = [
   "inner_noise",
   "check_samples",
   "trainable_mask",
+  "leave_one_out_sets",
   "inner_step",
   "adapt_with_aux",
   "adapt_prefix",
@@ -120,6 +122,22 @@ class AdaptConfig:
       (:mod:`metagan_jax.augment`, background fill -1). Each update draws its
       own transformations from its penalty key, so ``""`` leaves every other
       random stream unchanged.
+    recon_weight: conditional models: weight of an L1 reconstruction term in
+      G's inner objective, ``|G(z, S without s_i) - s_i|`` (the held-out image
+      of each leave-one-out set, never an image G sees). ``0``: none.
+    mode_seeking_weight: weight of MSGAN's mode-seeking term in G's inner
+      objective, ``1 / (mean|G(z1) - G(z2)| / mean|z1 - z2| + 1e-5)`` (with the
+      same support set for both latents): it penalises samples that ignore
+      ``z``. ``0``: none.
+
+  With a conditional model (``model.conditional``), each real support image
+  ``s_i`` is judged beside the other ``K - 1`` (its leave-one-out set), and every
+  generated sample is drawn from, and judged beside, one of those sets: so no
+  real image is ever judged beside itself, and copying an image of the set is
+  not what D's real pairs look like. ``n_fake`` must then be a multiple of K
+  (``K = 1``: the one image is its own set).
+  ``inner_steps = 0`` adapts nothing: the meta-parameters' initialisation is
+  returned (a conditional model then samples amortised, from its support alone).
   """
 
   model: GanModel
@@ -141,6 +159,8 @@ class AdaptConfig:
   lopt_spec: LOptSpec | None = None
   metasgd_direction: optax.GradientTransformation | None = None
   augment: str = ""
+  recon_weight: float = 0.0
+  mode_seeking_weight: float = 0.0
 
   def __post_init__(self):
     if not isinstance(self.model, GanModel):
@@ -148,10 +168,19 @@ class AdaptConfig:
         f"AdaptConfig.model must be a metagan_jax.GanModel (e.g. "
         f"metagan_jax.models.dcgan28()), got {type(self.model).__name__}."
       )
-    for name in ("inner_steps", "d_steps", "g_steps"):
+    for name, lo in (("inner_steps", 0), ("d_steps", 1), ("g_steps", 1)):
       v = getattr(self, name)
-      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"AdaptConfig.{name} must be an integer >= 1, got {v!r}.")
+      if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+        raise ValueError(f"AdaptConfig.{name} must be an integer >= {lo}, got {v!r}.")
+    for name in ("recon_weight", "mode_seeking_weight"):
+      v = getattr(self, name)
+      if not isinstance(v, numbers.Real) or v < 0:
+        raise ValueError(f"AdaptConfig.{name} must be a number >= 0, got {v!r}.")
+    if self.recon_weight and not self.model.conditional:
+      raise ValueError(
+        "AdaptConfig.recon_weight needs a conditional model (a reconstruction of a held-out "
+        f"support image); model {self.model.name!r} is unconditional."
+      )
     n2 = self.second_order_steps
     if n2 is not None and (
       not isinstance(n2, int) or isinstance(n2, bool) or not 0 <= n2 <= self.inner_steps
@@ -296,6 +325,19 @@ def _tiled(support: jax.Array, n_fake: int) -> jax.Array:
   return support
 
 
+def leave_one_out_sets(support_KxD: jax.Array) -> jax.Array:
+  """``[K, K - 1, ...]``: row ``i`` is the support without image ``i`` (``K = 1``: ``[1, 1, ...]``).
+
+  What a conditional model conditions on in the inner loop: real image ``i`` is
+  judged beside the other ``K - 1``, never beside itself.
+  """
+  k = support_KxD.shape[0]
+  if k == 1:
+    return support_KxD[:, None]
+  idx = np.array([[j for j in range(k) if j != i] for i in range(k)])
+  return support_KxD[idx]
+
+
 def inner_step(carry, xs, *, support, d_opt, g_opt, config: AdaptConfig):
   """One inner step: ``d_steps`` D updates, then ``g_steps`` G updates.
 
@@ -313,6 +355,9 @@ def inner_step(carry, xs, *, support, d_opt, g_opt, config: AdaptConfig):
   model, loss, nd = config.model, config.loss, config.d_steps
   const = jax.lax.stop_gradient if config.first_order else (lambda t: t)
   aug = augment_lib.parse_policy(config.augment)
+  n_fake = xs[0].shape[1]
+  # Conditional: row i of every batch (real, fake) is judged beside leave-one-out set i mod K.
+  sets = _tiled(leave_one_out_sets(support), n_fake) if model.conditional else None
 
   def d_obj(d, fake, gp_key):
     real = _tiled(support, fake.shape[0])
@@ -321,13 +366,20 @@ def inner_step(carry, xs, *, support, d_opt, g_opt, config: AdaptConfig):
         jax.random.fold_in(gp_key, 1), jnp.concatenate([real, fake]), aug
       )
       real, fake = both[: real.shape[0]], both[real.shape[0] :]
-    return loss.d_objective(lambda x: model.discriminate(d, x), real, fake, gp_key)
+    return loss.d_objective(model.critic(d, sets), real, fake, gp_key)
 
   def g_obj(g, d, z, aug_key):
-    fake = model.generate(g, z)
+    fake = model.generate(g, z, sets)
+    terms = []  # the named extra terms; none by default, so the objective is the GAN loss alone
+    if config.recon_weight:  # each sample's target: the image its set leaves out
+      terms.append(config.recon_weight * jnp.mean(jnp.abs(fake - _tiled(support, z.shape[0]))))
+    if config.mode_seeking_weight:
+      z2 = jax.random.normal(jax.random.fold_in(aug_key, 7), z.shape, z.dtype)
+      x2 = model.generate(g, z2, sets)
+      terms.append(config.mode_seeking_weight * losses_lib.mode_seeking(fake, x2, z, z2))
     if aug:
       fake = augment_lib.diff_augment(aug_key, fake, aug)
-    return loss.g_objective(model.discriminate(d, fake))
+    return sum(terms, loss.g_objective(model.discriminate(d, fake, sets)))
 
   g, d, g_state, d_state = carry
   z_Sx, gp_keys = xs
@@ -337,7 +389,7 @@ def inner_step(carry, xs, *, support, d_opt, g_opt, config: AdaptConfig):
   for j in range(nd):
     # fake is built from the current g; grad w.r.t. d alone is the partial
     # derivative, and the outer derivative still flows into g through fake.
-    fake = model.generate(g, z_Sx[j])
+    fake = model.generate(g, z_Sx[j], sets)
     l, grads = jax.value_and_grad(d_obj)(d, fake, gp_keys[j])
     upd, d_state = d_opt.update(_masked(const(grads), d_mask), d_state, d)
     d = optax.apply_updates(d, _masked(upd, d_mask))
@@ -353,8 +405,15 @@ def inner_step(carry, xs, *, support, d_opt, g_opt, config: AdaptConfig):
 def _start(meta_params, support: jax.Array, key: jax.Array, config: AdaptConfig):
   """What every adaptation begins with: ``(carry, noise, d_opt, g_opt)``, the support checked."""
   check_samples(support, config.model, "support")
+  n_fake = config.n_fake or support.shape[0]
+  if config.model.conditional and n_fake % support.shape[0]:
+    raise ValueError(
+      f"AdaptConfig.n_fake={n_fake} must be a multiple of the support size K = "
+      f"{support.shape[0]} for a conditional model: each sample is drawn from one of the K "
+      "leave-one-out sets, as many times as each real image."
+    )
   params, d_opt, g_opt = _split_meta_params(meta_params, config)
-  noise = inner_noise(key, config, config.n_fake or support.shape[0], support.dtype)
+  noise = inner_noise(key, config, n_fake, support.dtype)
   carry = (params.g, params.d, g_opt.init(params.g), d_opt.init(params.d))
   return carry, noise, d_opt, g_opt
 
@@ -391,6 +450,8 @@ def adapt_with_aux(meta_params, support: jax.Array, key: jax.Array, config: Adap
       d_l.append(dl)
       g_l.append(gl)
   g, d = carry[0], carry[1]
+  if not segments:  # inner_steps = 0: nothing adapts
+    d_l = g_l = [jnp.zeros((0,), support.dtype)]
   return GanParams(g=g, d=d), {"d_loss": jnp.concatenate(d_l), "g_loss": jnp.concatenate(g_l)}
 
 

@@ -23,11 +23,22 @@ __all__ = [
   "wasserstein_g_loss",
   "gradient_penalty",
   "r1_penalty",
+  "mode_seeking",
   "GanLoss",
   "get_loss",
 ]
 
 Array = jax.Array
+
+
+def mode_seeking(x1: Array, x2: Array, z1: Array, z2: Array) -> Array:
+  """MSGAN's mode-seeking term (Mao et al., 2019), to minimise in G's loss.
+
+  ``1 / (mean|x1 - x2| / mean|z1 - z2| + 1e-5)`` for samples ``x1 = G(z1)``,
+  ``x2 = G(z2)`` of the same condition: large when the samples ignore ``z``.
+  """
+  ratio = jnp.mean(jnp.abs(x1 - x2)) / jnp.mean(jnp.abs(z1 - z2))
+  return 1.0 / (ratio + 1e-5)
 
 
 def ns_d_loss(real_logits: Array, fake_logits: Array) -> Array:

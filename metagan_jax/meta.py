@@ -179,22 +179,25 @@ def _init_params(meta_params) -> GanParams:
   return meta_params.init if isinstance(meta_params, MetaSGDParams) else meta_params
 
 
-def _query_losses(model, loss, adapted: GanParams, query, key, augment: str = ""):
+def _query_losses(model, loss, adapted: GanParams, query, key, augment: str = "", support=None):
   """Query meta-losses (L_D, L_G) of an adapted pair with one draw of query noise.
 
   With an ``augment`` policy, D sees the query and the fakes augmented (one draw
-  for both, from the penalty key), as in the inner loop.
+  for both, from the penalty key), as in the inner loop. A conditional model
+  draws the fakes from the whole ``support`` and D judges every query image and
+  fake beside it: the query images are the held-out targets of the support.
   """
   k_z, k_gp = jax.random.split(key)
-  fake = model.generate(adapted.g, model.sample_z(k_z, query.shape[0], query.dtype))
+  sets = model.support_sets(support, query.shape[0]) if model.conditional else None
+  fake = model.generate(adapted.g, model.sample_z(k_z, query.shape[0], query.dtype), sets)
   real, fake_d = query, fake
   if augment:
     both = augment_lib.diff_augment(
       jax.random.fold_in(k_gp, 1), jnp.concatenate([query, fake]), augment
     )
     real, fake_d = both[: query.shape[0]], both[query.shape[0] :]
-  l_d = loss.d_objective(lambda x: model.discriminate(adapted.d, x), real, fake_d, k_gp)
-  l_g = loss.g_objective(model.discriminate(adapted.d, fake_d))
+  l_d = loss.d_objective(model.critic(adapted.d, sets), real, fake_d, k_gp)
+  l_g = loss.g_objective(model.discriminate(adapted.d, fake_d, sets))
   return jnp.stack([l_d, l_g])
 
 
@@ -223,7 +226,8 @@ def maml_objective(meta_params, support, query, key, config: MetaConfig):
   inner = config.inner
   k_adapt, k_query = jax.random.split(key)
   adapted, aux = adapt_with_aux(meta_params, support, k_adapt, inner)
-  return _query_losses(inner.model, inner.loss, adapted, query, k_query, inner.augment), aux
+  losses = _query_losses(inner.model, inner.loss, adapted, query, k_query, inner.augment, support)
+  return losses, aux
 
 
 def _maml_task(meta_params, support, query, key, config: MetaConfig):
@@ -252,7 +256,7 @@ def _reptile_task(meta_params, support, query, key, config: MetaConfig):
   k_adapt, k_query = jax.random.split(key)
   adapted, aux = adapt_with_aux(meta_params, support, k_adapt, inner)
   direction = jax.tree.map(jnp.subtract, meta_params, adapted)
-  query_losses = _query_losses(inner.model, inner.loss, adapted, query, k_query)
+  query_losses = _query_losses(inner.model, inner.loss, adapted, query, k_query, support=support)
   return direction, query_losses, aux
 
 

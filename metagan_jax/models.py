@@ -28,6 +28,9 @@ PyTree = Any
 __all__ = [
   "CONV_IMPLS",
   "MATMUL_DTYPES",
+  "CondDiscriminator28",
+  "CondGenerator28",
+  "SupportEncoder",
   "ConvDiscriminator",
   "ConvGenerator",
   "DCGAN28Discriminator",
@@ -38,6 +41,7 @@ __all__ = [
   "GanParams",
   "MLP",
   "Mapping",
+  "cfsgan28",
   "dcgan",
   "dcgan28",
   "dcgan32",
@@ -75,6 +79,12 @@ class GanModel:
     mapping: the generator's latent mapping ``z -> w`` (its parameters under
       ``"mapping"``), or ``None`` when the generator has none (then ``w = z``).
     synthesis: the rest of the generator, ``w -> x`` (parameters under ``"synthesis"``).
+    conditional: the players also see a support set of the class to draw: the
+      generator maps ``(z_NxZ, support_NxMx...)`` to ``x_Nx...`` and the
+      discriminator ``(x_Nx..., support_NxMx...)`` to ``logits_N``, each row of
+      ``support`` the ``M`` images that sample is conditioned on
+      (:func:`cfsgan28`; ``conditional=True`` in :meth:`from_functions`,
+      :meth:`from_nnx`, :meth:`from_linen`).
   """
 
   name: str
@@ -84,6 +94,7 @@ class GanModel:
   discriminator: nn.Module
   mapping: nn.Module | None = None
   synthesis: nn.Module | None = None
+  conditional: bool = False
 
   @classmethod
   def from_linen(
@@ -94,12 +105,17 @@ class GanModel:
     z_dim: int,
     data_shape: Sequence[int],
     name: str = "linen",
+    conditional: bool = False,
   ) -> GanModel:
     """A pair of flax linen modules: ``generator(z_NxZ) -> x_Nx...``, ``discriminator(x) -> logits_N``.
 
+    With ``conditional=True`` both modules take the support sets as a second argument,
+    ``generator(z_NxZ, support_NxMx...)`` and ``discriminator(x, support_NxMx...)``.
     The shapes are checked (abstractly, before anything compiles); see :meth:`from_functions`.
     """
-    model = cls(name, int(z_dim), _shape(data_shape), generator, discriminator)
+    model = cls(
+      name, int(z_dim), _shape(data_shape), generator, discriminator, conditional=bool(conditional)
+    )
     _check_pair(model)
     return model
 
@@ -114,6 +130,7 @@ class GanModel:
     z_dim: int,
     data_shape: Sequence[int],
     name: str = "functions",
+    conditional: bool = False,
   ) -> GanModel:
     """A pair of pure functions: equinox, haiku or hand-written models.
 
@@ -141,6 +158,9 @@ class GanModel:
       z_dim: latent size.
       data_shape: shape of one sample, e.g. ``(28, 28, 1)`` (channels-last).
       name: a name for error messages and logs.
+      conditional: the applies take the support sets too:
+        ``g_apply(params, z_NxZ, support_NxMx...)`` and
+        ``d_apply(params, x_Nx..., support_NxMx...)`` (``M >= 1`` images per row).
 
     Returns:
       The :class:`GanModel`.
@@ -167,6 +187,7 @@ class GanModel:
       _shape(data_shape),
       _FunctionPlayer(g_init, g_apply, f"{name} generator"),
       _FunctionPlayer(d_init, d_apply, f"{name} discriminator"),
+      conditional=bool(conditional),
     )
     _check_pair(model)
     return model
@@ -180,6 +201,7 @@ class GanModel:
     z_dim: int,
     data_shape: Sequence[int],
     name: str = "nnx",
+    conditional: bool = False,
   ) -> GanModel:
     """A pair of flax NNX modules, split once so that the loops see only pytrees.
 
@@ -212,6 +234,8 @@ class GanModel:
       z_dim: latent size.
       data_shape: shape of one sample, e.g. ``(28, 28, 1)`` (channels-last).
       name: a name for error messages and logs.
+      conditional: the modules take the support sets as a second argument,
+        ``generator(z, support_NxMx...)`` and ``discriminator(x, support_NxMx...)``.
 
     Returns:
       The :class:`GanModel`.
@@ -227,6 +251,7 @@ class GanModel:
       _shape(data_shape),
       _nnx_player(generator, "generator", name),
       _nnx_player(discriminator, "discriminator", name),
+      conditional=bool(conditional),
     )
     _check_pair(model)
     return model
@@ -237,13 +262,88 @@ class GanModel:
     # primitives one at a time (about 4 s against under 1 s on a 2-core CPU).
     return _init(self, key)
 
-  def generate(self, g_params: PyTree, z_NxZ: jax.Array) -> jax.Array:
-    """Samples ``x = G(z)``, shape ``[N, *data_shape]``."""
-    return self.generator.apply({"params": g_params}, z_NxZ)
+  def generate(self, g_params: PyTree, z_NxZ: jax.Array, support=None) -> jax.Array:
+    """Samples ``x = G(z)`` (``G(z, support)`` when conditional), shape ``[N, *data_shape]``.
 
-  def discriminate(self, d_params: PyTree, x_Nx: jax.Array) -> jax.Array:
-    """Discriminator logits, shape ``[N]``."""
-    return self.discriminator.apply({"params": d_params}, x_Nx)
+    Args:
+      g_params: generator parameters.
+      z_NxZ: latents.
+      support: conditional models only: ``[M, *data_shape]`` images that every
+        sample is conditioned on, or ``[N, M, *data_shape]``, one set per sample.
+    """
+    if not self.conditional:
+      _no_support(self, support)
+      return self.generator.apply({"params": g_params}, z_NxZ)
+    return self.generator.apply({"params": g_params}, z_NxZ, self.support_sets(support, len(z_NxZ)))
+
+  def discriminate(self, d_params: PyTree, x_Nx: jax.Array, support=None) -> jax.Array:
+    """Discriminator logits, shape ``[N]`` (support as in :meth:`generate`)."""
+    if not self.conditional:
+      _no_support(self, support)
+      return self.discriminator.apply({"params": d_params}, x_Nx)
+    return self.discriminator.apply(
+      {"params": d_params}, x_Nx, self.support_sets(support, len(x_Nx))
+    )
+
+  def critic(self, d_params: PyTree, sets=None) -> Callable[[jax.Array], jax.Array]:
+    """The discriminator as a function of ``x`` alone, as the losses and penalties call it.
+
+    For a conditional model, ``sets`` is ``[N, M, *data_shape]`` and an input of ``r N``
+    rows (real and fake concatenated, ``r = 2``) is judged block by block: row ``i`` of
+    each block beside set ``i``.
+    """
+    if not self.conditional:
+      return lambda x: self.discriminate(d_params, x)
+
+    def disc(x):
+      n = sets.shape[0]
+      if x.shape[0] == n:
+        return self.discriminate(d_params, x, sets)
+      if x.shape[0] % n:
+        raise ValueError(
+          f"GanModel {self.name!r}: {x.shape[0]} samples to judge beside {n} support sets; "
+          "give a multiple of the number of sets."
+        )
+      return self.discriminate(
+        d_params, x, jnp.tile(sets, (x.shape[0] // n,) + (1,) * (sets.ndim - 1))
+      )
+
+    return disc
+
+  def support_sets(self, support, n: int) -> jax.Array:
+    """``support`` as ``[n, M, *data_shape]``: one conditioning set per sample.
+
+    Args:
+      support: ``[M, *data_shape]`` (one set for all ``n`` samples, broadcast) or
+        ``[n, M, *data_shape]``.
+      n: the number of samples.
+
+    Raises:
+      ValueError: a missing support, a wrong shape, or ``M = 0``.
+    """
+    want = tuple(self.data_shape)
+    shape = getattr(support, "shape", None)
+    if shape is None:
+      raise ValueError(
+        f"GanModel {self.name!r} is conditional: pass support=[M, {', '.join(map(str, want))}] "
+        f"images of the class to draw (got {type(support).__name__})."
+      )
+    shape = tuple(shape)
+    if shape[1:] == want and len(shape) == len(want) + 1:
+      sets = jnp.broadcast_to(support[None], (n, *shape))
+    elif shape[2:] == want and len(shape) == len(want) + 2 and shape[0] == n:
+      sets = support
+    else:
+      raise ValueError(
+        f"GanModel {self.name!r}: support has shape {shape}; give [M, {', '.join(map(str, want))}] "
+        f"(one set for all {n} samples) or [{n}, M, {', '.join(map(str, want))}] (one per sample)."
+      )
+    if sets.shape[1] < 1:
+      raise ValueError(
+        f"GanModel {self.name!r}: the support set is empty (M = 0, shape {shape}); a "
+        "conditional model needs at least one image of the class."
+      )
+    return sets
 
   def sample_z(self, key: jax.Array, n: int, dtype=jnp.float32) -> jax.Array:
     """Draws ``n`` latents ``z ~ N(0, I)``."""
@@ -251,18 +351,18 @@ class GanModel:
 
   def map_latents(self, g_params: PyTree, z_NxZ: jax.Array) -> jax.Array:
     """The generator's intermediate latents ``w`` (``z`` itself without a mapping)."""
-    if self.mapping is None:
+    if self.mapping is None or self.conditional:
       return z_NxZ
     return self.mapping.apply({"params": g_params["mapping"]}, z_NxZ)
 
-  def synthesize(self, g_params: PyTree, w_NxW: jax.Array) -> jax.Array:
+  def synthesize(self, g_params: PyTree, w_NxW: jax.Array, support=None) -> jax.Array:
     """Samples from intermediate latents: ``generate(g, z) == synthesize(g, map_latents(g, z))``."""
-    if self.mapping is None:
-      return self.generate(g_params, w_NxW)
+    if self.mapping is None or self.conditional:
+      return self.generate(g_params, w_NxW, support)
     return self.synthesis.apply({"params": g_params["synthesis"]}, w_NxW)
 
   def generate_truncated(
-    self, g_params: PyTree, z_NxZ: jax.Array, psi, z_avg_MxZ: jax.Array
+    self, g_params: PyTree, z_NxZ: jax.Array, psi, z_avg_MxZ: jax.Array, support=None
   ) -> jax.Array:
     """StyleGAN's truncation trick: ``x = G(w_avg + psi (w - w_avg))``.
 
@@ -277,10 +377,12 @@ class GanModel:
       z_NxZ: the latents to sample.
       psi: the truncation, a scalar in [0, 1] (may be traced).
       z_avg_MxZ: latents whose mapped mean is the centre.
+      support: conditional models: the support, as in :meth:`generate` (their
+        truncation shrinks ``z`` toward the mean of ``z_avg_MxZ``).
     """
     w = self.map_latents(g_params, z_NxZ)
     w_avg = jnp.mean(self.map_latents(g_params, z_avg_MxZ), axis=0)
-    return self.synthesize(g_params, w_avg + psi * (w - w_avg))
+    return self.synthesize(g_params, w_avg + psi * (w - w_avg), support)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -288,10 +390,19 @@ def _init(model: GanModel, key: jax.Array) -> GanParams:
   kg, kd = jax.random.split(key)
   z = jnp.zeros((1, model.z_dim), jnp.float32)
   x = jnp.zeros((1, *model.data_shape), jnp.float32)
+  cond = (jnp.zeros((1, 2, *model.data_shape), jnp.float32),) if model.conditional else ()
   return GanParams(
-    g=model.generator.init(kg, z)["params"],
-    d=model.discriminator.init(kd, x)["params"],
+    g=model.generator.init(kg, z, *cond)["params"],
+    d=model.discriminator.init(kd, x, *cond)["params"],
   )
+
+
+def _no_support(model: GanModel, support) -> None:
+  if support is not None:
+    raise ValueError(
+      f"GanModel {model.name!r} is unconditional: it takes no support (use a conditional "
+      "pair such as models.cfsgan28(), or drop the support argument)."
+    )
 
 
 def _shape(data_shape: Sequence[int]) -> tuple[int, ...]:
@@ -314,12 +425,12 @@ class _FunctionPlayer:
   apply_fn: Callable[[PyTree, jax.Array], jax.Array]
   what: str
 
-  def init(self, key: jax.Array, x: jax.Array) -> dict:
-    del x  # the parameters' shapes are the function's to know
+  def init(self, key: jax.Array, x: jax.Array, *support) -> dict:
+    del x, support  # the parameters' shapes are the function's to know
     return {"params": self.init_fn(key)}
 
-  def apply(self, variables: dict, x: jax.Array) -> jax.Array:
-    return self.apply_fn(variables["params"], x)
+  def apply(self, variables: dict, x: jax.Array, *support) -> jax.Array:
+    return self.apply_fn(variables["params"], x, *support)
 
 
 def _str_keys(tree: PyTree) -> PyTree:
@@ -365,10 +476,10 @@ def _nnx_player(module_or_factory: Any, role: str, model_name: str) -> _Function
     )
   template = params
 
-  def apply(p, x):
+  def apply(p, x, *support):
     state = jax.tree.map(lambda v: v, template)  # fresh Variables; the template stays intact
     nnx.replace_by_pure_dict(state, p)
-    return nnx.merge(graphdef, state)(x)
+    return nnx.merge(graphdef, state)(x, *support)
 
   if factory is None:
     pure = _str_keys(nnx.to_pure_dict(params))
@@ -390,6 +501,9 @@ def _check_pair(model: GanModel) -> None:
   z = jax.ShapeDtypeStruct((n, model.z_dim), jnp.float32)
   x = jax.ShapeDtypeStruct((n, *model.data_shape), jnp.float32)
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+  cond = (
+    (jax.ShapeDtypeStruct((n, 2, *model.data_shape), jnp.float32),) if model.conditional else ()
+  )
 
   def run(role, f, *args):
     try:
@@ -399,10 +513,23 @@ def _check_pair(model: GanModel) -> None:
         f"GanModel {model.name!r}: calling the {role} failed ({type(e).__name__}: {e})."
       ) from e
 
-  g = run("generator's init", lambda k, z: model.generator.init(k, z)["params"], key, z)
-  d = run("discriminator's init", lambda k, x: model.discriminator.init(k, x)["params"], key, x)
+  with_cond = " and support sets of shape (2, 2, ...)" if cond else ""
+  g = run(
+    "generator's init", lambda k, z, *c: model.generator.init(k, z, *c)["params"], key, z, *cond
+  )
+  d = run(
+    "discriminator's init",
+    lambda k, x, *c: model.discriminator.init(k, x, *c)["params"],
+    key,
+    x,
+    *cond,
+  )
   out = run(
-    f"generator on z of shape {z.shape}", lambda p, z: model.generator.apply({"params": p}, z), g, z
+    f"generator on z of shape {z.shape}{with_cond}",
+    lambda p, z, *c: model.generator.apply({"params": p}, z, *c),
+    g,
+    z,
+    *cond,
   )
   want = (n, *model.data_shape)
   if getattr(out, "shape", None) != want:
@@ -413,10 +540,11 @@ def _check_pair(model: GanModel) -> None:
       "it produces."
     )
   logits = run(
-    f"discriminator on x of shape {x.shape}",
-    lambda p, x: model.discriminator.apply({"params": p}, x),
+    f"discriminator on x of shape {x.shape}{with_cond}",
+    lambda p, x, *c: model.discriminator.apply({"params": p}, x, *c),
     d,
     x,
+    *cond,
   )
   if getattr(logits, "shape", None) != (n,):
     raise ValueError(
@@ -724,6 +852,184 @@ def fsgan28(
   )
 
 
+# --- cfsgan28: the support-conditioned pair (DAGAN / FAML-style) ------------------
+
+
+def _pool_sets(h_NMx: jax.Array, n: int) -> jax.Array:
+  """Mean over each sample's M conditioning images: ``[N * M, ...] -> [N, ...]``."""
+  return h_NMx.reshape(n, -1, *h_NMx.shape[1:]).mean(axis=1)
+
+
+class SupportEncoder(nn.Module):
+  """Encodes each support image and pools over the set: ``[N, M, 28, 28, C]`` -> features.
+
+  Conv(W/2, 4, s2) 14x14 -> Conv(W, 4, s2) 7x7 -> Dense(code), LeakyReLU(0.2) between; each
+  output is the mean over the M images, so one encoder serves any set size M (K - 1 images
+  in the inner loop's leave-one-out sets, K at sampling time).
+
+  Returns:
+    ``(code_NxD, h7_Nx7x7xW, h14_Nx14x14x(W/2))``: the pooled code and the pooled feature maps
+    that the generator's decoder takes as skip connections.
+  """
+
+  width: int = 32
+  code_dim: int = 64
+  matmul_dtype: Any = None
+
+  @nn.compact
+  def __call__(self, support_NxMxHxWxC):
+    n, m = support_NxMxHxWxC.shape[:2]
+    md = dict(compute_dtype=self.matmul_dtype)
+    x = support_NxMxHxWxC.reshape(n * m, *support_NxMxHxWxC.shape[2:])
+    h14 = nn.leaky_relu(layers.Conv4x4s2(self.width // 2, name="conv1", **md)(x), 0.2)
+    h7 = nn.leaky_relu(layers.Conv4x4s2(self.width, name="conv2", **md)(h14), 0.2)
+    code = nn.leaky_relu(layers.Dense(self.code_dim, name="fc", **md)(h7.reshape(n * m, -1)), 0.2)
+    return _pool_sets(code, n), _pool_sets(h7, n), _pool_sets(h14, n)
+
+
+class CondGenerator28(nn.Module):
+  """``G(z, support)``: fsgan28's generator with a support encoder, DAGAN-style.
+
+  ``w = mapping(z)``; the decoder starts from ``Dense([w, code])`` at 7x7 and takes the
+  pooled encoder maps at 7x7 and 14x14 as skip connections (concatenated channels), so it
+  can draw the support's character while ``z`` varies the strokes. Parameters:
+  ``{"encoder", "mapping", "synthesis"}``, all the generator's (one owner for the encoder:
+  its meta-gradient is the generator's).
+  """
+
+  width: int = 32
+  channels: int = 1
+  w_dim: int = 128
+  mapping_layers: int = 2
+  code_dim: int = 64
+  norm: str | None = "group"
+  skips: bool = True
+  matmul_dtype: Any = None
+
+  @nn.compact
+  def __call__(self, z_NxZ, support_NxMxHxWxC):
+    n = z_NxZ.shape[0]
+    code, h7s, h14s = SupportEncoder(self.width, self.code_dim, self.matmul_dtype, name="encoder")(
+      support_NxMxHxWxC
+    )
+    w = (
+      Mapping(self.w_dim, self.mapping_layers, self.matmul_dtype, name="mapping")(z_NxZ)
+      if self.mapping_layers
+      else z_NxZ
+    )
+    syn = _CondSynthesis(
+      self.width, self.channels, self.norm, self.skips, self.matmul_dtype, name="synthesis"
+    )
+    return syn(jnp.concatenate([w.reshape(n, -1), code], axis=-1), h7s, h14s)
+
+
+class _CondSynthesis(nn.Module):
+  width: int
+  channels: int
+  norm: str | None
+  skips: bool = True
+  matmul_dtype: Any = None
+
+  @nn.compact
+  def __call__(self, wc_NxD, h7s, h14s):
+    n, c = wc_NxD.shape[0], 2 * self.width
+    md = dict(compute_dtype=self.matmul_dtype)
+    h = layers.Dense(7 * 7 * c, name="fc", **md)(wc_NxD).reshape(n, 7, 7, c)
+    h = nn.relu(_norm(self.norm, "norm0")(h))
+    skips = (h7s, h14s) if self.skips else (None, None)
+    for i, (width, skip) in enumerate(zip((self.width, self.width // 2), skips)):
+      if skip is not None:
+        h = jnp.concatenate([h, skip.astype(h.dtype)], axis=-1)
+      h = layers.ConvTranspose4x4s2(width, name=f"deconv{i + 1}", **md)(h)
+      h = nn.relu(_norm(self.norm, f"norm{i + 1}")(h))
+    return jnp.tanh(layers.Conv3x3(self.channels, name="out", **md)(h))
+
+
+class CondDiscriminator28(nn.Module):
+  """``D(x, support)``: a pair critic that sees ``x`` beside the mean image of its support set.
+
+  The input is ``[x, mean(support)]`` on the channel axis (DAGAN's critic judges (source,
+  target) pairs the same way), then fsgan28's critic: Conv(W, 4, s2) -> Conv(2W, 4, s2) ->
+  Conv3x3(2W) -> Dense(1), LeakyReLU(0.2) between. So D asks whether ``x`` is a real image
+  *of the support's class*, not only a real character. With ``project=True`` it also adds a
+  projection term ``<phi(x), e(support)>`` through an encoder of its own (D's parameters).
+  """
+
+  width: int = 32
+  project: bool = False
+  code_dim: int = 64
+  matmul_dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x_NxHxWxC, support_NxMxHxWxC):
+    md = dict(compute_dtype=self.matmul_dtype)
+    mean_NxHxWxC = support_NxMxHxWxC.mean(axis=1).astype(x_NxHxWxC.dtype)
+    h = jnp.concatenate([x_NxHxWxC, mean_NxHxWxC], axis=-1)
+    h = nn.leaky_relu(layers.Conv4x4s2(self.width, name="conv1", **md)(h), 0.2)
+    h = nn.leaky_relu(layers.Conv4x4s2(2 * self.width, name="conv2", **md)(h), 0.2)
+    h = nn.leaky_relu(layers.Conv3x3(2 * self.width, name="conv3", **md)(h), 0.2)
+    phi = h.reshape(h.shape[0], -1)
+    logits = layers.Dense(1, name="fc", **md)(phi)[:, 0]
+    if self.project:
+      code = SupportEncoder(self.width, self.code_dim, self.matmul_dtype, name="encoder")(
+        support_NxMxHxWxC
+      )[0]
+      proj = layers.Dense(self.code_dim, name="proj", **md)(phi)
+      logits = logits + jnp.sum(proj * code, axis=-1) / jnp.sqrt(self.code_dim)
+    return logits
+
+
+def cfsgan28(
+  z_dim: int = 64,
+  channels: int = 1,
+  g_width: int = 32,
+  d_width: int = 32,
+  w_dim: int = 128,
+  mapping_layers: int = 2,
+  code_dim: int = 64,
+  g_norm: str | None = "group",
+  skips: bool = True,
+  project: bool = False,
+  matmul_dtype=None,
+) -> GanModel:
+  """The support-conditioned 28x28 pair: ``G(z, support)`` and a pair critic ``D(x, support)``.
+
+  The generator encodes its support set with a pooled encoder (:class:`SupportEncoder`, in the
+  generator's parameters) and decodes ``[mapping(z), code]`` with the pooled feature maps as
+  skip connections; the discriminator judges ``x`` beside its support's mean image
+  (:class:`CondDiscriminator28`). Sample with ``model.generate(g, z, support_KxHxWxC)``: no
+  gradient step needed (T = 0), or adapt first as with any pair.
+
+  Args:
+    z_dim: latent size.
+    channels: image channels.
+    g_width: generator (and its encoder's) channels at 14x14 / 7x7.
+    d_width: discriminator channels at 14x14 (twice that at 7x7).
+    w_dim: width of the latent mapping's output.
+    mapping_layers: depth of the latent mapping (0: ``z`` feeds the decoder directly).
+    code_dim: size of the pooled support code.
+    g_norm: the generator's normalisation, as in :func:`fsgan28`.
+    skips: feed the pooled encoder maps to the decoder (``False``: the code vector only).
+    project: add a projection term through D's own support encoder.
+    matmul_dtype: ``None`` or ``"bfloat16"``, as in :func:`dcgan28`.
+  """
+  _norm(g_norm, "check")
+  md = _check_matmul_dtype(matmul_dtype, "matmul")
+  if g_norm == "group" and (g_width // 2) % 8:
+    raise ValueError(
+      f"cfsgan28: g_norm='group' uses 8 groups, so g_width // 2 = {g_width // 2} must be a "
+      "multiple of 8; use g_width = 16, 32, 48, ... or another g_norm."
+    )
+  return GanModel(
+    "cfsgan28",
+    z_dim,
+    (28, 28, channels),
+    CondGenerator28(g_width, channels, w_dim, mapping_layers, code_dim, g_norm, skips, md),
+    CondDiscriminator28(d_width, project, code_dim, md),
+    conditional=True,
+  )
+
+
 # --- 32x32 / 64x64 conv pairs for GPU-sized experiments ----------------------
 
 
@@ -859,6 +1165,7 @@ def mlp(
 _REGISTRY: dict[str, Callable[..., GanModel]] = {
   "dcgan28": dcgan28,
   "fsgan28": fsgan28,
+  "cfsgan28": cfsgan28,
   "dcgan32": dcgan32,
   "dcgan64": dcgan64,
   "mlp": mlp,
@@ -866,7 +1173,8 @@ _REGISTRY: dict[str, Callable[..., GanModel]] = {
 
 
 def get_model(name: str, **kwargs) -> GanModel:
-  """Builds a registered model pair by name (``dcgan28``, ``fsgan28``, ``dcgan32``, ``dcgan64``, ``mlp``)."""
+  """Builds a registered model pair by name (``dcgan28``, ``fsgan28``, ``cfsgan28``, ``dcgan32``,
+  ``dcgan64``, ``mlp``)."""
   if name not in _REGISTRY:
     raise ValueError(f"Unknown model {name!r}; choose from {sorted(_REGISTRY)}.")
   return _REGISTRY[name](**kwargs)

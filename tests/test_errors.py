@@ -26,10 +26,10 @@ def _tasks(support_shape=(2, 4, 2), query_shape=(2, 3, 2), dtype=jnp.float32):
 
 CASES = [
   (
-    "inner_steps=0",
-    lambda: mg.AdaptConfig(MODEL, inner_steps=0),
+    "inner_steps=-1",
+    lambda: mg.AdaptConfig(MODEL, inner_steps=-1),
     ValueError,
-    "inner_steps must be an integer >= 1, got 0",
+    "inner_steps must be an integer >= 0, got -1",
   ),
   ("inner_steps=2.5", lambda: mg.AdaptConfig(MODEL, inner_steps=2.5), ValueError, "inner_steps"),
   ("d_steps=0", lambda: mg.AdaptConfig(MODEL, d_steps=0), ValueError, "d_steps"),

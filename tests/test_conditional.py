@@ -1,0 +1,285 @@
+"""Support-conditioned pairs: ``G(z, support)`` and ``D(x, support)`` through every loop.
+
+A tiny conditional pair of pure functions on 2-D vectors (a pooled set encoder in G's
+parameters, a pair critic that sees ``x`` beside its set's mean) keeps the float64 finite
+differences exact; ``cfsgan28`` is checked for shapes, T = 0 sampling and a training step.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import metagan_jax as mg
+from metagan_jax import GanParams, gan
+from tests.helpers import (
+  central_difference,
+  random_direction,
+  tiny_model,
+  tiny_tasks,
+  to64,
+  tree_dot,
+  tree_max_rel_err,
+)
+
+Z, X, H, E = 3, 2, 8, 4  # latent, data, hidden and set-code sizes
+
+
+def _dense(key, din, dout):
+  return {"kernel": 0.5 * jax.random.normal(key, (din, dout)), "bias": jnp.zeros((dout,))}
+
+
+def _apply(p, x):
+  return x @ p["kernel"] + p["bias"]
+
+
+def g_init(key):
+  k = jax.random.split(key, 3)
+  return {"encoder": _dense(k[0], X, E), "fc0": _dense(k[1], Z + E, H), "fc1": _dense(k[2], H, X)}
+
+
+def g_apply(p, z_NxZ, sets_NxMxX):
+  code_NxE = jnp.tanh(_apply(p["encoder"], sets_NxMxX)).mean(axis=1)  # pooled over the set
+  h = jnp.tanh(_apply(p["fc0"], jnp.concatenate([z_NxZ, code_NxE], axis=-1)))
+  return _apply(p["fc1"], h)
+
+
+def d_init(key):
+  k0, k1 = jax.random.split(key)
+  return {"fc0": _dense(k0, 2 * X, H), "fc1": _dense(k1, H, 1)}
+
+
+def d_apply(p, x_NxX, sets_NxMxX):
+  h = jnp.tanh(_apply(p["fc0"], jnp.concatenate([x_NxX, sets_NxMxX.mean(axis=1)], axis=-1)))
+  return _apply(p["fc1"], h)[:, 0]
+
+
+def cond_model():
+  return mg.GanModel.from_functions(
+    g_init=g_init,
+    g_apply=g_apply,
+    d_init=d_init,
+    d_apply=d_apply,
+    z_dim=Z,
+    data_shape=(X,),
+    conditional=True,
+    name="tiny-cond",
+  )
+
+
+def _config(model, algorithm="maml", **kw):
+  kw.setdefault("inner_steps", 2)
+  kw.setdefault("inner_lr", 0.1)
+  return mg.MetaConfig(mg.AdaptConfig(model, **kw), algorithm=algorithm)
+
+
+def test_leave_one_out_sets_leave_out_their_own_row():
+  s = jnp.arange(4.0)[:, None] * jnp.ones((4, 2))
+  sets = mg.leave_one_out_sets(s)
+  assert sets.shape == (4, 3, 2)
+  for i in range(4):
+    assert sorted(np.asarray(sets[i, :, 0]).tolist()) == [j for j in range(4) if j != i]
+  np.testing.assert_array_equal(mg.leave_one_out_sets(s[:1]), s[:1, None])
+
+
+def test_second_order_meta_gradient_matches_finite_differences_for_both_players_and_encoder():
+  with jax.enable_x64(True):
+    config = _config(cond_model())
+    params = to64(mg.init(jax.random.key(0), config).params)
+    tasks = tiny_tasks(jax.random.key(100))
+    key = jax.random.key(200)
+    (task_key,) = jax.random.split(key, 1)  # meta_gradients' key for task 0 of T=1
+    grads, _ = jax.jit(functools.partial(mg.meta_gradients, config=config))(params, tasks, key)
+    objective = jax.jit(
+      lambda p: mg.maml_objective(p, tasks.support[0], tasks.query[0], task_key, config)[0]
+    )
+    zero = lambda t: jax.tree.map(jnp.zeros_like, t)
+    enc_only = lambda t: {k: (v if k == "encoder" else zero(v)) for k, v in t.items()}
+    cases = [(0, "d"), (1, "g"), (1, "encoder")]  # row 0: L_D (D's own), row 1: L_G (G's own)
+    for row, part in cases:
+      v = random_direction(jax.random.key(1000 + row + len(part)), params)
+      v = GanParams(
+        g={"g": v.g, "encoder": enc_only(v.g), "d": zero(v.g)}[part],
+        d=v.d if part == "d" else zero(v.d),
+      )
+      fd = central_difference(lambda p, row=row: objective(p)[row], params, v)
+      an = tree_dot(grads, v)
+      assert abs(an) > 1e-8, part  # the support reaches this part's meta-gradient
+      assert abs(fd - an) / abs(an) < 1e-4, (part, float(fd), float(an))
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
+def test_vmap_over_tasks_equals_python_loop(algorithm):
+  config = _config(cond_model(), algorithm)
+  with jax.enable_x64(True):
+    params = to64(mg.init(jax.random.key(0), config).params)
+    tasks = tiny_tasks(jax.random.key(1), t=3)
+    key = jax.random.key(2)
+    grads, aux = jax.jit(functools.partial(mg.meta_gradients, config=config))(params, tasks, key)
+    one_task = jax.jit(functools.partial(mg.per_task_gradient, config=config))
+    per_task = [
+      one_task(params, tasks.support[i], tasks.query[i], k)
+      for i, k in enumerate(jax.random.split(key, 3))
+    ]
+  loop = jax.tree.map(lambda *g: sum(g) / 3, *[p[0] for p in per_task])
+  assert tree_max_rel_err(grads, loop) < 1e-6
+  np.testing.assert_allclose(aux["query_losses"], jnp.stack([p[1] for p in per_task]), rtol=1e-9)
+
+
+def test_players_that_ignore_the_support_equal_the_unconditional_pair():
+  # The conditional plumbing (sets, tiling, query sets) changes nothing else in the algorithms.
+  plain = tiny_model()
+  z0, x0 = jnp.zeros((1, Z)), jnp.zeros((1, X))
+  ignoring = mg.GanModel.from_functions(
+    g_init=lambda k: plain.generator.init(k, z0)["params"],
+    g_apply=lambda p, z, sets: plain.generator.apply({"params": p}, z),
+    d_init=lambda k: plain.discriminator.init(k, x0)["params"],
+    d_apply=lambda p, x, sets: plain.discriminator.apply({"params": p}, x),
+    z_dim=Z,
+    data_shape=(X,),
+    conditional=True,
+  )
+  tasks = tiny_tasks(jax.random.key(1), t=2, dtype=jnp.float32)
+  for algorithm in ("maml", "reptile"):
+    c_plain, c_cond = _config(plain, algorithm), _config(ignoring, algorithm)
+    s_plain, s_cond = mg.init(jax.random.key(0), c_plain), mg.init(jax.random.key(0), c_cond)
+    s_plain, m_plain = jax.jit(functools.partial(mg.meta_step, config=c_plain))(
+      s_plain, tasks, jax.random.key(2)
+    )
+    s_cond, m_cond = jax.jit(functools.partial(mg.meta_step, config=c_cond))(
+      s_cond, tasks, jax.random.key(2)
+    )
+    assert tree_max_rel_err((s_cond.params, m_cond), (s_plain.params, m_plain)) < 1e-6, algorithm
+
+
+def test_zero_steps_return_the_initialisation_and_sample_from_the_support_alone():
+  model = mg.models.cfsgan28(g_width=16, d_width=8, w_dim=16, code_dim=8)
+  params = model.init(jax.random.key(0))
+  support = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1), minval=-1.0, maxval=1.0)
+  config = mg.AdaptConfig(model, inner_steps=0)
+  adapted, aux = mg.adapt_with_aux(params, support, jax.random.key(2), config)
+  for a, b in zip(jax.tree.leaves(adapted), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  assert aux["d_loss"].shape == (0,)
+  # T = 0 sampling is the pre-trained generator's forward pass on the broadcast support.
+  z = model.sample_z(jax.random.key(3), 5)
+  x = jax.jit(model.generate)(adapted.g, z, support)
+  sets = jnp.broadcast_to(support[None], (5, *support.shape))
+  forward = jax.jit(lambda g, z, sets: model.generator.apply({"params": g}, z, sets))
+  np.testing.assert_array_equal(x, forward(params.g, z, sets))
+  assert x.shape == (5, 28, 28, 1)
+  # ...and it depends on the support: another class's images draw other samples.
+  other = jax.jit(model.generate)(adapted.g, z, -support)
+  assert float(jnp.abs(other - x).max()) > 1e-3
+  logits = jax.jit(model.discriminate)(params.d, x, support)
+  assert logits.shape == (5,)
+
+
+def test_cfsgan28_adapts_and_its_meta_gradient_reaches_the_encoder():
+  model = mg.models.cfsgan28(g_width=16, d_width=8, w_dim=16, code_dim=8)
+  config = mg.MetaConfig(
+    mg.AdaptConfig(model, inner_steps=1, inner_lr=0.05), algorithm="fomaml"
+  )
+  state = mg.init(jax.random.key(0), config)
+  x = jax.random.uniform(jax.random.key(1), (2, 6, 28, 28, 1), minval=-1.0, maxval=1.0)
+  tasks = mg.Tasks(support=x[:, :3], query=x[:, 3:])
+  grads, aux = jax.jit(functools.partial(mg.meta_gradients, config=config))(
+    state.params, tasks, jax.random.key(2)
+  )
+  assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+  assert float(jnp.abs(grads.g["encoder"]["conv1"]["kernel"]).max()) > 0
+  assert np.isfinite(np.asarray(aux["query_losses"])).all()
+
+
+def test_reconstruction_term_adds_exactly_its_weighted_l1_to_g_loss():
+  model = cond_model()
+  params = model.init(jax.random.key(0))
+  support = jax.random.normal(jax.random.key(1), (3, X))
+  base = mg.AdaptConfig(model, inner_steps=1, inner_lr=0.1)
+  with_recon = dataclasses.replace(base, recon_weight=0.7)
+  _, aux0 = mg.adapt_with_aux(params, support, jax.random.key(2), base)
+  _, aux1 = mg.adapt_with_aux(params, support, jax.random.key(2), with_recon)
+  # G's first update sees the same D update in both: the difference is the term alone.
+  noise = mg.inner_noise(jax.random.key(2), base, 3)
+  sets = mg.leave_one_out_sets(support)
+  want = 0.7 * jnp.mean(jnp.abs(model.generate(params.g, noise.z[0, 1], sets) - support))
+  np.testing.assert_allclose(aux1["g_loss"] - aux0["g_loss"], [want], rtol=1e-5)
+  np.testing.assert_array_equal(aux1["d_loss"], aux0["d_loss"])
+
+
+def test_mode_seeking_term_is_msgan_ratio_and_changes_only_g():
+  x1, x2 = jnp.ones((2, 3)), jnp.zeros((2, 3))
+  z1, z2 = jnp.full((2, 4), 2.0), jnp.zeros((2, 4))
+  np.testing.assert_allclose(mg.losses.mode_seeking(x1, x2, z1, z2), 1.0 / (0.5 + 1e-5))
+  model = cond_model()
+  params = model.init(jax.random.key(0))
+  support = jax.random.normal(jax.random.key(1), (3, X))
+  base = mg.AdaptConfig(model, inner_steps=2, inner_lr=0.1)
+  _, aux0 = mg.adapt_with_aux(params, support, jax.random.key(2), base)
+  ms = dataclasses.replace(base, mode_seeking_weight=0.5)
+  _, aux1 = mg.adapt_with_aux(params, support, jax.random.key(2), ms)
+  assert float(aux1["g_loss"][0] - aux0["g_loss"][0]) > 0  # a positive term was added
+  np.testing.assert_array_equal(aux1["d_loss"][0], aux0["d_loss"][0])
+
+
+def test_conditional_pretraining_step_uses_the_sets_and_the_named_terms():
+  model = cond_model()
+  imgs = jax.random.normal(jax.random.key(1), (4, 4, X))
+  real, sets = imgs[:, 0], imgs[:, 1:]  # each real image's set: 3 others of its class
+  states = {}
+  for name, kw in (
+    ("plain", {}),
+    ("recon", {"recon_weight": 1.0}),
+    ("ms", {"mode_seeking_weight": 0.1}),
+  ):
+    cfg = gan.GanTrainConfig(model, loss="ns", d_steps=1, **kw)
+    step = jax.jit(functools.partial(gan.train_step, config=cfg))
+    state = gan.init(jax.random.key(0), cfg)
+    states[name], metrics = step(state, real, jax.random.key(2), support=sets)
+    assert np.isfinite(float(metrics["g_loss"]))
+    states[name + "_again"], _ = step(state, real, jax.random.key(2), support=sets)
+  for name in ("plain", "recon", "ms"):  # pure: same inputs, same numbers
+    for a, b in zip(jax.tree.leaves(states[name]), jax.tree.leaves(states[name + "_again"])):
+      np.testing.assert_array_equal(a, b)
+  g = lambda n: states[n].params.g["fc1"]["kernel"]
+  assert float(jnp.abs(g("recon") - g("plain")).max()) > 0
+  assert float(jnp.abs(g("ms") - g("plain")).max()) > 0
+  d = lambda n: states[n].params.d["fc1"]["kernel"]
+  np.testing.assert_array_equal(d("recon"), d("plain"))  # D's update precedes G's terms
+
+
+def test_bad_support_gives_clear_errors():
+  model = cond_model()
+  params = model.init(jax.random.key(0))
+  z = jnp.zeros((2, Z))
+  with pytest.raises(ValueError, match="is conditional: pass support"):
+    model.generate(params.g, z)
+  with pytest.raises(ValueError, match=r"support has shape \(2, 5\)"):
+    model.generate(params.g, z, jnp.zeros((2, 5)))
+  with pytest.raises(ValueError, match="support set is empty"):
+    model.generate(params.g, z, jnp.zeros((0, X)))
+  config = mg.AdaptConfig(model, inner_steps=1)
+  with pytest.raises(ValueError, match=r"support has shape \(0, 2\)"):
+    mg.adapt(params, jnp.zeros((0, X)), jax.random.key(0), config)
+  with pytest.raises(ValueError, match=r"support has shape \(3, 3\)"):
+    mg.adapt(params, jnp.zeros((3, 3)), jax.random.key(0), config)
+  with pytest.raises(ValueError, match="n_fake=4 must be a multiple of the support size K = 3"):
+    mg.adapt(params, jnp.zeros((3, X)), jax.random.key(0), dataclasses.replace(config, n_fake=4))
+  plain = tiny_model()
+  with pytest.raises(ValueError, match="is unconditional"):
+    plain.generate(plain.init(jax.random.key(0)).g, z, jnp.zeros((3, X)))
+  with pytest.raises(ValueError, match="recon_weight needs a conditional model"):
+    mg.AdaptConfig(plain, recon_weight=1.0)
+  with pytest.raises(ValueError, match="calling the generator"):
+    mg.GanModel.from_functions(
+      g_init=g_init,
+      g_apply=lambda p, z: z,  # takes no support
+      d_init=d_init,
+      d_apply=d_apply,
+      z_dim=Z,
+      data_shape=(X,),
+      conditional=True,
+    )
