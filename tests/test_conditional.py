@@ -180,9 +180,7 @@ def test_zero_steps_return_the_initialisation_and_sample_from_the_support_alone(
 
 def test_cfsgan28_adapts_and_its_meta_gradient_reaches_the_encoder():
   model = mg.models.cfsgan28(g_width=16, d_width=8, w_dim=16, code_dim=8)
-  config = mg.MetaConfig(
-    mg.AdaptConfig(model, inner_steps=1, inner_lr=0.05), algorithm="fomaml"
-  )
+  config = mg.MetaConfig(mg.AdaptConfig(model, inner_steps=1, inner_lr=0.05), algorithm="fomaml")
   state = mg.init(jax.random.key(0), config)
   x = jax.random.uniform(jax.random.key(1), (2, 6, 28, 28, 1), minval=-1.0, maxval=1.0)
   tasks = mg.Tasks(support=x[:, :3], query=x[:, 3:])

@@ -56,8 +56,8 @@ def test_conv_transpose_equals_flax_conv_transpose(hw, c, o):
 def test_layer_derivatives_up_to_second_order():
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3), jnp.float64)
   k = jax.random.normal(jax.random.key(1), (4, 4, 3, 4), jnp.float64)
-  check_grads(layers.conv4x4s2, (x, k), order=2, modes=["rev"])
-  check_grads(layers.conv_transpose4x4s2, (x, k), order=2, modes=["rev"])
+  check_grads(jax.jit(layers.conv4x4s2), (x, k), order=2, modes=["rev"])
+  check_grads(jax.jit(layers.conv_transpose4x4s2), (x, k), order=2, modes=["rev"])
 
 
 @_x64
@@ -222,8 +222,8 @@ def test_fsgan28_bf16_gradient_penalty_gradient_close_to_float32():
   grads = {}
   for md in (None, "bfloat16"):
     model = mg.models.fsgan28(matmul_dtype=md)
-    params = mg.models.fsgan28().init(jax.random.key(0))
-    fake = model.generate(params.g, model.sample_z(jax.random.key(2), 4))
+    params = jax.jit(mg.models.fsgan28().init)(jax.random.key(0))
+    fake = jax.jit(model.generate)(params.g, model.sample_z(jax.random.key(2), 4))
     assert fake.dtype == jnp.float32
     g = jax.jit(
       jax.grad(

@@ -68,10 +68,11 @@ def test_zero_last_layer_reproduces_sgd_exactly():
   assert abs(lr - 0.07) < 1e-8
   opt, sgd = mg.learned_optimizer(lopt), optax.sgd(lr)
   s_l, s_s, p_l, p_s = opt.init(params), sgd.init(params), params, params
+  l_update, s_update = jax.jit(opt.update), jax.jit(sgd.update)
   for i in range(4):
     g = random_direction(jax.random.key(10 + i), params)
-    u_l, s_l = opt.update(g, s_l, p_l)
-    u_s, s_s = sgd.update(g, s_s, p_s)
+    u_l, s_l = l_update(g, s_l, p_l)
+    u_s, s_s = s_update(g, s_s, p_s)
     assert _leaves_equal(u_l, u_s)
     p_l, p_s = optax.apply_updates(p_l, u_l), optax.apply_updates(p_s, u_s)
   # ... and inside adapt, for both players, against the configured SGD: bit for bit
@@ -81,8 +82,9 @@ def test_zero_last_layer_reproduces_sgd_exactly():
   meta = mg.LOptMetaParams(params, lopt, None)
   for unroll in (True, False):
     config = mg.AdaptConfig(model, inner_steps=3, inner_lr=lr, unroll=unroll)
-    ref = mg.adapt(params, support, jax.random.key(5), config)
-    got = mg.adapt(meta, support, jax.random.key(5), config)
+    adapt = jax.jit(functools.partial(mg.adapt, config=config))
+    ref = adapt(params, support, jax.random.key(5))
+    got = adapt(meta, support, jax.random.key(5))
     if unroll:
       assert _leaves_equal(ref, got)
     else:
@@ -149,7 +151,8 @@ def test_truncated_meta_gradient_matches_finite_differences(starts_run):
 def test_meta_step_uses_the_estimate_and_restarts_runs():
   tasks = tiny_tasks(jax.random.key(0), t=2, k=5, q=6, dtype=jnp.float32)
   config = _train_config()
-  state = LT.init(jax.random.key(1), tasks, config)
+  init = jax.jit(functools.partial(LT.init, config=config))
+  state = init(jax.random.key(1), tasks)
   assert np.asarray(state.runs.t).tolist() == [0, 2]  # staggered
   step = jax.jit(functools.partial(LT.meta_step, config=config))
   ts = []
@@ -160,7 +163,7 @@ def test_meta_step_uses_the_estimate_and_restarts_runs():
     ts.append(np.asarray(state.runs.t).tolist())
     assert np.isfinite(float(metrics["meta_loss"]))
   assert ts == [[2, 4], [4, 2], [2, 4]]  # a run at the horizon restarts from step 0
-  assert _leaves_equal(state.params.init, LT.init(jax.random.key(1), tasks, config).params.init)
+  assert _leaves_equal(state.params.init, init(jax.random.key(1), tasks).params.init)
 
 
 def test_bad_train_config_is_named():
@@ -297,12 +300,13 @@ def test_pes_pair_restarts_together_when_one_particle_diverges():
   tasks = tiny_tasks(jax.random.key(0), t=1, k=5, q=6, dtype=jnp.float32)
   config = _train_config(estimator="pes", num_pairs=2)
   state = LT.init(jax.random.key(1), tasks, config)
-  state, _ = LT.meta_step(state, tasks, jax.random.key(2), config)  # every run at t = 2
+  meta_step = jax.jit(functools.partial(LT.meta_step, config=config))
+  state, _ = meta_step(state, tasks, jax.random.key(2))  # every run at t = 2
   # Particle 1 (pair 0, sign -) diverges; pair 1 stays mid-run.
   nan_one = lambda x: x.at[0, 1].set(jnp.nan) if jnp.issubdtype(x.dtype, jnp.floating) else x
   runs = state.runs._replace(params=jax.tree.map(nan_one, state.runs.params))
   state = state.replace(runs=runs)
-  state, metrics = LT.meta_step(state, tasks, jax.random.key(3), config)
+  state, metrics = meta_step(state, tasks, jax.random.key(3))
   assert np.asarray(state.runs.t).tolist() == [[2, 2, 4, 4]]  # pair 0 restarted, both signs
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.runs.params))
   assert float(metrics["diverged"]) == 0.0 and np.isfinite(float(metrics["meta_loss"]))

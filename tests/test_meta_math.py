@@ -58,6 +58,7 @@ def _check_fd(params, tasks, key, config, player_dirs, n_dirs=3, tol=1e-4):
       fd = central_difference(lambda p: objective(p)[row], params, v)
       an = tree_dot(grads, v)
       assert abs(fd - an) / abs(an) < tol, (row, i, float(fd), float(an))
+  return grads
 
 
 def _only(player):
@@ -86,9 +87,8 @@ def test_metasgd_learning_rate_gradients_match_finite_differences():
   lr_only = lambda player: (
     lambda v: mg.MetaSGDParams(init=jax.tree.map(jnp.zeros_like, v.init), lr=_only(player)(v.lr))
   )
-  _check_fd(params, tasks, key, config, [(0, lr_only("d")), (1, lr_only("g"))])
+  grads = _check_fd(params, tasks, key, config, [(0, lr_only("d")), (1, lr_only("g"))])
   # The learning rates really move under Meta-SGD.
-  grads, _ = mg.meta_gradients(params, tasks, key, config)
   assert float(optax.tree.norm(grads.lr)) > 0
 
 
@@ -155,12 +155,12 @@ def test_meta_gradient_equals_independent_reference(algorithm):
   """maml == reference; fomaml == the same reference with stop_gradient on inner grads."""
   config = _config(algorithm)
   params, tasks, key = _problem(config)
-  grads, _ = mg.meta_gradients(params, tasks, key, config)
+  grads, _ = jax.jit(functools.partial(mg.meta_gradients, config=config))(params, tasks, key)
   support, query = _single_task(tasks)
   (task_key,) = jax.random.split(key, 1)
-  ref = _reference_meta_gradient(
-    params, support, query, task_key, config, first_order=algorithm == "fomaml"
-  )
+  ref = jax.jit(
+    functools.partial(_reference_meta_gradient, config=config, first_order=algorithm == "fomaml")
+  )(params, support, query, task_key)
   assert tree_max_rel_err(grads, ref) < 1e-9
 
 
@@ -210,7 +210,9 @@ def test_truncated_second_order_matches_finite_differences_of_its_surrogate():
   grads, _ = jax.jit(functools.partial(mg.meta_gradients, config=config))(params, tasks, key)
   surrogate = jax.jit(_truncated_surrogate(params, support, query, task_key, config))
   # The surrogate is the real meta-objective at params (only its derivative differs).
-  exact = mg.maml_objective(params, support, query, task_key, config)[0]
+  exact = jax.jit(functools.partial(mg.maml_objective, config=config))(
+    params, support, query, task_key
+  )[0]
   assert float(jnp.max(jnp.abs(surrogate(params) - exact))) < 1e-12
   for row, player in ((0, "d"), (1, "g")):
     for i in range(3):
@@ -244,8 +246,8 @@ def test_truncated_second_order_spans_first_order_to_exact():
 
 def test_fomaml_differs_from_maml():
   params, tasks, key = _problem(_config())
-  g2, _ = mg.meta_gradients(params, tasks, key, _config("maml"))
-  g1, _ = mg.meta_gradients(params, tasks, key, _config("fomaml"))
+  grads = lambda c: jax.jit(functools.partial(mg.meta_gradients, config=c))(params, tasks, key)[0]
+  g2, g1 = grads(_config("maml")), grads(_config("fomaml"))
   assert tree_max_rel_err(g1, g2) > 1e-3
 
 
@@ -256,8 +258,9 @@ def test_vmap_over_tasks_equals_python_loop(algorithm):
   tasks = tiny_tasks(jax.random.key(1), t=3)
   key = jax.random.key(2)
   grads, aux = mg.meta_gradients(params, tasks, key, config)
+  one_task = jax.jit(functools.partial(mg.per_task_gradient, config=config))  # a Python loop
   per_task = [
-    mg.per_task_gradient(params, tasks.support[i], tasks.query[i], k, config)
+    one_task(params, tasks.support[i], tasks.query[i], k)
     for i, k in enumerate(jax.random.split(key, 3))
   ]
   loop = jax.tree.map(lambda *g: sum(g) / 3, *[p[0] for p in per_task])
@@ -277,10 +280,11 @@ def test_reptile_with_outer_sgd_equals_formula():
   )
   tasks = tiny_tasks(jax.random.key(1), t=4)
   key = jax.random.key(2)
-  new_state, _ = mg.meta_step(state, tasks, key, config)
+  new_state, _ = jax.jit(functools.partial(mg.meta_step, config=config))(state, tasks, key)
   theta = state.params
+  adapt = jax.jit(functools.partial(mg.adapt, config=config.adapt))
   adapted = [
-    mg.adapt(theta, tasks.support[i], jax.random.split(k)[0], config.adapt)
+    adapt(theta, tasks.support[i], jax.random.split(k)[0])
     for i, k in enumerate(jax.random.split(key, 4))
   ]
   mean_adapted = jax.tree.map(lambda *a: sum(a) / 4, *adapted)
@@ -296,8 +300,8 @@ def test_metasgd_outer_applies_its_own_rule_to_the_rates():
   )
   params, tasks, key = _problem(config)
   state = mg.MetaState(params, config.optimizer.init(params), jnp.zeros((), jnp.int32))
-  new_state, _ = mg.meta_step(state, tasks, key, config)
-  grads, _ = mg.meta_gradients(params, tasks, key, config)
+  new_state, _ = jax.jit(functools.partial(mg.meta_step, config=config))(state, tasks, key)
+  grads, _ = jax.jit(functools.partial(mg.meta_gradients, config=config))(params, tasks, key)
   expected = mg.MetaSGDParams(
     init=jax.tree.map(lambda p, g: p - a * g, params.init, grads.init),
     lr=jax.tree.map(lambda p, g: p - b * g, params.lr, grads.lr),
@@ -317,32 +321,37 @@ def test_adapt_with_adam_and_several_d_steps_equals_reference():
   support = tiny_tasks(jax.random.key(1)).support[0]
   key = jax.random.key(3)
   noise = mg.inner_noise(key, base, support.shape[0], support.dtype)
-  g, d = params
-  gs, ds = opt.init(g), opt.init(d)
-  for i in range(3):
-    for j in range(2):
-      fake = model.generate(g, noise.z[i, j])
+
+  @jax.jit  # the hand-written loop as one program (op by op it compiles every primitive)
+  def reference(g, d):
+    gs, ds = opt.init(g), opt.init(d)
+    for i in range(3):
+      for j in range(2):
+        fake = model.generate(g, noise.z[i, j])
+        gr = jax.grad(
+          lambda d_: mg.losses.ns_d_loss(
+            model.discriminate(d_, support), model.discriminate(d_, fake)
+          )
+        )(d)
+        u, ds = opt.update(gr, ds, d)
+        d = optax.apply_updates(d, u)
       gr = jax.grad(
-        lambda d_: mg.losses.ns_d_loss(
-          model.discriminate(d_, support), model.discriminate(d_, fake)
-        )
-      )(d)
-      u, ds = opt.update(gr, ds, d)
-      d = optax.apply_updates(d, u)
-    gr = jax.grad(
-      lambda g_: mg.losses.ns_g_loss(model.discriminate(d, model.generate(g_, noise.z[i, 2])))
-    )(g)
-    u, gs = opt.update(gr, gs, g)
-    g = optax.apply_updates(g, u)
-  ref = GanParams(g, d)
+        lambda g_: mg.losses.ns_g_loss(model.discriminate(d, model.generate(g_, noise.z[i, 2])))
+      )(g)
+      u, gs = opt.update(gr, gs, g)
+      g = optax.apply_updates(g, u)
+    return GanParams(g, d)
+
+  ref = reference(*params)
+  adapt = lambda c: jax.jit(functools.partial(mg.adapt, config=c))(params, support, key)
   for kw in [dict(), dict(unroll=True), dict(remat=True), dict(unroll=True, remat=True)]:
-    out = mg.adapt(params, support, key, dataclasses.replace(base, **kw))
+    out = adapt(dataclasses.replace(base, **kw))
     assert tree_max_rel_err(out, ref) < 1e-10, kw
   # adapt_prefix: the first T steps of a longer adaptation, T traced, one program for every T
   longer = dataclasses.replace(base, inner_steps=5)
   prefix = jax.jit(lambda p, s, k, t: mg.adapt_prefix(p, s, k, longer, t))
   assert tree_max_rel_err(prefix(params, support, key, 3), ref) < 1e-10
-  two = mg.adapt(params, support, key, dataclasses.replace(base, inner_steps=2))
+  two = adapt(dataclasses.replace(base, inner_steps=2))
   assert tree_max_rel_err(prefix(params, support, key, 2), two) < 1e-10
   assert prefix._cache_size() == 1  # pylint: disable=protected-access
   assert tree_max_rel_err(mg.adapt_prefix(params, support, key, longer, 0), params) == 0
@@ -398,10 +407,11 @@ def test_wgan_gp_adapts_with_n_fake_a_multiple_of_k_and_rejects_others():
 def test_scan_unroll_and_remat_give_identical_meta_gradients():
   config = _config()
   params, tasks, key = _problem(config)
-  ref, _ = mg.meta_gradients(params, tasks, key, config)
+  grads = lambda c: jax.jit(functools.partial(mg.meta_gradients, config=c))(params, tasks, key)
+  ref, _ = grads(config)
   for kw in [dict(unroll=True), dict(remat=True)]:
     cfg = dataclasses.replace(config, adapt=dataclasses.replace(config.adapt, **kw))
-    out, _ = mg.meta_gradients(params, tasks, key, cfg)
+    out, _ = grads(cfg)
     assert tree_max_rel_err(out, ref) < 1e-10, kw
 
 

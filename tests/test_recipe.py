@@ -76,7 +76,7 @@ def test_gan_train_step_is_pure_and_the_ema_warms_up():
   cfg = gan.GanTrainConfig(
     model, loss="wgan-gp", d_steps=2, ema=0.999, d_opt=optax.adam(1e-3), g_opt=optax.adam(1e-3)
   )
-  state = gan.init(jax.random.key(0), cfg)
+  state = jax.jit(functools.partial(gan.init, config=cfg))(jax.random.key(0))
   real = jax.random.uniform(jax.random.key(1), (8, 28, 28, 1), minval=-1, maxval=1)
   step = jax.jit(functools.partial(gan.train_step, config=cfg))
   s1, m1 = step(state, real, jax.random.key(2))
