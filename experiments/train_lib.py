@@ -184,6 +184,12 @@ def _pretrain_step(train_step, state, batch: mg.Tasks, key):
   return train_step(state, batch.support[0], key)
 
 
+def _cond_pretrain_step(train_step, state, batch: mg.Tasks, key):
+  # One class per task: image 0 is the real target, the other M its support set (DAGAN's pairs
+  # of the same class, the target never in its own set).
+  return train_step(state, batch.support[:, 0], key, support=batch.support[:, 1:])
+
+
 # Fields that never enter a training step: what to evaluate, where to read and write, how
 # long to run and how to log. Everything else is part of the step's key, so a new config
 # field reaches the step unless it is listed here (a missing entry costs a recompile, a
@@ -221,8 +227,9 @@ def _step_fn(config_json: str, method: str):
   config = ml_collections.ConfigDict(json.loads(config_json))
   if method in META_METHODS:
     return jax.jit(functools.partial(mg.meta_step, config=meta_config(config, method)))
-  step = jax.jit(functools.partial(gan.train_step, config=pretrain_config(config)))
-  return functools.partial(_pretrain_step, step)
+  pc = pretrain_config(config)
+  step = jax.jit(functools.partial(gan.train_step, config=pc))
+  return functools.partial(_cond_pretrain_step if pc.model.conditional else _pretrain_step, step)
 
 
 class Run:
@@ -274,11 +281,13 @@ class Run:
       # Batches of distinct classes: every image of the split about equally often.
       # Not task-parallel: with several processes, each runs the same updates.
       b = int(config.pretrain.batch)
-      self.samplers = (
-        []
-        if method == "scratch"
-        else [mg.data.TaskSampler(train_split, 1, b, 0, seed=seed, classes_per_task=b)]
-      )
+      if method == "scratch":
+        self.samplers = []
+      elif model.conditional:  # b one-class tasks of a target and its set of cond_m images
+        m = int(config.pretrain.get("cond_m", tc.k - 1))
+        self.samplers = [mg.data.TaskSampler(train_split, b, m + 1, 0, seed=seed)]
+      else:
+        self.samplers = [mg.data.TaskSampler(train_split, 1, b, 0, seed=seed, classes_per_task=b)]
     else:
       raise ValueError(
         f"Run: method {method!r} has no training run; choose from "
@@ -632,12 +641,21 @@ def train_run(
   log = Logger(run_dir, start, enabled=main)
   z_fixed = run.model.sample_z(jax.random.key(1234), 64)
   gen = jax.jit(run.model.generate)
+  sets_fixed = None
+  if run.model.conditional and run.sampler is not None:
+    # 8 training classes, a row each: every sample of a row drawn from that class's set.
+    first = np.asarray(run.sampler.batch(0).support)[:8]
+    sets = first[:, 1:] if method == "pretrain" else first
+    sets_fixed = np.repeat(sets, 64 // len(sets), axis=0)
+    z_fixed = z_fixed[: len(sets_fixed)]
 
   def snapshot(step):
     if not main:  # generated from a host copy: no collective, process 0 alone
       return
+    if run.model.conditional and sets_fixed is None:
+      return
     g = mg.parallel.to_host(run.init_params(state).g)
-    grid = image_grid(gen(g, z_fixed))
+    grid = image_grid(gen(g, z_fixed, sets_fixed) if run.model.conditional else gen(g, z_fixed))
     save_png(os.path.join(run_dir, "samples", f"step_{step:06d}.png"), grid)
     log.image(step, grid)
 

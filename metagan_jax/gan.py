@@ -62,6 +62,11 @@ class GanTrainConfig:
       (DAGAN / FAML-style pre-training; the caller keeps ``real_i`` out of its set).
     mode_seeking_weight: weight of MSGAN's mode-seeking term in G's loss (see
       :class:`metagan_jax.AdaptConfig`).
+    mismatch_weight: conditional models: a matching-aware critic (GAN-CLS, Reed et
+      al., 2016). D also calls each real image fake beside the *next* row's support set
+      (``jnp.roll`` by one: another class when the rows are distinct classes), with
+      this weight. It teaches D to check that ``x`` belongs to its set's class, which a
+      plain pair critic may never learn. Pre-training only: an inner loop sees one class.
   """
 
   model: GanModel
@@ -73,6 +78,7 @@ class GanTrainConfig:
   augment: str = ""
   recon_weight: float = 0.0
   mode_seeking_weight: float = 0.0
+  mismatch_weight: float = 0.0
 
   def __post_init__(self):
     if not isinstance(self.model, GanModel):
@@ -83,13 +89,14 @@ class GanTrainConfig:
       raise ValueError(f"GanTrainConfig.d_steps must be an integer >= 1, got {self.d_steps!r}.")
     if not 0.0 <= self.ema < 1.0:
       raise ValueError(f"GanTrainConfig.ema must be in [0, 1), got {self.ema!r}.")
-    for name in ("recon_weight", "mode_seeking_weight"):
+    for name in ("recon_weight", "mode_seeking_weight", "mismatch_weight"):
       if not getattr(self, name) >= 0:
         raise ValueError(f"GanTrainConfig.{name} must be >= 0, got {getattr(self, name)!r}.")
-    if self.recon_weight and not self.model.conditional:
-      raise ValueError(
-        f"GanTrainConfig.recon_weight needs a conditional model; {self.model.name!r} is not."
-      )
+    for name in ("recon_weight", "mismatch_weight"):
+      if getattr(self, name) and not self.model.conditional:
+        raise ValueError(
+          f"GanTrainConfig.{name} needs a conditional model; {self.model.name!r} is not."
+        )
     object.__setattr__(self, "loss", losses_lib.get_loss(self.loss))
     object.__setattr__(self, "augment", ",".join(augment_lib.parse_policy(self.augment)))
 
@@ -152,7 +159,11 @@ def train_step(
     if aug:  # one draw for [real; fake], so the penalty interpolates augmented pairs
       both = augment_lib.diff_augment(jax.random.fold_in(k, 1), jnp.concatenate([real, fake]), aug)
       real_, fake = both[:n], both[n:]
-    return loss.d_objective(model.critic(d_, sets), real_, fake, k)
+    out = loss.d_objective(model.critic(d_, sets), real_, fake, k)
+    if config.mismatch_weight:  # real images beside another row's (class's) set: fake
+      wrong = model.discriminate(d_, real_, jnp.roll(sets, 1, axis=0))
+      out = out + config.mismatch_weight * loss.d_fake_term(wrong)
+    return out
 
   d_losses = []
   for j in range(config.d_steps):

@@ -149,6 +149,9 @@ def pretrain_config(cfg: Config) -> gan.GanTrainConfig:
     d_steps=int(pc["d_steps"]),
     ema=float(pc["ema"]),
     augment=str(pc.get("augment", "") or ""),
+    recon_weight=float(pc.get("recon_weight", 0.0)),
+    mode_seeking_weight=float(pc.get("mode_seeking_weight", 0.0)),
+    mismatch_weight=float(pc.get("mismatch_weight", 0.0)),
   )
 
 
