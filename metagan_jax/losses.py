@@ -105,14 +105,6 @@ def r1_penalty(disc: Callable[[Array], Array], real: Array) -> Array:
   return jnp.mean(jnp.sum(g * g, axis=1))
 
 
-# Each kind's discriminator loss on logits of samples it should call fake: the fake half of
-# the plain D loss (GanLoss.d_fake_term).
-_FAKE_TERM = {
-  "ns": lambda fake_logits: jnp.mean(jax.nn.softplus(fake_logits)),
-  "hinge": lambda fake_logits: jnp.mean(jax.nn.relu(1.0 + fake_logits)),
-  "wasserstein": jnp.mean,
-}
-
 _PLAIN = {
   "ns": (ns_d_loss, ns_g_loss),
   "hinge": (hinge_d_loss, hinge_g_loss),
@@ -171,14 +163,6 @@ class GanLoss:
     if self.r1_weight > 0:
       loss = loss + 0.5 * self.r1_weight * r1_penalty(disc, real)
     return loss
-
-  def d_fake_term(self, logits: Array) -> Array:
-    """The discriminator's plain loss on logits of samples it should call fake (no penalty).
-
-    The fake half of ``d_objective``: e.g. a matching-aware critic (GAN-CLS, Reed et al.,
-    2016) also calls real images beside another class's support fake.
-    """
-    return _FAKE_TERM[self.kind](logits)
 
   def g_objective(self, fake_logits: Array) -> Array:
     """Generator loss from the discriminator's logits on generated samples."""
