@@ -236,8 +236,8 @@ def generate(args) -> dict:
     )
   if args.num < 1:
     raise UsageError(f"--num must be >= 1, got {args.num}.")
-  if args.steps is not None and args.steps < 1:
-    raise UsageError(f"--steps must be >= 1, got {args.steps}.")
+  if args.steps is not None and args.steps < 0:
+    raise UsageError(f"--steps must be >= 0 (0: no adaptation step), got {args.steps}.")
   if not 0 <= args.seed < 2**32:
     raise UsageError(f"--seed must be in [0, 2**32), got {args.seed}.")
   if args.psi is not None and not 0.0 <= args.psi <= 1.0:
@@ -373,7 +373,9 @@ def parser() -> argparse.ArgumentParser:
     required=True,
     help="folder of your images (one class), or of one sub-folder per class",
   )
-  g.add_argument("--steps", type=int, default=None, help="adaptation steps (default: headline)")
+  g.add_argument(
+    "--steps", type=int, default=None, help="adaptation steps (default: headline; 0: none)"
+  )
   g.add_argument("--num", type=int, default=64, help="samples to draw")
   g.add_argument("--out", required=True, help="output folder (must be new or empty)")
   g.add_argument("--seed", type=int, default=0)

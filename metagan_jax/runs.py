@@ -131,8 +131,10 @@ class LoadedRun:
     with ``steps`` steps, as the evaluation did for every T.
     """
     steps = self.headline if steps is None else int(steps)
-    if steps < 1:
-      raise ValueError(f"steps must be >= 1, got {steps}.")
+    if steps < 0:
+      raise ValueError(
+        f"steps must be >= 0 (0: sample the meta-learned GAN as it is), got {steps}."
+      )
     if steps in self.per_steps:
       return self.per_steps[steps]
     return dataclasses.replace(self.adapt_config, inner_steps=steps)

@@ -199,6 +199,12 @@ def test_several_classes_give_each_class_its_one_class_samples(tiny_run, tmp_pat
     np.load(tmp_path / "beta" / "samples.npz")["samples"],
     np.load(tmp_path / "all" / "beta" / "samples.npz")["samples"],
   )
+  # T = 0: no adaptation step, the meta-learned GAN sampled as it is (the CLI accepts it too).
+  x0 = run.generate(sups[0], 3, seed=11, steps=0)
+  assert x0.shape == (3, 28, 28, 1) and np.isfinite(x0).all()
+  assert np.abs(x0 - run.generate(sups[0], 3, seed=11, steps=2)).max() > 1e-4
+  zero = base[:5] + ["0"] + base[6:]
+  assert cli.main(zero + ["--images", str(root / "beta"), "--out", str(tmp_path / "t0")]) == 0
   # Vectorised over the classes (the accelerators' default): the same samples to rounding.
   batched = run.generate_many(sups, 3, seed=11, steps=2, vectorize="vmap")
   for s, b in zip(sups, batched):
