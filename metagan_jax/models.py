@@ -796,6 +796,16 @@ class FSGAN28Discriminator(nn.Module):
     return layers.Dense(1, name="fc", **sn)(h.reshape(h.shape[0], -1))[:, 0]
 
 
+def _check_group_width(name: str, g_norm: str | None, g_width: int) -> None:
+  """The 28x28 generators' GroupNorm (8 groups) needs ``g_width // 2`` a multiple of 8."""
+  if g_norm == "group" and (g_width // 2) % 8:
+    raise ValueError(
+      f"{name}: g_norm='group' uses 8 groups, so the 28x28 layer's "
+      f"g_width // 2 = {g_width // 2} channels must be a multiple of 8; "
+      f"use g_width = 16, 32, 48, ... or another g_norm."
+    )
+
+
 def fsgan28(
   z_dim: int = 64,
   channels: int = 1,
@@ -835,12 +845,7 @@ def fsgan28(
   md = _check_matmul_dtype(matmul_dtype, "matmul")
   if up not in ("transposed", "nearest"):
     raise ValueError(f"fsgan28: up={up!r}; use 'transposed' or 'nearest'.")
-  if g_norm == "group" and (g_width // 2) % 8:
-    raise ValueError(
-      f"fsgan28: g_norm='group' uses 8 groups, so the 28x28 layer's "
-      f"g_width // 2 = {g_width // 2} channels must be a multiple of 8; "
-      f"use g_width = 16, 32, 48, ... or another g_norm."
-    )
+  _check_group_width("fsgan28", g_norm, g_width)
   return GanModel(
     "fsgan28",
     z_dim,
@@ -1015,11 +1020,7 @@ def cfsgan28(
   """
   _norm(g_norm, "check")
   md = _check_matmul_dtype(matmul_dtype, "matmul")
-  if g_norm == "group" and (g_width // 2) % 8:
-    raise ValueError(
-      f"cfsgan28: g_norm='group' uses 8 groups, so g_width // 2 = {g_width // 2} must be a "
-      "multiple of 8; use g_width = 16, 32, 48, ... or another g_norm."
-    )
+  _check_group_width("cfsgan28", g_norm, g_width)
   return GanModel(
     "cfsgan28",
     z_dim,
