@@ -66,10 +66,17 @@ TINY_RUN_GROUP = pytest.mark.xdist_group("tiny_run")
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-  """The tiny protocol end to end, once per session: pre-training, Reptile, MAML, Meta-SGD, scratch.
+  """The tiny protocol end to end, once per session: pre-training, Reptile, Meta-SGD, scratch.
 
-  The NS loss keeps MAML's and Meta-SGD's second-order steps quick to compile (through WGAN-GP it
-  takes a minute); the WGAN-GP pipeline is covered by the kill/resume and recipe tests.
+  The NS loss keeps Meta-SGD's second-order step quick to compile (through WGAN-GP it takes a
+  minute); the WGAN-GP pipeline is covered by the kill/resume and recipe tests. One
+  second-order method stands for both: Meta-SGD's run goes through the same training,
+  equal-time, tuning and evaluation code as MAML's and also covers its own (learned rates,
+  the rate-multiplier grid, loading ``MetaSGDParams``), while MAML's step is checked by
+  tests/test_meta_math.py and its config by tests/test_experiments_train.py; a MAML run here
+  cost 20 s more. The tuning grid drops the tiny config's G-parts axis (each part is another
+  compiled adaptation per parameter type): rates x truncations still make a 2 x 2 grid, and
+  ``test_tuning_pools_seeds_so_one_noisy_seed_cannot_flip_a_method`` covers the full one.
 
   Returns:
     ``{"config", "workdir", "out"}``, ``out`` being ``train_and_evaluate``'s result.
@@ -79,9 +86,10 @@ def tiny_run(tmp_path_factory):
 
   root = tmp_path_factory.mktemp("tiny_run")
   config = tiny.get_config()
-  config.methods = "reptile,maml,metasgd,transfer,scratch"
-  config.train.equal_time = "maml"  # and a maml@time row
+  config.methods = "reptile,metasgd,transfer,scratch"
+  config.train.equal_time = "metasgd"  # and a metasgd@time row
   config.loss = "ns"
+  config.eval.tune_g_trainable = ""  # G: all only; the grid is tune_lrs x tune_psi
   config.features.cache_dir = str(root / "cache")
   work = str(root / "work")
   out = omniglot.train_and_evaluate(config, work, progress=False)

@@ -74,7 +74,9 @@ def _generate(run_dir, images, out, cache, *extra, env=None):
 
 
 @TINY_RUN_GROUP
-def test_generate_uses_the_cache_survives_corrupt_entries_and_can_turn_it_off(tiny_run, tmp_path):
+def test_generate_uses_the_cache_survives_corrupt_entries_keys_psi_and_can_turn_it_off(
+  tiny_run, tmp_path
+):
   images = write_pngs(str(tmp_path / "mine"), _strokes(3, 3))
   cache = str(tmp_path / "cache")
   first, x1, _ = _generate(tiny_run["workdir"], images, str(tmp_path / "o1"), cache)
@@ -101,6 +103,19 @@ def test_generate_uses_the_cache_survives_corrupt_entries_and_can_turn_it_off(ti
   assert fourth["compilation_cache"]["hits"] >= 1  # the entries were rewritten
   assert fourth["compilation_cache"]["misses"] == 0 and "Error reading" not in err4
   np.testing.assert_array_equal(x1, x4)
+  # --psi samples the truncated program, not the cached one of the run's rule (psi 1 or 0.5)
+  report, trunc, _ = _generate(
+    tiny_run["workdir"], images, str(tmp_path / "p"), cache, "--psi", "0.3"
+  )
+  assert report["rule"]["psi"] == 0.3 and first["rule"].get("psi", 1.0) != 0.3
+  assert report["compilation_cache"]["misses"] >= 1  # its own program, keyed by psi
+  assert np.abs(trunc - x1).max() > 1e-3
+  run = mg.load_run(tiny_run["workdir"], method="reptile")
+  support, _ = cli.prepare(cli.read_images(images)[0], run.preprocessing, "auto")
+  want = dataclasses.replace(run, rule=dict(run.rule, psi=0.3)).generate(
+    support, 3, seed=5, steps=2
+  )
+  np.testing.assert_allclose(trunc, want, atol=1e-5)
   off_cache = str(tmp_path / "off")  # METAGAN_COMPILATION_CACHE=0 beats JAX's own folder setting
   off, x5, _ = _generate(
     tiny_run["workdir"], images, str(tmp_path / "o5"), off_cache, env={compile_cache.OFF_ENV: "0"}
@@ -108,25 +123,6 @@ def test_generate_uses_the_cache_survives_corrupt_entries_and_can_turn_it_off(ti
   assert off["compilation_cache"] == {"dir": None, "hits": 0, "misses": 0, "repaired": 0}
   assert not os.path.exists(off_cache)
   np.testing.assert_array_equal(x1, x5)
-
-
-@TINY_RUN_GROUP
-def test_psi_flag_samples_the_truncated_program_not_the_cached_plain_one(tiny_run, tmp_path):
-  images = write_pngs(str(tmp_path / "mine"), _strokes(3, 3))
-  cache = str(tmp_path / "cache")
-  _, plain, _ = _generate(tiny_run["workdir"], images, str(tmp_path / "o1"), cache, "--psi", "1")
-  report, trunc, _ = _generate(
-    tiny_run["workdir"], images, str(tmp_path / "o2"), cache, "--psi", "0.3"
-  )
-  assert report["rule"]["psi"] == 0.3
-  assert report["compilation_cache"]["misses"] >= 1  # its own program, keyed by psi
-  assert np.abs(trunc - plain).max() > 1e-3
-  run = mg.load_run(tiny_run["workdir"], method="reptile")
-  support, _ = cli.prepare(cli.read_images(images)[0], run.preprocessing, "auto")
-  want = dataclasses.replace(run, rule=dict(run.rule, psi=0.3)).generate(
-    support, 3, seed=5, steps=2
-  )
-  np.testing.assert_allclose(trunc, want, atol=1e-5)
 
 
 @TINY_RUN_GROUP
