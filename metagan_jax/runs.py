@@ -147,7 +147,7 @@ class LoadedRun:
     """Adapts to ``support [K, *data_shape]`` (in [-1, 1]) and draws ``n`` samples.
 
     Equal to ``model.generate(adapt(meta_params, support, k_adapt, rule).g,
-    model.sample_z(k_z, n))`` with ``k_adapt, k_z = keys(seed)``; with a
+    model.sample_z(k_z, n))`` (a conditional model's ``G(z, support)``) with ``k_adapt, k_z = keys(seed)``; with a
     truncation ``psi < 1`` in the rule, ``model.generate_truncated`` of the same
     latents, centred on ``N_AVG`` latents from ``fold_in(k_z, 1)``. One compiled
     program, the same for every call with the same rule, support shape and
@@ -246,10 +246,11 @@ def _one_class(meta_params, support, seed, ac: AdaptConfig, n: int, psi: float =
   k_adapt, k_z = _keys(seed)
   adapted = adapt(meta_params, support, k_adapt, ac)
   z = ac.model.sample_z(k_z, n)
+  cond = (support,) if ac.model.conditional else ()  # a conditional G draws from the support
   if psi == 1.0:
-    return ac.model.generate(adapted.g, z)
+    return ac.model.generate(adapted.g, z, *cond)
   z_avg = ac.model.sample_z(jax.random.fold_in(k_z, 1), N_AVG)
-  return ac.model.generate_truncated(adapted.g, z, psi, z_avg)
+  return ac.model.generate_truncated(adapted.g, z, psi, z_avg, *cond)
 
 
 # Keys are derived inside the program, so a call is one compiled program and no eager ops.

@@ -284,9 +284,16 @@ def test_bad_support_gives_clear_errors():
     )
 
 
+def val_support(config, k: int = 4) -> np.ndarray:
+  from experiments import train_lib  # pylint: disable=g-import-not-at-top
+
+  return np.asarray(train_lib.load_split(config, "val", verbose=False).images[0][:k], np.float32)
+
+
 def test_conditional_pretraining_run_and_its_validation_scores(tmp_path):
   """experiments/cond_pilot.py on a tiny config: one-class tasks of a target and its set, a
-  grid of validation supports and T = 0 samples, the protocol's measures beside real and copy."""
+  grid of validation supports and T = 0 samples, the protocol's measures beside real and copy;
+  then the DAGAN protocol's command on that run, and ``load_run`` of the same pre-training. One test, so the steps compiled for one part serve the next."""
   from experiments import cond_pilot, train_lib  # pylint: disable=g-import-not-at-top
   from experiments.configs import cond_pilot as cfg  # pylint: disable=g-import-not-at-top
   from experiments.configs import tiny  # pylint: disable=g-import-not-at-top
@@ -307,6 +314,47 @@ def test_conditional_pretraining_run_and_its_validation_scores(tmp_path):
   for row in ("t0", "copy", "real"):
     assert 0.0 <= scores[row]["fidelity"] <= 1.0 and np.isfinite(scores[row]["kid"])
   assert scores["classes"] == 3 and scores["n_gen"] == 8
+  # the DAGAN protocol's command on that run: T = 0 (one forward pass) and T = 1 (adapted)
+  from experiments import dagan as dagan_cmd  # pylint: disable=g-import-not-at-top
+  from experiments.configs import dagan as dagan_cfg  # pylint: disable=g-import-not-at-top
+  from experiments.protocol import dagan  # pylint: disable=g-import-not-at-top
+
+  d = dagan_cfg.tiny_config()
+  d.runs = f"cond={tmp_path / 'work'}"
+  d.dagan.sample_steps = "0,1"
+  out = dagan_cmd.run(d, str(tmp_path / "dagan"))
+  assert [(r["name"], r["T"]) for r in out["rows"]] == [("cond", 0), ("cond", 1)]
+  for r in out["rows"]:
+    assert set(r["acc"]) == set(dagan.ARMS) and all(len(v) == 3 for v in r["acc"].values())
+    assert r["acc"]["real"] == out["rows"][0]["acc"]["real"]  # one real arm for every row
+  assert (tmp_path / "dagan" / "cond_T0.png").exists() and (
+    tmp_path / "dagan" / "cond_T1.png"
+  ).exists()
+  with open(tmp_path / "dagan" / "dagan.md") as f:
+    assert len([ln for ln in f if ln.startswith("| cond |")]) == 2
+  d.dagan.update(sample_steps="0", psi=0.5)  # a second call: the real and jitter arms reused
+  again = dagan_cmd.run(d, str(tmp_path / "dagan"))
+  assert again["rows"][0]["acc"]["real"] == out["rows"][0]["acc"]["real"]
+  assert again["rows"][0]["psi"] == 0.5 and "(psi 0.5)" in dagan_cmd.markdown(again)
+
+  # The same pre-training as a run folder of experiments/omniglot.py (its conditional
+  # `transfer`); load_run samples it at T = 0 (one forward pass from the support) and adapted
+  import json  # pylint: disable=g-import-not-at-top
+
+  from experiments import omniglot  # pylint: disable=g-import-not-at-top
+
+  c.methods = "transfer"
+  run_dir = tmp_path / "run"
+  omniglot.train_all(c, str(run_dir), progress=False)
+  with open(run_dir / "config.json", "w") as f:  # train_and_evaluate writes it before training
+    json.dump(c.to_dict(), f)
+  run = mg.load_run(run_dir, "transfer")
+  assert run.model.conditional
+  sup = val_support(c)
+  _, k_z = run.keys(3)
+  want = run.model.generate(run.meta_params.g, run.model.sample_z(k_z, 8), sup)
+  np.testing.assert_allclose(run.generate(sup, n=8, seed=3, steps=0), want, atol=1e-5)
+  assert np.abs(run.generate(sup, n=8, seed=3, steps=1) - want).max() > 1e-3
 
 
 def test_mismatch_term_scores_real_images_beside_their_own_set_above_another_rows():

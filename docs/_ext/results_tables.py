@@ -6,12 +6,14 @@ Usage in a MyST page::
   :show: headline, gain
   ```
 
-The argument is a file of ``experiments/results/``. A main-protocol run (``experiments/omniglot.py``,
+The argument is a file of ``experiments/results/`` (or of a folder in it). A main-protocol run (``experiments/omniglot.py``,
 keys ``config``, ``summary``, ``info``) is rendered by
 ``experiments.protocol.report.markdown_table``; a learned-optimiser run
 (``experiments/lopt_omniglot.py``, with a ``tuning`` key) by
 ``experiments.lopt_omniglot.markdown_table``: the same functions that print ``eval/results.md``
-at the end of a run, so a page shows exactly what the run printed. The Markdown they return is
+at the end of a run, so a page shows exactly what the run printed. A DAGAN-protocol run
+(``experiments/dagan.py``, with an ``anchor`` key) is rendered by ``experiments.dagan.markdown``
+(one block, ``table``). The Markdown they return is
 parsed as MyST into real table nodes, and the JSON file (and the two modules) are registered as
 dependencies of the page, so it is rebuilt when one of them changes.
 
@@ -57,6 +59,11 @@ PROTOCOL_BLOCKS = (
 LOPT_BLOCKS = (("fidelity", "Class fidelity"),)  # the first block, "kid", is the KID table
 
 
+def _is_dagan(res: dict) -> bool:
+  """A DAGAN-protocol run (``experiments/dagan.py``) names its anchor."""
+  return "anchor" in res and "rows" in res
+
+
 def _is_lopt(res: dict) -> bool:
   """A learned-optimiser run (``experiments/lopt_omniglot.py``) has its tuning saved beside."""
   return "tuning" in res
@@ -70,6 +77,10 @@ def render(name: str) -> tuple[str, bool]:
 
   with open(os.path.join(RESULTS, name)) as f:
     res = json.load(f)
+  if _is_dagan(res):
+    from experiments import dagan  # pylint: disable=g-import-not-at-top
+
+    return dagan.markdown(res), False
   config = ml_collections.ConfigDict(res["config"])
   if _is_lopt(res):
     from experiments import lopt_omniglot  # pylint: disable=g-import-not-at-top
@@ -83,6 +94,8 @@ def render(name: str) -> tuple[str, bool]:
 
 def blocks(md: str, lopt: bool) -> list[tuple[str, str]]:
   """Splits the printed text into named blocks (a caption and its table form one block)."""
+  if md.startswith("DAGAN protocol"):
+    return [("table", md.strip())]
   starts = LOPT_BLOCKS if lopt else PROTOCOL_BLOCKS
   out: list[tuple[str, list[str]]] = []
   for para in md.split("\n\n"):
@@ -135,10 +148,14 @@ class ResultsTable(SphinxDirective):
   def run(self) -> list[nodes.Node]:
     name = self.arguments[0]
     path = os.path.join(RESULTS, name)
-    if os.path.dirname(name) or not os.path.isfile(path):
+    if ".." in name.split("/") or os.path.isabs(name) or not os.path.isfile(path):
       raise self.error(f"results-table: no file {name!r} in {RESULTS}")
     self.env.note_dependency(path)
-    for module in ("experiments/protocol/report.py", "experiments/lopt_omniglot.py"):
+    for module in (
+      "experiments/protocol/report.py",
+      "experiments/lopt_omniglot.py",
+      "experiments/dagan.py",
+    ):
       self.env.note_dependency(os.path.join(ROOT, module))
     md, lopt = render(name)
     parts = blocks(md, lopt)

@@ -10,7 +10,10 @@ See docs/explanation/protocol.md for the protocol in words. One module per stage
    held-out images in feature space (KID, FD, class fidelity, diversity,
    memorisation, low-data classification), next to a copy baseline;
 5. ``stats``: means, bootstrap CIs and paired tests over seeds and classes;
-6. ``report``: the results table and the figures.
+6. ``report``: the results table and the figures;
+7. ``dagan``: the DAGAN augmentation protocol (does a run's samples help a classifier
+   trained from scratch on K images per class?), run on finished runs by
+   ``experiments/dagan.py``.
 
 A new metric is one function in ``scoring``; a new test, one in ``stats``.
 """

@@ -52,20 +52,26 @@ def _adapt_fn(config_json: str, rule_json: str, n_max: int):
   return jax.jit(adapt_all)
 
 
-def _per_class(fn, g, z_CxN, per_class: bool):
+def _per_class(fn, g, z_CxN, per_class: bool, sup_CxK=None):
   # One class at a time (lax.map), not one vmap over all classes: on CPU, C batches of
   # n_gen latents through G take 1.8-2.8x less time than one batch of C x n_gen
-  # (docs/benchmarks.md, "The main job's time").
+  # (docs/benchmarks.md, "The main job's time"). A conditional G draws class c from its
+  # own support ``sup_CxK[c]``.
+  if sup_CxK is None:
+    if per_class:
+      return jax.lax.map(lambda a: fn(*a), (g, z_CxN))
+    return jax.lax.map(lambda z: fn(g, z), z_CxN)
   if per_class:
-    return jax.lax.map(lambda a: fn(*a), (g, z_CxN))
-  return jax.lax.map(lambda z: fn(g, z), z_CxN)
+    return jax.lax.map(lambda a: fn(*a), (g, z_CxN, sup_CxK))
+  return jax.lax.map(lambda a: fn(g, *a), (z_CxN, sup_CxK))
 
 
 @functools.cache
 def _generate(config_json: str, per_class: bool):
-  """Samples ``[C, n, ...]`` of per-class generators (or of one shared G)."""
+  """Samples ``[C, n, ...]`` of per-class generators (or of one shared G); a conditional
+  model's take the classes' supports ``[C, K, ...]`` as a third argument."""
   model = train_lib.get_model(_config_from_json(config_json))
-  return jax.jit(lambda g, z: _per_class(model.generate, g, z, per_class))
+  return jax.jit(lambda g, z, *sup: _per_class(model.generate, g, z, per_class, *sup))
 
 
 @functools.cache
@@ -73,8 +79,10 @@ def _generate_truncated(config_json: str, per_class: bool):
   """Truncated samples; ``psi`` is an argument, so a grid of truncations shares one compile."""
   model = train_lib.get_model(_config_from_json(config_json))
 
-  def fn(g, z, psi, z_avg):
-    return _per_class(lambda g1, z1: model.generate_truncated(g1, z1, psi, z_avg), g, z, per_class)
+  def fn(g, z, psi, z_avg, *sup):
+    return _per_class(
+      lambda g1, z1, *s1: model.generate_truncated(g1, z1, psi, z_avg, *s1), g, z, per_class, *sup
+    )
 
   return jax.jit(fn)
 
@@ -130,6 +138,7 @@ def adapt_and_generate_psis(
   model = train_lib.get_model(config)
   params = mg.recipes.with_rule(meta_params, rule)
   sup = jnp.asarray(support_CxK)
+  cond = (sup,) if model.conditional else ()  # a conditional G draws from each class's support
   out = {}
   for t in sorted(steps):
     z = jax.random.normal(jax.random.fold_in(key, 1_000_000 + t), (C, n_gen, model.z_dim))
@@ -146,9 +155,11 @@ def adapt_and_generate_psis(
       z_avg = jax.random.normal(jax.random.fold_in(key, 2_000_000 + t), (N_AVG, model.z_dim))
     for psi in map(float, psis):
       if psi == 1.0:
-        out[t][psi] = np.asarray(_generate(cj, per_class)(g, z))
+        out[t][psi] = np.asarray(_generate(cj, per_class)(g, z, *cond))
       else:
-        out[t][psi] = np.asarray(_generate_truncated(cj, per_class)(g, z, jnp.float32(psi), z_avg))
+        out[t][psi] = np.asarray(
+          _generate_truncated(cj, per_class)(g, z, jnp.float32(psi), z_avg, *cond)
+        )
   return out
 
 
