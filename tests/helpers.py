@@ -5,6 +5,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import metagan_jax as mg
 
@@ -77,3 +78,12 @@ def xla_flags(devices: int | None = None) -> str:
 # under 3 minutes alone on 2 cores, so this holds on a machine many times slower
 # and busy with the other xdist worker.
 HANG_TIMEOUT_S = 1800
+
+
+# Tests over a minute each that run a whole experiment or a learning curve, where cheaper
+# tests check the same code (named in each test's docstring). `make test` (CI) skips them so
+# that the suite and the docs fit CI's 20 minutes on 2 cores; `make test-all` runs them.
+SLOW = pytest.mark.skipif(
+  not os.environ.get("METAGAN_SLOW_TESTS"),
+  reason="a whole experiment (over a minute on 2 cores); make test-all (METAGAN_SLOW_TESTS=1) runs it",
+)

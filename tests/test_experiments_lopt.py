@@ -10,9 +10,13 @@ import numpy as np
 import metagan_jax as mg
 from experiments import lopt_omniglot
 from experiments.configs import lopt_tiny
+from tests.helpers import SLOW
 
 
+@SLOW
 def test_tiny_lopt_experiment_tunes_trains_scores_and_reuses(tmp_path):
+  """The learned-optimiser experiment end to end (``make test-all``); the learned
+  optimiser's mathematics and meta-training are tests/test_lopt.py's, in the default suite."""
   c = lopt_tiny.get_config()
   c.features.cache_dir = str(tmp_path / "cache")
   work = str(tmp_path / "work")

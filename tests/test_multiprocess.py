@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 
-from tests.helpers import HANG_TIMEOUT_S, xla_flags
+from tests.helpers import HANG_TIMEOUT_S, SLOW, xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -235,7 +235,14 @@ def _run_two(cmds, env):
     assert code == 0, out[-3000:]
 
 
+@SLOW
 def test_two_process_experiment_checkpoints_resume_and_match_one_process(tmp_path):
+  """The experiment command over two processes, killed and resumed (``make test-all``).
+
+  The default suite keeps the two-process meta-steps against one process
+  (``test_two_processes_end_identical_and_equal_one_process``), one process's kill and
+  exact resume (tests/test_experiments_train.py) and the shutdown tests.
+  """
   # One CPU device per process: 2 devices in all, T = 2 tasks, one per process.
   env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": xla_flags(1)}
   work = str(tmp_path / "two")

@@ -13,6 +13,7 @@ from experiments import train_lib
 from experiments.configs import tiny
 from metagan_jax import gan
 from metagan_jax import metrics as M
+from tests.helpers import SLOW
 
 SMALL = dict(g_width=16, d_width=8, w_dim=16)
 
@@ -101,8 +102,13 @@ def _pooled(x):
   return x.mean((2, 4)).reshape(len(x), -1)
 
 
+@SLOW
 def test_pretrained_gan_beats_its_random_init_on_kid(tmp_path):
-  """The tiny config's pre-training, run longer, draws closer to real characters than its init."""
+  """The tiny config's pre-training, run longer, draws closer to real characters than its init.
+
+  A learning curve (``make test-all``); the pre-training step itself is checked by the
+  kill/resume and pure-step tests of the default suite.
+  """
   c = tiny.get_config()
   # 100 steps: trained KID at most 0.77x the init's in all 8 comparisons (0.91x at 60 steps)
   c.pretrain.steps, c.pretrain.batch = 100, 32
