@@ -2,6 +2,7 @@
 
   python benchmarks/generate_time.py --run runs/omniglot_short
   python benchmarks/generate_time.py --run runs/omniglot_short --images my_class --warm 5
+  python benchmarks/generate_time.py --run runs/cond --method transfer --steps 0  # T = 0
 
 Each call is the README's command (``python -m metagan_jax generate RUN --images
 DIR --num 64``) in its own process, timed from outside, so the figure includes
@@ -101,7 +102,11 @@ def main(argv=None) -> None:
   p.add_argument("--images", default=None, help="one class's folder (default: 4 omniglot images)")
   p.add_argument("--num", type=int, default=64)
   p.add_argument("--warm", type=int, default=3, help="warm calls (median reported)")
+  p.add_argument("--steps", type=int, default=None, help="adaptation steps (default: the run's)")
+  p.add_argument("--method", default=None, help="the run's method to load (default: its best)")
   args = p.parse_args(argv)
+  opts = [*(["--steps", str(args.steps)] if args.steps is not None else [])]
+  opts += ["--method", args.method] if args.method else []
   tmp = tempfile.mkdtemp(prefix="generate_time_")
   if args.images is None:
     classes = os.path.join(tmp, "classes")
@@ -116,8 +121,8 @@ def main(argv=None) -> None:
     rows.append(r)
     print(json.dumps(r), flush=True)
 
-  row("cold (empty cache)", call(args.run, one, out, cache, args.num))
-  warm = [call(args.run, one, out, cache, args.num) for _ in range(args.warm)]
+  row("cold (empty cache)", call(args.run, one, out, cache, args.num, *opts))
+  warm = [call(args.run, one, out, cache, args.num, *opts) for _ in range(args.warm)]
   med = statistics.median(w["wall_s"] for w in warm)
   row(
     f"warm (median of {args.warm})",
@@ -125,12 +130,14 @@ def main(argv=None) -> None:
   )
   row(
     "no cache",
-    call(args.run, one, out, os.path.join(tmp, "unused"), args.num, "--no-compilation-cache"),
+    call(
+      args.run, one, out, os.path.join(tmp, "unused"), args.num, "--no-compilation-cache", *opts
+    ),
   )
   if classes:
     cache5 = os.path.join(tmp, "cache5")
-    row("5 classes, cold (empty cache)", call(args.run, classes, out, cache5, args.num))
-    row("5 classes, warm", call(args.run, classes, out, cache5, args.num))
+    row("5 classes, cold (empty cache)", call(args.run, classes, out, cache5, args.num, *opts))
+    row("5 classes, warm", call(args.run, classes, out, cache5, args.num, *opts))
   print(
     "\n| call | wall s | load_run s | adapt + sample s | cache hits / misses |\n|---|---|---|---|---|"
   )
