@@ -105,7 +105,8 @@ def markdown(out: dict) -> str:
   a = out["anchor"]
   lines = [
     f"DAGAN protocol, {out['split']} classes: {out['classes']} classes, K = {out['k']}, "
-    f"{out['subsets']} classifiers per arm, {out['steps']} steps each. Anchor "
+    f"{out['subsets']} classifiers per arm, {out['steps']} steps each, "
+    f"{out['config']['dagan']['pool']} generated images per class and subset. Anchor "
     f"(amurthy1/dagan_torch, K = {a['k']}): {a['real']} -> {a['dagan']} (+{a['gain']}).",
     "",
     "| row | T | real | + generated | + jitter | generated on jitter | gain (p) | "
