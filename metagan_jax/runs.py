@@ -147,7 +147,8 @@ class LoadedRun:
     """Adapts to ``support [K, *data_shape]`` (in [-1, 1]) and draws ``n`` samples.
 
     Equal to ``model.generate(adapt(meta_params, support, k_adapt, rule).g,
-    model.sample_z(k_z, n))`` (a conditional model's ``G(z, support)``) with ``k_adapt, k_z = keys(seed)``; with a
+    model.sample_z(k_z, n))`` (a conditional model's ``G(z, support)``) with
+    ``k_adapt, k_z = keys(seed)``; with a
     truncation ``psi < 1`` in the rule, ``model.generate_truncated`` of the same
     latents, centred on ``N_AVG`` latents from ``fold_in(k_z, 1)``. One compiled
     program, the same for every call with the same rule, support shape and

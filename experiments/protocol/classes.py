@@ -46,18 +46,24 @@ def test_classes(config, verbose: bool = True) -> dict:
 def val_classes(config) -> dict:
   """``eval.tune_classes`` validation-alphabet classes, spread evenly over the alphabets."""
   split = train_lib.load_split(config, "val", verbose=False)
-  n = int(config.eval.tune_classes)
   rng = np.random.default_rng([config.eval.split_seed, 1])
-  alphabets = sorted(set(split.groups))
+  pick = spread_over_alphabets(split.groups, int(config.eval.tune_classes), rng)
+  return support_heldout(split, pick, config.eval.k, rng)
+
+
+def spread_over_alphabets(groups, n: int, rng: np.random.Generator) -> list[int]:
+  """``min(n, len(groups))`` class indices, round robin over the alphabets (``groups``, one
+  per class), each alphabet's classes in an order drawn from ``rng``."""
+  alphabets = sorted(set(groups))
   by_alpha = {
-    a: list(rng.permutation([i for i, g in enumerate(split.groups) if g == a])) for a in alphabets
+    a: list(rng.permutation([i for i, g in enumerate(groups) if g == a])) for a in alphabets
   }
   pick = []
-  while len(pick) < min(n, len(split)):  # round robin over the alphabets
+  while len(pick) < min(n, len(groups)):
     for a in alphabets:
       if by_alpha[a] and len(pick) < n:
-        pick.append(by_alpha[a].pop())
-  return support_heldout(split, pick, config.eval.k, rng)
+        pick.append(int(by_alpha[a].pop()))
+  return pick
 
 
 def support_heldout(split, pick, k: int, rng: np.random.Generator) -> dict:

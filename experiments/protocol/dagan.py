@@ -28,7 +28,7 @@ import optax
 from scipy import stats as sps
 
 from experiments import train_lib
-from experiments.protocol import scoring
+from experiments.protocol import classes, scoring
 from metagan_jax import augment
 
 ARMS = ("real", "gen", "jitter", "gen_jitter")
@@ -56,16 +56,9 @@ def dagan_classes(config, split: str = "val") -> dict:
     raise ValueError(
       f"dagan.num_classes={n}, but the {split!r} split has {len(data)} classes: lower it."
     )
-  rng = np.random.default_rng([config.dagan.split_seed, 43])
-  alphabets = sorted(set(data.groups))
-  by_alpha = {
-    a: list(rng.permutation([i for i, g in enumerate(data.groups) if g == a])) for a in alphabets
-  }
-  pick = []
-  while len(pick) < n:  # round robin over the alphabets
-    for a in alphabets:
-      if by_alpha[a] and len(pick) < n:
-        pick.append(int(by_alpha[a].pop()))
+  pick = classes.spread_over_alphabets(
+    data.groups, n, np.random.default_rng([config.dagan.split_seed, 43])
+  )
   m = min(len(data.images[i]) for i in pick)
   return {
     "names": [data.names[i] for i in pick],

@@ -52,18 +52,14 @@ def _adapt_fn(config_json: str, rule_json: str, n_max: int):
   return jax.jit(adapt_all)
 
 
-def _per_class(fn, g, z_CxN, per_class: bool, sup_CxK=None):
+def _per_class(fn, g, z_CxN, per_class: bool, *sup_CxK):
   # One class at a time (lax.map), not one vmap over all classes: on CPU, C batches of
   # n_gen latents through G take 1.8-2.8x less time than one batch of C x n_gen
   # (docs/benchmarks.md, "The main job's time"). A conditional G draws class c from its
-  # own support ``sup_CxK[c]``.
-  if sup_CxK is None:
-    if per_class:
-      return jax.lax.map(lambda a: fn(*a), (g, z_CxN))
-    return jax.lax.map(lambda z: fn(g, z), z_CxN)
+  # own support ``sup_CxK[c]`` (an unconditional one gets no ``sup_CxK``).
   if per_class:
-    return jax.lax.map(lambda a: fn(*a), (g, z_CxN, sup_CxK))
-  return jax.lax.map(lambda a: fn(g, *a), (z_CxN, sup_CxK))
+    return jax.lax.map(lambda a: fn(*a), (g, z_CxN, *sup_CxK))
+  return jax.lax.map(lambda a: fn(g, *a), (z_CxN, *sup_CxK))
 
 
 @functools.cache
