@@ -73,14 +73,20 @@ def _with_dagan(cfg, command_config):
 
 
 # dagan fields that change neither the classes nor the real and jitter arms
-_ROW_ONLY = ("pool", "psi", "sample_steps", "grid_classes")
+_ROW_ONLY = ("pool", "psi", "sample_steps", "grid_classes", "max_classes")
+
+
+def _arms_key(cfg, names) -> dict:
+  """What the ``real`` and ``jitter`` arms depend on: the classes and classifier settings."""
+  key = {k: v for k, v in cfg.dagan.to_dict().items() if k not in _ROW_ONLY}
+  key["classes"] = list(names)
+  return key
 
 
 def _base_arms(cfg, tr, te, names, workdir: str) -> dict:
   """The ``real`` and ``jitter`` arms, or the copy a previous call in ``workdir`` saved for
   the same classes and classifier settings (they do not depend on the rows)."""
-  key = {k: v for k, v in cfg.dagan.to_dict().items() if k not in _ROW_ONLY}
-  key["classes"] = list(names)
+  key = _arms_key(cfg, names)
   path = os.path.join(workdir, "base_arms.json")
   if os.path.exists(path):
     with open(path) as f:
@@ -150,12 +156,27 @@ def run(config, workdir: str) -> dict:
     "anchor": dagan.ANCHOR,
     "rows": [],
   }
+  # rows a previous call in workdir finished (it was killed, or rows were added): kept
+  path_json = os.path.join(workdir, "dagan.json")
+  done = {}
+  if os.path.exists(path_json):
+    with open(path_json) as f:
+      done = {json.dumps(r["key"], sort_keys=True): r for r in json.load(f)["rows"] if "key" in r}
+  arms_key = _arms_key(cfg0, cls["names"])
   for name, path, method, cfg, params, rule in rows:
     model = train_lib.get_model(cfg)
     if float(dc.psi) > 0:
       rule = dict(rule, psi=float(dc.psi))
     for t in train_lib.parse_list(dc.sample_steps, int):
       if t == 0 and not model.conditional:
+        continue
+      row_key = dict(
+        arms_key, name=name, path=path, method=method, T=t, pool=int(dc.pool), rule=rule
+      )
+      old = done.get(json.dumps(report.jsonable(row_key), sort_keys=True))
+      if old is not None:
+        print(f"{name} T={t}: from {path_json}")
+        out["rows"].append(old)
         continue
       ts = time.time()
       pool = dagan.generated_pools(cfg, params, tr, t, jax.random.key(int(dc.seed) + 7), rule)
@@ -176,8 +197,11 @@ def run(config, workdir: str) -> dict:
           "tests": tests,
           "generate_s": g_s,
           "psi": float(rule.get("psi", 1.0)),
+          "key": row_key,
         }
       )
+      with open(path_json, "w") as f:  # after every row: a killed call loses one row at most
+        json.dump(report.jsonable(out), f, indent=1)
       print(
         f"{name} T={t}: gen {100 * acc['gen'].mean():.1f} "
         f"({100 * tests['gen-real']['gain']:+.1f}, p {tests['gen-real']['p']:.3g}), "
@@ -186,7 +210,7 @@ def run(config, workdir: str) -> dict:
         f"p {tests['gen_jitter-jitter']['p']:.3g})"
       )
   out["seconds"] = time.time() - t0
-  with open(os.path.join(workdir, "dagan.json"), "w") as f:
+  with open(path_json, "w") as f:
     json.dump(report.jsonable(out), f, indent=1)
   with open(os.path.join(workdir, "dagan.md"), "w") as f:
     f.write(markdown(out))

@@ -336,6 +336,14 @@ def test_conditional_pretraining_run_and_its_validation_scores(tmp_path):
   again = dagan_cmd.run(d, str(tmp_path / "dagan"))
   assert again["rows"][0]["acc"]["real"] == out["rows"][0]["acc"]["real"]
   assert again["rows"][0]["psi"] == 0.5 and "(psi 0.5)" in dagan_cmd.markdown(again)
+  # rows a call finished are kept in dagan.json and not made again (a killed call resumes)
+  gen = dagan.generated_pools
+  try:
+    dagan.generated_pools = None  # a row made again would call it
+    kept = dagan_cmd.run(d, str(tmp_path / "dagan"))
+  finally:
+    dagan.generated_pools = gen
+  assert kept["rows"][0]["acc"] == again["rows"][0]["acc"]
 
   # The same pre-training as a run folder of experiments/omniglot.py (its conditional
   # `transfer`); load_run samples it at T = 0 (one forward pass from the support) and adapted
@@ -343,6 +351,14 @@ def test_conditional_pretraining_run_and_its_validation_scores(tmp_path):
 
   from experiments import omniglot  # pylint: disable=g-import-not-at-top
 
+  # cond_short.py (conditional Reptile) reuses a pilot's pre-training folder as its own
+  # train/pretrain_s<seed>: its pre-training fields must be the pilot recipe's exactly.
+  from experiments.configs import cond_short  # pylint: disable=g-import-not-at-top
+
+  meta_cfg, pilot = cond_short.get_config(), cfg.get_config()
+  pilot.pretrain.update(steps=3000, mismatch_weight=1.0)  # research log 30's recipe l
+  assert meta_cfg.pretrain.to_dict() == pilot.pretrain.to_dict()
+  assert meta_cfg.model == pilot.model and meta_cfg.model_kw.to_dict() == pilot.model_kw.to_dict()
   c.methods = "transfer"
   run_dir = tmp_path / "run"
   omniglot.train_all(c, str(run_dir), progress=False)

@@ -33,6 +33,16 @@ def test_ttest_gives_the_textbook_two_sample_answer():
   assert dagan.ttest([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])["confidence"] < 0.5
 
 
+def test_contrast_compares_two_rows_arm_by_arm_and_names_a_missing_arm():
+  a = {"name": "a", "acc": {"gen": [4.0, 5.0, 6.0], "gen_jitter": [1.0, 2.0, 3.0], "jitter": [1.0]}}
+  b = {"name": "b", "acc": {"gen": [1.0, 2.0, 3.0], "gen_jitter": [3.0, 2.0, 1.0]}}
+  c = dagan.contrast(a, b)
+  assert c["gen"]["gain"] == 3.0 and np.isclose(c["gen"]["p"], 0.0213116, rtol=1e-4)
+  assert c["gen_jitter"]["gain"] == 0.0 and c["gen_jitter"]["p"] == 1.0
+  with pytest.raises(ValueError, match=r"row 'b' has no arm \['jitter'\]"):
+    dagan.contrast(a, b, arms=("jitter",))
+
+
 def test_subsets_split_each_class_into_disjoint_train_and_test_images():
   x = np.arange(3 * 6, dtype=np.float32).reshape(3, 6, 1, 1, 1) * np.ones((1, 1, 2, 2, 1))
   tr, te = dagan.subsets(x, k=2, n_subsets=4, seed=0)

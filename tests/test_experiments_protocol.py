@@ -524,3 +524,10 @@ def test_protocol_samples_at_psi_1_exactly_as_before_truncation_existed():
     config, params, np.asarray(sup), [t], key, 4, dict(rule, psi=0.5)
   )[t]
   assert np.abs(half - got).max() > 1e-3
+  # a class at a time (the DAGAN protocol's 100 classes would not fit in memory at once):
+  # the same keys and latents, so the same images
+  chunked = scoring.adapt_and_generate_psis(
+    config, params, np.asarray(sup), [t], key, 4, rule, [1.0, 0.5], max_classes=1
+  )[t]
+  np.testing.assert_allclose(chunked[1.0], got, atol=1e-5)
+  np.testing.assert_allclose(chunked[0.5], half, atol=1e-5)

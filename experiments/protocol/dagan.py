@@ -197,6 +197,20 @@ def compare(acc: dict) -> dict:
   return {f"{a}-{b}": ttest(acc[a], acc[b]) for a, b in pairs if a in acc and b in acc}
 
 
+def contrast(row_a: dict, row_b: dict, arms=("gen", "gen_jitter")) -> dict:
+  """Two rows of the protocol against each other, arm by arm (:func:`ttest`, ``a`` minus ``b``).
+
+  ``row_a`` / ``row_b``: rows of ``experiments/dagan.py``'s ``dagan.json`` (their ``acc``).
+  Rows of one call, or of calls with the same classes, subsets and ``seed``, share every
+  classifier's initialisation and batch keys, so ``p_paired`` pairs them subset by subset.
+  """
+  for r in (row_a, row_b):
+    missing = [a for a in arms if a not in r["acc"]]
+    if missing:
+      raise ValueError(f"row {r.get('name')!r} has no arm {missing}; it has {sorted(r['acc'])}.")
+  return {a: ttest(row_a["acc"][a], row_b["acc"][a]) for a in arms}
+
+
 def generated_pools(
   config, meta_params, train_SxCxK, t: int, key: jax.Array, rule: dict | None = None
 ) -> np.ndarray:
@@ -212,11 +226,13 @@ def generated_pools(
       "an unconditional GAN draws no class at T = 0: sample it at T > 0 (dagan.steps_t)."
     )
   n = int(config.dagan.pool)
+  psi = float((rule or {}).get("psi", 1.0))
+  chunk = int(config.dagan.get("max_classes", 0))
   return np.stack(
     [
-      scoring.adapt_and_generate(
-        config, meta_params, sup, [t], jax.random.fold_in(key, s), n, rule
-      )[t]
+      scoring.adapt_and_generate_psis(
+        config, meta_params, sup, [t], jax.random.fold_in(key, s), n, rule, [psi], chunk
+      )[t][psi]
       for s, sup in enumerate(train_SxCxK)
     ]
   )

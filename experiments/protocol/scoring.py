@@ -120,10 +120,14 @@ def adapt_and_generate_psis(
   n_gen: int,
   rule: dict | None,
   psis,
+  max_classes: int = 0,
 ) -> dict[int, dict[float, np.ndarray]]:
   """:func:`adapt_and_generate` at several truncations of one adaptation: ``{T: {psi: images}}``.
 
   The rule's own ``psi`` is ignored; ``psi = 1`` samples exactly as ``model.generate``.
+  ``max_classes > 0`` adapts and samples that many classes at a time, with the same keys and
+  latents as all at once: memory for C per-class GANs and their optimiser states grows
+  with C (100 classes of ``fsgan28`` took 14 GB).
   """
   cj = json.dumps(config.to_dict(), sort_keys=True)
   rule = dict(train_lib.default_rule(config), **(rule or {}))
@@ -135,27 +139,31 @@ def adapt_and_generate_psis(
   params = mg.recipes.with_rule(meta_params, rule)
   sup = jnp.asarray(support_CxK)
   cond = (sup,) if model.conditional else ()  # a conditional G draws from each class's support
+  step = C if max_classes <= 0 else int(max_classes)
   out = {}
   for t in sorted(steps):
     z = jax.random.normal(jax.random.fold_in(key, 1_000_000 + t), (C, n_gen, model.z_dim))
-    if t == 0:
-      g = params.init.g if isinstance(params, mg.MetaSGDParams) else params.g
-      per_class = False
-    else:
-      keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.fold_in(key, c), t))(jnp.arange(C))
-      n_max = max(t, max_steps(config))
-      g = _adapt_fn(cj, rj, n_max)(params, jnp.float32(rule["lr"]), sup, keys, jnp.int32(t)).g
-      per_class = True
-    out[t] = {}
-    if any(float(psi) != 1.0 for psi in psis):
-      z_avg = jax.random.normal(jax.random.fold_in(key, 2_000_000 + t), (N_AVG, model.z_dim))
-    for psi in map(float, psis):
-      if psi == 1.0:
-        out[t][psi] = np.asarray(_generate(cj, per_class)(g, z, *cond))
+    keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.fold_in(key, c), t))(jnp.arange(C))
+    z_avg = jax.random.normal(jax.random.fold_in(key, 2_000_000 + t), (N_AVG, model.z_dim))
+    chunks = {float(psi): [] for psi in psis}
+    for i in range(0, C, step):
+      sl = slice(i, i + step)
+      cond_i = tuple(c[sl] for c in cond)
+      if t == 0:
+        g = params.init.g if isinstance(params, mg.MetaSGDParams) else params.g
+        per_class = False
       else:
-        out[t][psi] = np.asarray(
-          _generate_truncated(cj, per_class)(g, z, jnp.float32(psi), z_avg, *cond)
-        )
+        n_max = max(t, max_steps(config))
+        adapt = _adapt_fn(cj, rj, n_max)
+        g = adapt(params, jnp.float32(rule["lr"]), sup[sl], keys[sl], jnp.int32(t)).g
+        per_class = True
+      for psi in map(float, psis):
+        if psi == 1.0:
+          x = _generate(cj, per_class)(g, z[sl], *cond_i)
+        else:
+          x = _generate_truncated(cj, per_class)(g, z[sl], jnp.float32(psi), z_avg, *cond_i)
+        chunks[psi].append(np.asarray(x))
+    out[t] = {psi: np.concatenate(xs) for psi, xs in chunks.items()}
   return out
 
 
