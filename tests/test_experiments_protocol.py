@@ -531,3 +531,14 @@ def test_protocol_samples_at_psi_1_exactly_as_before_truncation_existed():
   )[t]
   np.testing.assert_allclose(chunked[1.0], got, atol=1e-5)
   np.testing.assert_allclose(chunked[0.5], half, atol=1e-5)
+
+
+def test_across_runs_pairs_classes_and_names_a_missing_cell():
+  a = {"metrics": {"t|0|kid": {"per_class": [1.0, 2.0, 3.0, 4.0]}}}
+  b = {"summary": {"metrics": {"r|10|kid": {"per_class": [2.0, 3.0, 4.0, 5.0]}}}}
+  r = protocol.stats.across_runs(a, "t|0|kid", b, "r|10|kid")
+  assert r["mean_diff"] == -1.0 and r["n"] == 4
+  assert np.isclose(r["p"], 2 / 16, atol=0.01)  # every sign pattern of 4 equal differences
+  assert protocol.stats.across_runs(a, "t|0|kid", a, "t|0|kid")["mean_diff"] == 0.0
+  with pytest.raises(ValueError, match="cell 'x|0|kid' is not in the summary"):
+    protocol.stats.across_runs(a, "x|0|kid", b, "r|10|kid")

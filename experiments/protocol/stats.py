@@ -159,3 +159,25 @@ def summarise(config, res: dict) -> dict:
     if second:
       out["best_second_order"] = min(second, key=kid)
   return out
+
+
+def across_runs(summary_a: dict, cell_a: str, summary_b: dict, cell_b: str) -> dict:
+  """A metric of one run against another's on the same test classes, paired over classes.
+
+  ``summary_*``: a run's ``eval/summary.json`` (its ``"summary"``); ``cell_*``:
+  ``"<method>|<T>|<metric>"``, e.g. ``"transfer|0|kid"`` against ``"reptile|10|kid"`` (the
+  per-class means over each run's seeds; the runs' seeds are not paired). Returns
+  :func:`metagan_jax.metrics.paired_test` of a minus b (sign-flip test over classes).
+
+  Raises:
+    ValueError: a cell that is not in its summary, or runs of different class counts.
+  """
+  vals = []
+  for s, cell in ((summary_a, cell_a), (summary_b, cell_b)):
+    m = s.get("summary", s)["metrics"]
+    if cell not in m:
+      raise ValueError(f"cell {cell!r} is not in the summary; it has e.g. {sorted(m)[:4]}.")
+    vals.append(np.asarray(m[cell]["per_class"], np.float64))
+  if vals[0].shape != vals[1].shape:
+    raise ValueError(f"the runs have {vals[0].size} and {vals[1].size} classes: not paired.")
+  return M.paired_test(vals[0], vals[1])
