@@ -144,19 +144,17 @@ def adapt_and_generate_psis(
   for t in sorted(steps):
     z = jax.random.normal(jax.random.fold_in(key, 1_000_000 + t), (C, n_gen, model.z_dim))
     keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.fold_in(key, c), t))(jnp.arange(C))
-    z_avg = jax.random.normal(jax.random.fold_in(key, 2_000_000 + t), (N_AVG, model.z_dim))
+    if any(float(psi) != 1.0 for psi in psis):
+      z_avg = jax.random.normal(jax.random.fold_in(key, 2_000_000 + t), (N_AVG, model.z_dim))
+    per_class = t > 0
+    g = params.init.g if isinstance(params, mg.MetaSGDParams) else params.g  # T = 0: shared
+    adapt = _adapt_fn(cj, rj, max(t, max_steps(config))) if per_class else None
     chunks = {float(psi): [] for psi in psis}
     for i in range(0, C, step):
       sl = slice(i, i + step)
       cond_i = tuple(c[sl] for c in cond)
-      if t == 0:
-        g = params.init.g if isinstance(params, mg.MetaSGDParams) else params.g
-        per_class = False
-      else:
-        n_max = max(t, max_steps(config))
-        adapt = _adapt_fn(cj, rj, n_max)
+      if per_class:
         g = adapt(params, jnp.float32(rule["lr"]), sup[sl], keys[sl], jnp.int32(t)).g
-        per_class = True
       for psi in map(float, psis):
         if psi == 1.0:
           x = _generate(cj, per_class)(g, z[sl], *cond_i)
