@@ -37,7 +37,7 @@ import shutil
 import sys
 import time
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -184,9 +184,19 @@ def _pretrain_step(train_step, state, batch: mg.Tasks, key):
   return train_step(state, batch.support[0], key)
 
 
-def _cond_pretrain_step(train_step, state, batch: mg.Tasks, key):
+class LabelledTasks(NamedTuple):
+  """A conditional pre-training batch with each task's class index (for D's class head)."""
+
+  tasks: mg.Tasks
+  labels: np.ndarray
+
+
+def _cond_pretrain_step(train_step, state, batch: mg.Tasks | LabelledTasks, key):
   # One class per task: image 0 is the real target, the other M its support set (DAGAN's pairs
   # of the same class, the target never in its own set).
+  if isinstance(batch, LabelledTasks):
+    s = batch.tasks.support
+    return train_step(state, s[:, 0], key, support=s[:, 1:], labels=batch.labels)
   return train_step(state, batch.support[:, 0], key, support=batch.support[:, 1:])
 
 
@@ -286,6 +296,15 @@ class Run:
       elif model.conditional:  # b one-class tasks of a target and its set of cond_m images
         m = int(config.pretrain.get("cond_m", tc.k - 1))
         self.samplers = [mg.data.TaskSampler(train_split, b, m + 1, 0, seed=seed)]
+        if float(config.pretrain.get("class_weight", 0.0)) and (
+          model.num_classes != self.samplers[0].num_classes
+        ):
+          raise ValueError(
+            f"config.pretrain.class_weight needs D's class head over the training split's "
+            f"{self.samplers[0].num_classes} classes, but the model has num_classes="
+            f"{model.num_classes}; set config.model_kw.num_classes="
+            f"{self.samplers[0].num_classes}."
+          )
       else:
         self.samplers = [mg.data.TaskSampler(train_split, 1, b, 0, seed=seed, classes_per_task=b)]
     else:
@@ -294,6 +313,11 @@ class Run:
         f"{list(META_METHODS) + ['pretrain', 'scratch']}."
       )
     self.model = model
+    self.labelled = (
+      method == "pretrain"
+      and model.conditional
+      and bool(float(config.pretrain.get("class_weight", 0.0)))
+    )
     self.nan_steps = set(parse_list(tc.inject_nan_steps, int))
 
   @property
@@ -306,6 +330,8 @@ class Run:
     tasks = parts[0] if len(parts) == 1 else jax.tree.map(lambda *x: np.concatenate(x), *parts)
     if step in self.nan_steps:
       tasks = mg.Tasks(tasks.support * np.nan, tasks.query * np.nan)
+    if self.labelled:  # the same draw's classes (indices() is a pure function of the step)
+      return LabelledTasks(tasks, self.sampler.indices(step)[0][:, 0].astype(np.int32))
     return mg.parallel.shard_tasks(tasks, self.mesh) if self.mesh is not None else tasks
 
   def key(self, step: int) -> jax.Array:

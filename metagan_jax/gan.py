@@ -69,6 +69,13 @@ class GanTrainConfig:
       term (a plain "call it fake" term is unbounded under the Wasserstein loss, whose
       penalty does not reach the set argument, and diverged). It teaches D to check that
       ``x`` belongs to its set's class. Pre-training only: an inner loop sees one class.
+    class_weight: a class head in D (AC-GAN, Odena et al., 2017; the auxiliary classifier
+      of MatchingGAN, F2GAN and LoFGAN): D's loss adds this weight times the cross-entropy
+      of its class head (:meth:`~metagan_jax.GanModel.classify`) on the real images and
+      their ``labels``, G's the same on its fakes, each drawn for its real image's class. So
+      G is paid for samples that a classifier of the training classes puts in the right
+      class. Needs a model with a class head (``cfsgan28(num_classes=C)``) and ``labels``
+      in :func:`train_step`. Pre-training only: an inner loop sees one class.
   """
 
   model: GanModel
@@ -81,6 +88,7 @@ class GanTrainConfig:
   recon_weight: float = 0.0
   mode_seeking_weight: float = 0.0
   mismatch_weight: float = 0.0
+  class_weight: float = 0.0
 
   def __post_init__(self):
     if not isinstance(self.model, GanModel):
@@ -91,7 +99,7 @@ class GanTrainConfig:
       raise ValueError(f"GanTrainConfig.d_steps must be an integer >= 1, got {self.d_steps!r}.")
     if not 0.0 <= self.ema < 1.0:
       raise ValueError(f"GanTrainConfig.ema must be in [0, 1), got {self.ema!r}.")
-    for name in ("recon_weight", "mode_seeking_weight", "mismatch_weight"):
+    for name in ("recon_weight", "mode_seeking_weight", "mismatch_weight", "class_weight"):
       if not getattr(self, name) >= 0:
         raise ValueError(f"GanTrainConfig.{name} must be >= 0, got {getattr(self, name)!r}.")
     for name in ("recon_weight", "mismatch_weight"):
@@ -99,6 +107,12 @@ class GanTrainConfig:
         raise ValueError(
           f"GanTrainConfig.{name} needs a conditional model; {self.model.name!r} is not."
         )
+    if self.class_weight and not self.model.num_classes:
+      raise ValueError(
+        f"GanTrainConfig.class_weight={self.class_weight!r} needs a discriminator with a class "
+        f"head; {self.model.name!r} has none (e.g. models.cfsgan28(num_classes=C), C the "
+        "number of training classes)."
+      )
     object.__setattr__(self, "loss", losses_lib.get_loss(self.loss))
     object.__setattr__(self, "augment", ",".join(augment_lib.parse_policy(self.augment)))
 
@@ -129,7 +143,12 @@ def init(key: jax.Array, config: GanTrainConfig, params: GanParams | None = None
 
 
 def train_step(
-  state: GanTrainState, real: jax.Array, key: jax.Array, config: GanTrainConfig, support=None
+  state: GanTrainState,
+  real: jax.Array,
+  key: jax.Array,
+  config: GanTrainConfig,
+  support=None,
+  labels=None,
 ):
   """One step: ``d_steps`` D updates, one G update, the EMA update. Pure.
 
@@ -140,6 +159,8 @@ def train_step(
     config: a :class:`GanTrainConfig`.
     support: conditional models only: ``[N, M, *data_shape]``, the set each real image
       is judged beside (images of its class, itself left out) and each fake is drawn from.
+    labels: with ``config.class_weight``: ``int[N]``, each real image's class in
+      ``[0, model.num_classes)`` (its fake is drawn for the same class).
 
   Returns:
     ``(new state, {"d_loss", "g_loss", "d_fake"})``: losses before the updates,
@@ -147,6 +168,11 @@ def train_step(
   """
   check_samples(real, config.model, "real")
   model, loss = config.model, config.loss
+  if config.class_weight and getattr(labels, "shape", None) != (real.shape[0],):
+    raise ValueError(
+      f"train_step: class_weight={config.class_weight} needs labels=int[{real.shape[0]}], the "
+      f"class of each real image; got {getattr(labels, 'shape', labels)!r}."
+    )
   sets = model.support_sets(support, real.shape[0]) if model.conditional else support
   d_opt, g_opt = config.optimizers()
   n = real.shape[0]
@@ -166,6 +192,8 @@ def train_step(
       right = model.discriminate(d_, real_, sets)
       wrong = model.discriminate(d_, real_, jnp.roll(sets, 1, axis=0))
       out = out + config.mismatch_weight * jnp.mean(jax.nn.softplus(wrong - right))
+    if config.class_weight:  # the class head learns the training classes from real images
+      out = out + config.class_weight * _class_xent(model.classify(d_, real_), labels)
     return out
 
   d_losses = []
@@ -188,6 +216,8 @@ def train_step(
       terms.append(config.mode_seeking_weight * losses_lib.mode_seeking(fake, x2, z, z2))
     if aug:
       fake = augment_lib.diff_augment(jax.random.fold_in(keys[-1], 1), fake, aug)
+    if config.class_weight:  # each fake put in its set's class by D's class head
+      terms.append(config.class_weight * _class_xent(model.classify(d, fake), labels))
     logits = model.discriminate(d, fake, sets)
     return sum(terms, loss.g_objective(logits)), logits
 
@@ -206,3 +236,7 @@ def train_step(
     "d_fake": jnp.mean(fake_logits),
   }
   return GanTrainState(GanParams(g=g, d=d), ema_g, d_state, g_state, state.step + 1), metrics
+
+
+def _class_xent(logits_NxC: jax.Array, labels_N: jax.Array) -> jax.Array:
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits_NxC, labels_N))

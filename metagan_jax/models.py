@@ -285,6 +285,27 @@ class GanModel:
       {"params": d_params}, x_Nx, self.support_sets(support, len(x_Nx))
     )
 
+  @property
+  def num_classes(self) -> int:
+    """The number of classes of the discriminator's class head, or 0 when it has none."""
+    return int(getattr(self.discriminator, "num_classes", 0) or 0)
+
+  def classify(self, d_params: PyTree, x_Nx: jax.Array) -> jax.Array:
+    """The discriminator's class head: logits ``[N, num_classes]`` over the training classes.
+
+    A discriminator has one when it is a linen module with an attribute ``num_classes > 0``
+    whose ``__call__`` returns those logits given ``classes=True`` (``cfsgan28(num_classes=C)``).
+
+    Raises:
+      ValueError: the discriminator has no class head.
+    """
+    if not self.num_classes:
+      raise ValueError(
+        f"GanModel {self.name!r}: the discriminator has no class head (num_classes = 0); "
+        "build it with one, e.g. models.cfsgan28(num_classes=C)."
+      )
+    return self.discriminator.apply({"params": d_params}, x_Nx, classes=True)
+
   def critic(self, d_params: PyTree, sets=None) -> Callable[[jax.Array], jax.Array]:
     """The discriminator as a function of ``x`` alone, as the losses and penalties call it.
 
@@ -958,21 +979,45 @@ class CondDiscriminator28(nn.Module):
   Conv3x3(2W) -> Dense(1), LeakyReLU(0.2) between. So D asks whether ``x`` is a real image
   *of the support's class*, not only a real character. With ``project=True`` it also adds a
   projection term ``<phi(x), e(support)>`` through an encoder of its own (D's parameters).
+  With ``num_classes = C > 0`` it has a class head (``classes=True`` returns ``[N, C]``
+  logits over the training classes): D's convolutions on ``x`` alone, the set's channel
+  zeroed, average-pooled, then ``Dense(C)``; see ``GanTrainConfig.class_weight``.
   """
 
   width: int = 32
   project: bool = False
   code_dim: int = 64
   matmul_dtype: Any = None
+  num_classes: int = 0
 
   @nn.compact
-  def __call__(self, x_NxHxWxC, support_NxMxHxWxC):
+  def __call__(self, x_NxHxWxC, support_NxMxHxWxC=None, classes: bool = False):
     md = dict(compute_dtype=self.matmul_dtype)
+    trunk = (
+      layers.Conv4x4s2(self.width, name="conv1", **md),
+      layers.Conv4x4s2(2 * self.width, name="conv2", **md),
+      layers.Conv3x3(2 * self.width, name="conv3", **md),
+    )
+
+    def features(h):
+      for layer in trunk:
+        h = nn.leaky_relu(layer(h), 0.2)
+      return h
+
+    if self.num_classes and (classes or self.is_initializing()):
+      # The class head sees x alone (the set's channel zeroed): beside its set it could read
+      # the class off the set's mean image and teach G nothing.
+      h = features(jnp.concatenate([x_NxHxWxC, jnp.zeros_like(x_NxHxWxC)], axis=-1))
+      class_logits = layers.Dense(self.num_classes, name="cls", **md)(h.mean(axis=(1, 2)))
+      if classes:
+        return class_logits
+    elif classes:
+      raise ValueError(
+        "CondDiscriminator28 has no class head: build it with num_classes > 0 "
+        "(models.cfsgan28(num_classes=...))."
+      )
     mean_NxHxWxC = support_NxMxHxWxC.mean(axis=1).astype(x_NxHxWxC.dtype)
-    h = jnp.concatenate([x_NxHxWxC, mean_NxHxWxC], axis=-1)
-    h = nn.leaky_relu(layers.Conv4x4s2(self.width, name="conv1", **md)(h), 0.2)
-    h = nn.leaky_relu(layers.Conv4x4s2(2 * self.width, name="conv2", **md)(h), 0.2)
-    h = nn.leaky_relu(layers.Conv3x3(2 * self.width, name="conv3", **md)(h), 0.2)
+    h = features(jnp.concatenate([x_NxHxWxC, mean_NxHxWxC], axis=-1))
     phi = h.reshape(h.shape[0], -1)
     logits = layers.Dense(1, name="fc", **md)(phi)[:, 0]
     if self.project:
@@ -996,6 +1041,7 @@ def cfsgan28(
   skips: bool = True,
   project: bool = False,
   matmul_dtype=None,
+  num_classes: int = 0,
 ) -> GanModel:
   """The support-conditioned 28x28 pair: ``G(z, support)`` and a pair critic ``D(x, support)``.
 
@@ -1017,16 +1063,24 @@ def cfsgan28(
     skips: feed the pooled encoder maps to the decoder (``False``: the code vector only).
     project: add a projection term through D's own support encoder.
     matmul_dtype: ``None`` or ``"bfloat16"``, as in :func:`dcgan28`.
+    num_classes: ``C > 0`` gives D a class head over ``C`` training classes (AC-GAN-style,
+      as in MatchingGAN, F2GAN and LoFGAN; :meth:`GanModel.classify`), for pre-training with
+      ``GanTrainConfig.class_weight``. ``0``: none (the parameters are as before).
   """
   _norm(g_norm, "check")
   md = _check_matmul_dtype(matmul_dtype, "matmul")
   _check_group_width("cfsgan28", g_norm, g_width)
+  if not isinstance(num_classes, int) or num_classes < 0:
+    raise ValueError(
+      f"cfsgan28: num_classes={num_classes!r}; give the number of training classes, or 0 for "
+      "no class head."
+    )
   return GanModel(
     "cfsgan28",
     z_dim,
     (28, 28, channels),
     CondGenerator28(g_width, channels, w_dim, mapping_layers, code_dim, g_norm, skips, md),
-    CondDiscriminator28(d_width, project, code_dim, md),
+    CondDiscriminator28(d_width, project, code_dim, md, num_classes),
     conditional=True,
   )
 

@@ -152,6 +152,7 @@ def pretrain_config(cfg: Config) -> gan.GanTrainConfig:
     recon_weight=float(pc.get("recon_weight", 0.0)),
     mode_seeking_weight=float(pc.get("mode_seeking_weight", 0.0)),
     mismatch_weight=float(pc.get("mismatch_weight", 0.0)),
+    class_weight=float(pc.get("class_weight", 0.0)),
   )
 
 

@@ -11,6 +11,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from PIL import Image
 
@@ -392,3 +393,83 @@ def test_mismatch_term_scores_real_images_beside_their_own_set_above_another_row
   np.testing.assert_allclose(m1["d_loss"] - m0["d_loss"], want, rtol=1e-5)
   with pytest.raises(ValueError, match="mismatch_weight needs a conditional model"):
     gan.GanTrainConfig(tiny_model(), mismatch_weight=1.0)
+
+
+def _tiny_cfsgan28(**kw):
+  return mg.models.cfsgan28(g_width=16, d_width=8, w_dim=16, code_dim=8, **kw)
+
+
+def test_class_head_adds_its_cross_entropy_to_d_on_real_and_to_g_on_fakes():
+  """GanTrainConfig.class_weight: D's loss gains w * CE(head(real), labels) and G's loss
+  w * CE(head(fake), labels) under the updated D; a head that sees x alone, and D's other
+  parameters and logits as without a head."""
+  model, plain = _tiny_cfsgan28(num_classes=5), _tiny_cfsgan28()
+  p_head, p_plain = model.init(jax.random.key(0)), plain.init(jax.random.key(0))
+  assert set(p_head.d) == set(p_plain.d) | {"cls"} and p_head.d["cls"]["kernel"].shape == (16, 5)
+  for a, b in zip(jax.tree.leaves(p_plain), jax.tree.leaves((p_head.g, {**p_head.d, "cls": {}}))):
+    np.testing.assert_array_equal(a, b)  # the head adds parameters and changes none
+  imgs = jax.random.uniform(jax.random.key(1), (4, 4, 28, 28, 1), minval=-1.0, maxval=1.0)
+  real, sets, labels = imgs[:, 0], imgs[:, 1:], jnp.array([0, 3, 1, 4])
+  np.testing.assert_array_equal(
+    model.discriminate(p_head.d, real, sets), plain.discriminate(p_plain.d, real, sets)
+  )
+  logits = model.classify(p_head.d, real)
+  assert logits.shape == (4, 5)
+  base = gan.GanTrainConfig(model, loss="ns", d_steps=1, ema=0.0)
+  cfg = dataclasses.replace(base, class_weight=0.5)
+  state = gan.init(jax.random.key(0), base)
+  key = jax.random.key(2)
+  _, m0 = jax.jit(functools.partial(gan.train_step, config=base))(state, real, key, support=sets)
+  new, m1 = jax.jit(functools.partial(gan.train_step, config=cfg))(
+    state, real, key, support=sets, labels=labels
+  )
+  xent = lambda lg: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(lg, labels))
+  np.testing.assert_allclose(m1["d_loss"] - m0["d_loss"], 0.5 * xent(logits), rtol=1e-5)
+  z = model.sample_z(jax.random.split(key, 3)[-1], 4)  # G's latents: the step's last key
+  fake = model.generate(state.params.g, z, sets)
+  d1 = new.params.d  # G's loss is under the updated D
+  want = base.loss.g_objective(model.discriminate(d1, fake, sets)) + 0.5 * xent(
+    model.classify(d1, fake)
+  )
+  np.testing.assert_allclose(m1["g_loss"], want, rtol=1e-5)
+  assert float(jnp.abs(new.params.d["cls"]["kernel"] - state.params.d["cls"]["kernel"]).max()) > 0
+
+
+def test_class_head_errors_name_the_fix():
+  with pytest.raises(ValueError, match="num_classes=-1"):
+    mg.models.cfsgan28(num_classes=-1)
+  plain = _tiny_cfsgan28()
+  with pytest.raises(ValueError, match="has no class head"):
+    plain.classify(plain.init(jax.random.key(0)).d, jnp.zeros((2, 28, 28, 1)))
+  with pytest.raises(ValueError, match=r"class_weight=1.0 needs a discriminator with a class"):
+    gan.GanTrainConfig(plain, class_weight=1.0)
+  cfg = gan.GanTrainConfig(_tiny_cfsgan28(num_classes=3), class_weight=1.0)
+  state = gan.init(jax.random.key(0), cfg)
+  x = jnp.zeros((2, 28, 28, 1))
+  with pytest.raises(ValueError, match=r"needs labels=int\[2\]"):
+    gan.train_step(state, x, jax.random.key(1), cfg, support=jnp.zeros((2, 3, 28, 28, 1)))
+
+
+def test_pretraining_run_labels_each_task_with_its_class_for_the_class_head():
+  """train_lib.Run: with pretrain.class_weight, each batch carries the class of each task
+  (its images are that class's), the model's head must cover the split's classes, and a
+  step trains on it."""
+  from experiments import train_lib  # pylint: disable=g-import-not-at-top
+  from experiments.configs import cond_pilot as cfg  # pylint: disable=g-import-not-at-top
+
+  c = cfg.get_config()
+  c.model_kw.update(g_width=16, d_width=8, w_dim=16, code_dim=8, num_classes=7)
+  c.pretrain.update(batch=4, class_weight=1.0)
+  split = train_lib.load_split(c, "train", verbose=False)
+  with pytest.raises(ValueError, match=f"model_kw.num_classes={len(split.images)}"):
+    train_lib.Run(c, "pretrain", 0, split)
+  c.model_kw.num_classes = len(split.images)
+  run = train_lib.Run(c, "pretrain", 0, split)
+  batch = run.batch(3)
+  assert isinstance(batch, train_lib.LabelledTasks) and batch.labels.shape == (4,)
+  for t, label in enumerate(batch.labels.tolist()):
+    own = np.asarray(split.images[label])
+    for img in np.asarray(batch.tasks.support[t]):  # target and set: images of that class
+      assert np.min(np.abs(own - img).reshape(len(own), -1).max(axis=1)) == 0.0
+  state, metrics = run.step_fn(run.state0, batch, run.key(3))
+  assert np.isfinite(float(metrics["d_loss"])) and np.isfinite(float(metrics["g_loss"]))
