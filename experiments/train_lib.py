@@ -259,6 +259,12 @@ class Run:
     root = jax.random.key(seed)
     self.k_init, self.k_steps = jax.random.split(root)
     model = get_model(config)
+    # D's class head needs each pre-training task's class (LabelledTasks batches)
+    self.labelled = (
+      method == "pretrain"
+      and model.conditional
+      and bool(float(config.pretrain.get("class_weight", 0.0)))
+    )
     self.mesh = None
     self.step_fn = _step_fn(_step_key(config), method)
     if method in META_METHODS:
@@ -296,9 +302,7 @@ class Run:
       elif model.conditional:  # b one-class tasks of a target and its set of cond_m images
         m = int(config.pretrain.get("cond_m", tc.k - 1))
         self.samplers = [mg.data.TaskSampler(train_split, b, m + 1, 0, seed=seed)]
-        if float(config.pretrain.get("class_weight", 0.0)) and (
-          model.num_classes != self.samplers[0].num_classes
-        ):
+        if self.labelled and model.num_classes != self.samplers[0].num_classes:
           raise ValueError(
             f"config.pretrain.class_weight needs D's class head over the training split's "
             f"{self.samplers[0].num_classes} classes, but the model has num_classes="
@@ -313,11 +317,6 @@ class Run:
         f"{list(META_METHODS) + ['pretrain', 'scratch']}."
       )
     self.model = model
-    self.labelled = (
-      method == "pretrain"
-      and model.conditional
-      and bool(float(config.pretrain.get("class_weight", 0.0)))
-    )
     self.nan_steps = set(parse_list(tc.inject_nan_steps, int))
 
   @property
