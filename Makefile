@@ -11,11 +11,11 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(VENV)/.stamp-test: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[dev,docs,data,bench,experiments]"
+	$(PY) -m pip install -q -e ".[dev,docs,data,audio,bench,experiments]"
 	touch $@
 
 $(VENV)/.stamp-demo: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[data,experiments]"
+	$(PY) -m pip install -q -e ".[data,audio,experiments]"
 	touch $@
 
 .PHONY: test test-all lint docs-check pytest demo lopt
@@ -46,7 +46,7 @@ lopt: $(VENV)/.stamp-demo   # learned optimiser vs tuned SGD / Adam on Omniglot 
 	$(PY) experiments/lopt_omniglot.py --config experiments/configs/lopt_short.py --workdir runs/lopt_short
 
 $(VENV)/.stamp-docs: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[docs,data,experiments]"
+	$(PY) -m pip install -q -e ".[docs,data,audio,experiments]"
 	touch $@
 
 # The documentation site into docs/_build/html, warnings as errors; it executes the tutorials

@@ -7,6 +7,7 @@ only for TFDS sources.
 """
 
 from metagan_jax import (
+  audio,
   augment,
   backend,
   checkpoint,
@@ -84,6 +85,7 @@ __all__ = [
   "adapt",
   "adapt_prefix",
   "adapt_with_aux",
+  "audio",
   "augment",
   "backend",
   "checkpoint",

@@ -10,6 +10,8 @@ scipy): compute features with any network, then
   of Gaussians fitted to the two sets (FID's formula, biased for small n).
 * :func:`mean_pairwise_distance`, :func:`nearest_neighbour_distance`,
   :func:`nearest_prototype_accuracy`: diversity, memorisation, class fidelity.
+* :func:`equal_error_rate`, :func:`verification_scores`: speaker verification, as
+  Meta-TTS scores voice similarity (cosine similarity of speaker embeddings).
 * :func:`bootstrap_ci`, :func:`hierarchical_bootstrap_ci`, :func:`paired_test`: 95%
   bootstrap intervals (over classes, or over seeds and classes) and a
   paired sign-flip permutation test.
@@ -32,6 +34,9 @@ __all__ = [
   "nearest_neighbour_distance",
   "nearest_prototype_accuracy",
   "stroke_components",
+  "cosine_similarity",
+  "verification_scores",
+  "equal_error_rate",
   "bootstrap_ci",
   "paired_test",
   "hierarchical_bootstrap_ci",
@@ -178,6 +183,60 @@ def stroke_components(imgs_NxHxW, threshold: float = 0.0) -> np.ndarray:
       break
     lab = new
   return np.array([len(np.unique(l[l > 0])) for l in lab], dtype=np.int64)
+
+
+def cosine_similarity(x, y) -> np.ndarray:
+  """``[n, m]`` cosine similarities between the rows of ``x [n, d]`` and ``y [m, d]``."""
+  x, y = _as_features(x, "x").astype(np.float64), _as_features(y, "y").astype(np.float64)
+  x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  y = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+  return x @ y.T
+
+
+def verification_scores(trials, enrolled, others) -> tuple[np.ndarray, np.ndarray]:
+  """Target and non-target scores of speaker-verification trials.
+
+  Each trial clip is compared with the claimed speaker's enrolment clips
+  (target: mean cosine similarity of its embedding to ``enrolled``) and with
+  other speakers' clips (non-target: its mean similarity to each other
+  speaker's clips, one score per other speaker).
+
+  Args:
+    trials: embeddings ``[n, d]`` of the clips to verify (generated clips).
+    enrolled: embeddings ``[m, d]`` of the claimed speaker's real clips.
+    others: a list of embeddings ``[m_j, d]``, one per other speaker.
+
+  Returns:
+    ``(target [n], nontarget [n * len(others)])``.
+  """
+  target = cosine_similarity(trials, enrolled).mean(axis=1)
+  nontarget = np.concatenate([cosine_similarity(trials, o).mean(axis=1) for o in others])
+  return target, nontarget
+
+
+def equal_error_rate(target, nontarget) -> tuple[float, float]:
+  """The equal error rate of a verifier, and the threshold where it holds.
+
+  A trial is accepted when its score is at least the threshold. The false
+  rejection rate (targets below it) and the false acceptance rate
+  (non-targets at or above it) are swept over every observed score; the EER is
+  their mean where they are closest (exact when they cross at a score).
+
+  Args:
+    target: scores of trials whose claim is true (higher: more alike).
+    nontarget: scores of trials whose claim is false.
+
+  Returns:
+    ``(eer, threshold)``, the EER a fraction in [0, 1].
+  """
+  t, n = np.asarray(target, np.float64).ravel(), np.asarray(nontarget, np.float64).ravel()
+  if not len(t) or not len(n):
+    raise ValueError(f"EER needs target and non-target scores; got {len(t)} and {len(n)}.")
+  thresholds = np.unique(np.concatenate([t, n, [np.inf]]))
+  frr = np.searchsorted(np.sort(t), thresholds, side="left") / len(t)  # targets < threshold
+  far = 1.0 - np.searchsorted(np.sort(n), thresholds, side="left") / len(n)  # nontargets >=
+  i = int(np.argmin(np.abs(frr - far)))
+  return float((frr[i] + far[i]) / 2), float(thresholds[i])
 
 
 def bootstrap_ci(

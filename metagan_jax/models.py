@@ -49,6 +49,7 @@ __all__ = [
   "fsgan28",
   "get_model",
   "mlp",
+  "specgan",
 ]
 
 
@@ -758,6 +759,7 @@ class FSGAN28Generator(nn.Module):
   norm: str | None = "group"
   up: str = "transposed"
   matmul_dtype: Any = None
+  seed_hw: tuple[int, int] = (7, 7)  # the first feature map; x4 per side is the output
 
   @nn.compact
   def __call__(self, z_NxZ):
@@ -768,7 +770,13 @@ class FSGAN28Generator(nn.Module):
       else z_NxZ
     )
     return _Synthesis(
-      self.width, self.channels, self.norm, self.up, self.matmul_dtype, name="synthesis"
+      self.width,
+      self.channels,
+      self.norm,
+      self.up,
+      self.matmul_dtype,
+      self.seed_hw,
+      name="synthesis",
     )(w.reshape(n, -1))
 
 
@@ -778,12 +786,13 @@ class _Synthesis(nn.Module):
   norm: str | None
   up: str = "transposed"
   matmul_dtype: Any = None
+  seed_hw: tuple[int, int] = (7, 7)
 
   @nn.compact
   def __call__(self, w_NxW):
     n, c = w_NxW.shape[0], 2 * self.width
-    md = dict(compute_dtype=self.matmul_dtype)
-    h = layers.Dense(7 * 7 * c, name="fc", **md)(w_NxW).reshape(n, 7, 7, c)
+    (sh, sw), md = self.seed_hw, dict(compute_dtype=self.matmul_dtype)
+    h = layers.Dense(sh * sw * c, name="fc", **md)(w_NxW).reshape(n, sh, sw, c)
     h = nn.relu(_norm(self.norm, "norm0")(h))
     for i, width in enumerate((self.width, self.width // 2)):
       if self.up == "nearest":  # FIGR's G: no transposed-conv overlap pattern
@@ -1217,6 +1226,58 @@ def mlp(
   )
 
 
+# --- specgan: the fsgan28 family on log-mel spectrograms ---------------------
+
+
+def specgan(
+  n_mels: int = 64,
+  frames: int = 32,
+  z_dim: int = 64,
+  g_width: int = 32,
+  d_width: int = 32,
+  w_dim: int = 128,
+  mapping_layers: int = 2,
+  g_norm: str | None = "group",
+  spectral: bool = False,
+  power_iters: int = 5,
+  up: str = "transposed",
+  matmul_dtype=None,
+) -> GanModel:
+  """:func:`fsgan28`'s pair on ``[n_mels, frames, 1]`` log-mel spectrograms (SpecGAN-like).
+
+  The generator starts from an ``n_mels / 4 x frames / 4`` map and doubles it
+  twice; the discriminator halves it twice, as for 28x28 images. Frequency and
+  time are the image's height and width; :mod:`metagan_jax.audio` makes the
+  spectrograms and turns samples back into sound.
+
+  Args:
+    n_mels, frames: the spectrogram's height and width, multiples of 4.
+    z_dim, g_width, d_width, w_dim, mapping_layers, g_norm, spectral,
+      power_iters, up, matmul_dtype: as in :func:`fsgan28`.
+  """
+  for name, v in (("n_mels", n_mels), ("frames", frames)):
+    if not isinstance(v, int) or v < 4 or v % 4:
+      raise ValueError(
+        f"specgan: {name}={v!r}; the generator doubles its map twice, so use a multiple of 4 "
+        f"(e.g. 64 mel bins x 32 frames)."
+      )
+  _norm(g_norm, "check")
+  md = _check_matmul_dtype(matmul_dtype, "matmul")
+  if up not in ("transposed", "nearest"):
+    raise ValueError(f"specgan: up={up!r}; use 'transposed' or 'nearest'.")
+  _check_group_width("specgan", g_norm, g_width)
+  seed = (n_mels // 4, frames // 4)
+  return GanModel(
+    "specgan",
+    z_dim,
+    (n_mels, frames, 1),
+    FSGAN28Generator(g_width, 1, w_dim, mapping_layers, g_norm, up, md, seed),
+    FSGAN28Discriminator(d_width, spectral, power_iters, md),
+    mapping=Mapping(w_dim, mapping_layers, md) if mapping_layers else None,
+    synthesis=(_Synthesis(g_width, 1, g_norm, up, md, seed) if mapping_layers else None),
+  )
+
+
 _REGISTRY: dict[str, Callable[..., GanModel]] = {
   "dcgan28": dcgan28,
   "fsgan28": fsgan28,
@@ -1224,12 +1285,13 @@ _REGISTRY: dict[str, Callable[..., GanModel]] = {
   "dcgan32": dcgan32,
   "dcgan64": dcgan64,
   "mlp": mlp,
+  "specgan": specgan,
 }
 
 
 def get_model(name: str, **kwargs) -> GanModel:
   """Builds a registered model pair by name (``dcgan28``, ``fsgan28``, ``cfsgan28``, ``dcgan32``,
-  ``dcgan64``, ``mlp``)."""
+  ``dcgan64``, ``mlp``, ``specgan``)."""
   if name not in _REGISTRY:
     raise ValueError(f"Unknown model {name!r}; choose from {sorted(_REGISTRY)}.")
   return _REGISTRY[name](**kwargs)

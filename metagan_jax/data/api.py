@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from metagan_jax.data import folder, omniglot, splits, tfds_source
+from metagan_jax.data import audio, folder, omniglot, splits, tfds_source
 from metagan_jax.data import preprocess as pp
 from metagan_jax.data.sampler import TaskSampler
 from metagan_jax.data.sources import ClassDataset, DataError, announce
 
 __all__ = [
+  "AUDIO_NAMES",
   "OMNIGLOT_NAMES",
   "USER_NAMES",
   "load_split",
@@ -21,6 +22,9 @@ __all__ = [
 OMNIGLOT_NAMES = ("omniglot", "omniglot28", "tfds:omniglot")
 #: Dataset names that load one's own images (a folder, or an ``.npz`` file).
 USER_NAMES = ("folder", "npz")
+#: Dataset names that load recordings, as log-mel spectrograms: FSDD's folder, TFDS
+#: ``spoken_digit`` (FSDD's older release) and a folder of one's own recordings.
+AUDIO_NAMES = ("fsdd", "tfds:spoken_digit", "spoken_digit", "audio_folder")
 
 
 def _kind(dataset: str) -> str:
@@ -28,13 +32,16 @@ def _kind(dataset: str) -> str:
     return "omniglot"
   if dataset in USER_NAMES:
     return dataset
+  if dataset in AUDIO_NAMES:
+    return "audio"
   if dataset.startswith("tfds:") and len(dataset) > 5:
     return "tfds"
   if dataset.split("/")[0] in tfds_source.KNOWN:
     return "tfds"
   raise DataError(
     f"unknown dataset {dataset!r}; use 'omniglot' (offline copy, else TFDS), 'omniglot28' "
-    f"(offline only), 'folder' or 'npz' (with data_dir=the path), one of "
+    f"(offline only), 'folder' or 'npz' (with data_dir=the path), one of {AUDIO_NAMES} "
+    f"for recordings, one of "
     f"{tfds_source.KNOWN}, or 'tfds:<name>' for any TFDS image-classification dataset."
   )
 
@@ -55,9 +62,18 @@ def load_split(
   download: bool = False,
   run_dir: str | os.PathLike | None = None,
   resize_each: bool = False,
+  fold: int | None = None,
+  spec=None,
+  spectrogram=None,
+  min_clips: int = 1,
   verbose: bool = True,
 ) -> ClassDataset:
   """Loads one split, preprocessed: float32 ``[n, image_size, image_size, channels]`` in [-1, 1].
+
+  Recordings (``dataset`` in :data:`AUDIO_NAMES`) load as log-mel spectrograms
+  ``[n, n_mels, frames, 1]`` in [-1, 1] instead, normalised with the moments of
+  the split's meta-training voices; the returned dataset's ``spectrogram``
+  turns a model's outputs back into sound.
 
   Args:
     dataset: ``"omniglot"`` (offline copy if found, else TFDS omniglot),
@@ -80,6 +96,14 @@ def load_split(
     run_dir: if given, the split is written to ``run_dir/split.json``.
     resize_each: folder source: centre-crop and resize each image on reading
       (photos of mixed sizes) instead of requiring one size.
+    fold: split by leaving groups out (:func:`metagan_jax.data.splits.fold_split`):
+      fold ``f`` tests the ``f``-th group (speaker) and validates on the next;
+      ``None``: the seeded class split. Recordings only.
+    spec: recordings: the :class:`metagan_jax.audio.SpecConfig` (default
+      ``SpecConfig()``: 64 mel bins x 32 frames at 8 kHz).
+    spectrogram: recordings: a trained run's :class:`metagan_jax.audio.Spectrogram`
+      (its settings and moments) instead of ``spec`` and moments fitted here.
+    min_clips: recordings: the fewest clips a class may have (the support size K).
     verbose: print which source is used.
 
   Raises:
@@ -88,6 +112,26 @@ def load_split(
   """
   kind = _kind(dataset)
   splits.check_split_name(split)
+  if kind == "audio":
+    return _load_audio_split(
+      dataset,
+      split,
+      data_dir=data_dir,
+      download=download,
+      fold=fold,
+      spec=spec,
+      spectrogram=spectrogram,
+      min_clips=min_clips,
+      split_seed=split_seed,
+      fractions=fractions,
+      run_dir=run_dir,
+      verbose=verbose,
+    )
+  if fold is not None:
+    raise DataError(
+      f"fold={fold!r} splits recordings by speaker; {dataset!r} uses its "
+      f"{'alphabet split' if kind == 'omniglot' else 'seeded class split'} (leave fold=None)."
+    )
   if channels not in (1, 3):
     raise DataError(f"channels must be 1 or 3, got {channels!r}.")
   if not isinstance(image_size, int) or image_size < 1:
@@ -162,6 +206,86 @@ def load_split(
   announce(
     f"{dataset} split {split!r}: {len(data)} classes, images {data.image_shape} "
     f"in [-1, 1] (invert={invert}, blur={blur}, rotations={rotations}) from {data.source}",
+    verbose,
+  )
+  return data
+
+
+def _load_audio_split(
+  dataset: str,
+  split: str,
+  *,
+  data_dir,
+  download: bool,
+  fold: int | None,
+  spec,
+  spectrogram,
+  min_clips: int,
+  split_seed: int,
+  fractions: Sequence[float],
+  run_dir,
+  verbose: bool,
+) -> ClassDataset:
+  """:func:`load_split` for recordings: read clips, split by speaker, spectrograms."""
+  from metagan_jax.audio import SpecConfig, Spectrogram  # pylint: disable=g-import-not-at-top
+
+  if spectrogram is not None:
+    spec = spectrogram.spec
+  spec = SpecConfig() if spec is None else spec
+  if dataset == "fsdd":
+    full = audio.load_fsdd(data_dir, spec=spec, verbose=verbose)
+  elif dataset == "audio_folder":
+    if data_dir is None:
+      raise DataError("dataset='audio_folder' needs data_dir= the folder of recordings.")
+    full = audio.load_audio_folder(data_dir, spec=spec, min_clips=min_clips, verbose=verbose)
+  else:
+    full = audio.load_tfds_spoken_digit(
+      data_dir=data_dir, download=download, spec=spec, verbose=verbose
+    )
+  if min(full.counts) < min_clips:
+    small = [n for n, c in zip(full.names, full.counts) if c < min_clips][:3]
+    raise DataError(
+      f"{full.source}: classes {small} have fewer than {min_clips} clips (K); lower K or "
+      f"add recordings."
+    )
+  if fold is not None:
+    by_split = splits.fold_split(full, fold)
+    info = dict(dataset=dataset, rule="leave speakers out", fold=fold)
+  else:
+    by_split = splits.class_split(full, split_seed, fractions)
+    info = dict(
+      dataset=dataset,
+      rule="seeded split by speaker",
+      split_seed=split_seed,
+      fractions=list(fractions),
+    )
+  by_split["all"] = list(full.names)
+  splits.check_disjoint(by_split)
+  if spectrogram is None:
+    # The moments come from the meta-training voices only (every class for a
+    # folder with no training split, e.g. one's own recordings under split='all').
+    fit_on = by_split["train"] or by_split["all"]
+    spectrogram = Spectrogram(spec, audio.fit_stats(full.select(fit_on), spec))
+  if run_dir is not None:
+    path = splits.write_split(
+      run_dir,
+      {k: v for k, v in by_split.items() if k != "all"},
+      source=full.source,
+      spectrogram=spectrogram.to_dict(),
+      **info,
+    )
+    announce(f"split written to {path}", verbose)
+  if not by_split[split]:
+    raise DataError(
+      f"split {split!r} of {full.source} is empty ({len(full)} classes in all); use "
+      f"split='all' to use every class, or add speakers."
+    )
+  data = audio.to_spectrograms(
+    full.select(by_split[split], source=f"{full.source} [{split}]"), spectrogram
+  )
+  announce(
+    f"{dataset} split {split!r}{'' if fold is None else f' (fold {fold})'}: {len(data)} classes "
+    f"of {len(set(data.groups))} speakers, log-mel {data.image_shape} in [-1, 1]",
     verbose,
   )
   return data

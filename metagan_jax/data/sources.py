@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,16 +34,21 @@ class ClassDataset:
   Attributes:
     names: one unique name per class, e.g. ``images_background/Greek/character03``.
     images: per class an array ``[n_i, H, W, C]`` (all classes share H, W, C;
-      the counts ``n_i`` may differ).
+      the counts ``n_i`` may differ). A raw audio source holds clips
+      ``[n_i, num_samples]`` instead, until :func:`metagan_jax.data.audio.to_spectrograms`
+      makes them ``[n_i, n_mels, frames, 1]``.
     groups: per class the group it belongs to (the Omniglot alphabet); splits
       never cut a group. Defaults to the class names (every class its own group).
     source: where the images came from, in words (shown to the user, logged).
+    spectrogram: for sound, the :class:`metagan_jax.audio.Spectrogram` that made
+      the images (``decode`` turns a model's outputs back into clips); None for images.
   """
 
   names: list[str]
   images: list[np.ndarray]
   groups: list[str] = None  # type: ignore[assignment]
   source: str = ""
+  spectrogram: Any = None
 
   def __post_init__(self):
     if self.groups is None:
@@ -65,6 +71,11 @@ class ClassDataset:
     return np.array([len(x) for x in self.images], np.int64)
 
   @property
+  def modality(self) -> str:
+    """``"audio"`` for spectrograms of sound, else ``"image"``."""
+    return "image" if self.spectrogram is None else "audio"
+
+  @property
   def image_shape(self) -> tuple[int, ...]:
     """``(H, W, C)`` of one image (of the first class)."""
     if not self.images:
@@ -83,6 +94,7 @@ class ClassDataset:
       images=[self.images[i] for i in idx],
       groups=[self.groups[i] for i in idx],
       source=self.source if source is None else source,
+      spectrogram=self.spectrogram,
     )
 
 

@@ -25,6 +25,7 @@ __all__ = [
   "check_split_name",
   "omniglot_split",
   "class_split",
+  "fold_split",
   "check_disjoint",
   "write_split",
   "read_split",
@@ -103,6 +104,44 @@ def class_split(
     which[groups[gi]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
   return {
     s: [c for c, g in zip(data.names, data.groups) if which[g] == s]
+    for s in ("train", "val", "test")
+  }
+
+
+def fold_split(
+  data: ClassDataset, fold: int, order: Sequence[str] | None = None
+) -> dict[str, list[str]]:
+  """Leave-groups-out folds: fold ``f`` tests group ``f``, validates on group ``f + 1``.
+
+  With few groups (FSDD's six speakers) every group takes each role once over
+  the folds: fold ``f`` puts ``order[f]`` in ``test``, ``order[(f + 1) % n]`` in
+  ``val`` and every other group in ``train``, so no speaker is in two roles.
+
+  Args:
+    data: the classes and their groups.
+    fold: ``0 <= fold < n`` (n groups).
+    order: the groups in fold order (default: sorted names).
+
+  Raises:
+    DataError: fewer than 3 groups, a fold out of range, or an ``order`` that is
+      not the data's groups.
+  """
+  groups = sorted(set(data.groups)) if order is None else list(order)
+  if sorted(groups) != sorted(set(data.groups)):
+    raise DataError(
+      f"fold order {groups} is not the groups of {data.source}: {sorted(set(data.groups))}."
+    )
+  n = len(groups)
+  if n < 3:
+    raise DataError(
+      f"folds need at least 3 groups (test, validation, train); {data.source} has {n}: {groups}."
+    )
+  if not isinstance(fold, int | np.integer) or not 0 <= fold < n:
+    raise DataError(f"fold must be an int in [0, {n}) for the {n} groups {groups}; got {fold!r}.")
+  test, val = groups[fold], groups[(fold + 1) % n]
+  role = {g: "test" if g == test else "val" if g == val else "train" for g in groups}
+  return {
+    s: [c for c, g in zip(data.names, data.groups) if role[g] == s]
     for s in ("train", "val", "test")
   }
 
