@@ -96,15 +96,28 @@ def sample_streams(config) -> int:
   return s
 
 
+def spec_config(config) -> mg.audio.SpecConfig | None:
+  """The config's spectrogram settings (``config.spec``), None for image datasets."""
+  if config.dataset not in mg.data.AUDIO_NAMES:
+    return None
+  spec = config.get("spec")
+  return mg.audio.SpecConfig(**(spec.to_dict() if hasattr(spec, "to_dict") else dict(spec or {})))
+
+
 def load_split(config, split: str, **kwargs):
-  """``mg.data.load_split`` with the config's dataset, data folder and preprocessing (blur)."""
-  return mg.data.load_split(
-    config.dataset,
-    split,
-    data_dir=config.data_dir or None,
-    blur=float(config.get("blur", 0.0)),
-    **kwargs,
-  )
+  """``mg.data.load_split`` with the config's dataset, data folder and preprocessing.
+
+  Images: the config's blur. Recordings: its spectrogram (``config.spec``) and
+  fold (``config.fold``, the test speaker's index), with K as the fewest clips.
+  """
+  if config.dataset in mg.data.AUDIO_NAMES:
+    kwargs = dict(
+      dict(spec=spec_config(config), fold=config.get("fold"), min_clips=int(config.train.k)),
+      **kwargs,
+    )
+  else:
+    kwargs = dict(dict(blur=float(config.get("blur", 0.0))), **kwargs)
+  return mg.data.load_split(config.dataset, split, data_dir=config.data_dir or None, **kwargs)
 
 
 def parse_list(s, typ=str) -> list:

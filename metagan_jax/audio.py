@@ -77,12 +77,17 @@ class SpecConfig:
       v = getattr(self, name)
       if not isinstance(v, int | np.integer) or v < 1:
         raise ValueError(f"SpecConfig.{name} must be a positive int, got {v!r}.")
+    if self.n_fft % 2:
+      raise ValueError(
+        f"SpecConfig.n_fft={self.n_fft} is odd; centred frames need an even window "
+        f"(e.g. {self.n_fft + 1})."
+      )
     if self.hop > self.n_fft:
       raise ValueError(
         f"SpecConfig.hop={self.hop} exceeds n_fft={self.n_fft}: frames would skip samples; "
         f"use hop <= n_fft (n_fft / 4 to n_fft / 2 invert best)."
       )
-    if self.fmax and not self.fmin < self.fmax <= self.sample_rate / 2:
+    if not 0 <= self.fmin < (self.fmax or self.sample_rate / 2) <= self.sample_rate / 2:
       raise ValueError(
         f"SpecConfig needs fmin < fmax <= sample_rate / 2; got fmin={self.fmin}, "
         f"fmax={self.fmax}, sample_rate={self.sample_rate}."

@@ -209,6 +209,8 @@ def verification_scores(trials, enrolled, others) -> tuple[np.ndarray, np.ndarra
   Returns:
     ``(target [n], nontarget [n * len(others)])``.
   """
+  if not len(others):
+    raise ValueError("verification_scores needs at least one other speaker's embeddings.")
   target = cosine_similarity(trials, enrolled).mean(axis=1)
   nontarget = np.concatenate([cosine_similarity(trials, o).mean(axis=1) for o in others])
   return target, nontarget

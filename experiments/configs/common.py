@@ -122,3 +122,51 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.tune_psi = ""  # e.g. "1,0.8,0.6,0.4": sampling truncation (research log 22)
   c.eval.tune_classes = 20
   return c
+
+
+def voices_config() -> ml_collections.ConfigDict:
+  """The voices experiments' defaults: FSDD as log-mel spectrograms, the specgan pair.
+
+  A class is one speaker saying one digit and a group is a speaker; ``fold`` f
+  tests FSDD's f-th speaker (sorted names), validates on the next and
+  meta-trains on the other four. The GAN recipe is the Omniglot main job's.
+  """
+  c = base_config()
+  c.name = "voices"
+  c.dataset = "fsdd"  # the FSDD folder (METAGAN_FSDD_DIR, ../shared/data/fsdd) or tfds:spoken_digit
+  c.fold = 0
+  c.spec = ml_collections.ConfigDict(mg_audio_spec_defaults())
+  c.model = "specgan"
+  c.model_kw = ml_collections.ConfigDict({"n_mels": c.spec.n_mels, "frames": c.spec.frames})
+  c.methods = "reptile,transfer"
+  c.pretrain.per_seed = False
+  c.pretrain.steps = 1000
+  c.pretrain.lr = 8e-4
+  c.pretrain.batch = 40  # batches of distinct classes: the 4 training speakers' 40
+  c.train.steps = 200
+  c.train.tasks = 4
+  c.train.outer_b1 = 0.0
+  # The judges (experiments/protocol/oracles.py): speaker and digit CNNs on recordings 0-24
+  c.oracles = ml_collections.ConfigDict()
+  c.oracles.steps = 1500
+  c.oracles.batch = 64
+  c.oracles.lr = 1e-3
+  c.oracles.dim = 64
+  c.oracles.shift = 2  # random shifts in time of up to 2 frames (48 ms)
+  c.oracles.gl_iters = 64  # Griffin-Lim iterations of every inverted clip
+  c.oracles.seed = 0
+  c.oracles.cache_dir = "runs/cache"
+  c.folds = "0,1,2"  # the folds a run trains and scores (each its own run folder)
+  c.eval.steps = "0,10"
+  c.eval.n_gen = 32  # generated clips per class
+  c.eval.tune_lrs = "0.001,0.003"
+  c.eval.tune_psi = ""  # (no truncation grid: each rule costs a Griffin-Lim pass per class)
+  c.eval.headline_method = ""  # "": the meta method with the best validation voice margin
+  return c
+
+
+def mg_audio_spec_defaults() -> dict:
+  """``metagan_jax.audio.SpecConfig()``'s fields (64 mel bins x 32 frames at 8 kHz)."""
+  from metagan_jax.audio import SpecConfig  # pylint: disable=g-import-not-at-top
+
+  return SpecConfig().to_dict()

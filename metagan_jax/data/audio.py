@@ -74,9 +74,10 @@ def _wav_format_tag(path: Path) -> int | None:
       chunk = f.read(8)
       if len(chunk) < 8:
         return None
-      size = int.from_bytes(chunk[4:], "little")
+      order = "big" if head[:4] == b"RIFX" else "little"
+      size = int.from_bytes(chunk[4:], order)
       if chunk[:4] == b"fmt ":
-        return int.from_bytes(f.read(2), "little")
+        return int.from_bytes(f.read(2), order)
       f.seek(size + (size & 1), 1)
 
 
@@ -184,17 +185,19 @@ def find_fsdd(data_dir=None, *, required: bool = True) -> Path | None:
 
   The last is looked for beside the repository (and beside the working directory).
   """
-  candidates = [data_dir, os.environ.get("METAGAN_FSDD_DIR")]
-  here = Path(__file__).resolve().parents[3]
-  candidates += [here / "shared/data/fsdd", Path.cwd().parent / "shared/data/fsdd"]
-  for c in candidates:
-    if c and (Path(c).expanduser() / "recordings").is_dir():
-      return Path(c).expanduser()
-  if data_dir is not None:
+  if data_dir is not None:  # an explicit folder is used or refused, never replaced
+    if (Path(data_dir).expanduser() / "recordings").is_dir():
+      return Path(data_dir).expanduser()
     raise DataError(
       f"FSDD folder {str(data_dir)!r} has no recordings/ sub-folder; point data_dir at the "
       f"folder that holds recordings/{{digit}}_{{speaker}}_{{index}}.wav."
     )
+  here = Path(__file__).resolve().parents[3]
+  candidates = [os.environ.get("METAGAN_FSDD_DIR")]
+  candidates += [here / "shared/data/fsdd", Path.cwd().parent / "shared/data/fsdd"]
+  for c in candidates:
+    if c and (Path(c).expanduser() / "recordings").is_dir():
+      return Path(c).expanduser()
   if required:
     raise DataError(
       "FSDD not found: set METAGAN_FSDD_DIR or data_dir to the folder holding recordings/ "
