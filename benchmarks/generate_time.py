@@ -3,6 +3,7 @@
   python benchmarks/generate_time.py --run runs/omniglot_short
   python benchmarks/generate_time.py --run runs/omniglot_short --images my_class --warm 5
   python benchmarks/generate_time.py --run runs/cond --method transfer --steps 0  # T = 0
+  python benchmarks/generate_time.py --run runs/voices_short/fold0 --num 16  # recordings
 
 Each call is the README's command (``python -m metagan_jax generate RUN --images
 DIR --num 64``) in its own process, timed from outside, so the figure includes
@@ -17,7 +18,9 @@ markdown table:
 - ``5 classes cold`` / ``warm``: one call on a folder of 5 class sub-folders.
 
 Without ``--images``, the first 4 images of 5 evaluation classes of the
-omniglot28 data are written as PNGs (dark strokes on white, as a user has them).
+omniglot28 data are written as PNGs (dark strokes on white, as a user has them); for a
+run on recordings (a fold of ``experiments/voices.py``), 4 FSDD recordings (25-28) of 5
+digits of the fold's test speaker are copied as WAV files.
 Fields of the report the command writes (``load_run_s``, ``adapt_and_sample_s``,
 the cache's hits and misses) come with each row.
 """
@@ -53,6 +56,33 @@ def write_classes(folder: str, n_classes: int = 5, k: int = 4) -> list[str]:
     os.makedirs(os.path.join(folder, name))
     for i, x in enumerate(imgs):
       cli.save_png(os.path.join(folder, name, f"{i}.png"), x)
+    names.append(name)
+  return names
+
+
+def write_recordings(folder: str, run: str, n_classes: int = 5, k: int = 4) -> list[str]:
+  """``k`` FSDD recordings of each of ``n_classes`` digits of an audio run's test speaker.
+
+  The run is a fold folder of ``experiments/voices.py``; its test speaker's recordings 25-28
+  (never heard in training; the oracles never trained on them) are copied as a user has them.
+  """
+  import shutil  # pylint: disable=g-import-not-at-top
+
+  from metagan_jax import data  # pylint: disable=g-import-not-at-top
+
+  with open(os.path.join(run, "config.json")) as f:
+    cfg = json.load(f)
+  fsdd = data.find_fsdd(cfg.get("data_dir") or None)
+  speakers = sorted(
+    {p.split("_")[1] for p in os.listdir(fsdd / "recordings") if p.endswith(".wav")}
+  )
+  speaker = speakers[int(cfg["fold"])]
+  names = []
+  for digit in range(n_classes):
+    name = f"{speaker}_{digit}"
+    os.makedirs(os.path.join(folder, name))
+    for i in range(25, 25 + k):
+      shutil.copy(fsdd / "recordings" / f"{digit}_{speaker}_{i}.wav", os.path.join(folder, name))
     names.append(name)
   return names
 
@@ -110,7 +140,10 @@ def main(argv=None) -> None:
   tmp = tempfile.mkdtemp(prefix="generate_time_")
   if args.images is None:
     classes = os.path.join(tmp, "classes")
-    one = os.path.join(classes, write_classes(classes)[0])
+    with open(os.path.join(args.run, "config.json")) as f:
+      audio = bool(json.load(f).get("spectrogram"))  # a fold of experiments/voices.py
+    names = write_recordings(classes, args.run) if audio else write_classes(classes)
+    one = os.path.join(classes, names[0])
   else:
     classes, one = None, os.path.abspath(args.images)
   cache, out = os.path.join(tmp, "cache"), os.path.join(tmp, "out")

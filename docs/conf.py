@@ -46,6 +46,7 @@ extensions = [
   "sphinx.ext.mathjax",
   "api_coverage",  # docs/_ext: re-export aliases, and a warning per public name without a page
   "results_tables",  # docs/_ext: {results-table} FILE, tables from experiments/results/*.json
+  "voice_clips",  # docs/_ext: {voice-clips} FILE, audio players (support clips from ../shared)
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb"}

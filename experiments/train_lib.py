@@ -111,8 +111,14 @@ def load_split(config, split: str, **kwargs):
   fold (``config.fold``, the test speaker's index), with K as the fewest clips.
   """
   if config.dataset in mg.data.AUDIO_NAMES:
+    shifts = parse_list(config.get("voice_shifts", ""), float) if split == "train" else []
     kwargs = dict(
-      dict(spec=spec_config(config), fold=config.get("fold"), min_clips=int(config.train.k)),
+      dict(
+        spec=spec_config(config),
+        fold=config.get("fold"),
+        min_clips=int(config.train.k),
+        voice_shifts=shifts,
+      ),
       **kwargs,
     )
   else:

@@ -1,4 +1,4 @@
-"""``metagan`` / ``python -m metagan_jax``: few-shot generation from your own images.
+"""``metagan`` / ``python -m metagan_jax``: few-shot generation from your own images or recordings.
 
   python -m metagan_jax generate RUN_DIR --images DIR --steps T --num N --out OUT \\
       [--seed S] [--method NAME] [--psi P] [--invert auto|yes|no] [--skip-bad] \\
@@ -13,6 +13,16 @@ writes OUT/samples.npz (``samples``: float32 [N, H, W, C] in [-1, 1], the run's
 polarity), OUT/grid.png (the support images as converted, then the samples, enlarged
 for viewing), ``OUT/samples/*.png`` (each sample at the model's size) and
 OUT/report.json.
+
+A run on recordings (``experiments/voices.py``) takes a folder of recordings
+instead (WAV, FLAC, OGG; any rate, mono or stereo, untrimmed): each is
+resampled to the run's rate, trimmed of silence and loudness-normalised as in
+training, adapted to, and OUT gets samples/*.wav (the samples after
+Griffin-Lim), support/*.wav (the recordings as the model heard them),
+spectrograms.png (the support's log-mel spectrograms, then the samples'),
+samples.npz (``samples``: the spectrograms; ``waves``; ``sample_rate``) and
+report.json. An image run given recordings, or an audio run given images, is an
+error before any compute.
 
 Several classes in one call: a DIR whose images sit in one sub-folder per class
 (``DIR/<class>/*.png``) adapts to each class separately, with the same keys, and
@@ -44,6 +54,7 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aif", ".aiff")  # data.audio.AUDIO_SUFFIXES
 MIN_IMAGES = 2
 
 
@@ -103,11 +114,56 @@ def read_images(
   return images, names, skipped
 
 
-def _has_images(folder: str) -> bool:
+def _has(folder: str, extensions) -> bool:
   return any(
-    f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f))
+    f.lower().endswith(extensions) and os.path.isfile(os.path.join(folder, f))
     for f in os.listdir(folder)
   )
+
+
+def _has_images(folder: str) -> bool:
+  return _has(folder, IMAGE_EXTENSIONS + AUDIO_EXTENSIONS)
+
+
+def input_kind(folders: list[str]) -> str:
+  """``"audio"`` if the class folders hold recordings and no images, else ``"image"``."""
+  audio = any(_has(f, AUDIO_EXTENSIONS) for f in folders)
+  images = any(_has(f, IMAGE_EXTENSIONS) for f in folders)
+  if audio and images:
+    raise UsageError(
+      f"--images {os.path.dirname(folders[0]) if len(folders) > 1 else folders[0]} holds "
+      f"both images and recordings; give a folder of one kind."
+    )
+  return "audio" if audio else "image"
+
+
+def read_recordings(folder: str, skip_bad: bool = False):
+  """Every recording of ``folder``: ``(waves, rates, names, skipped)``; mono float in [-1, 1].
+
+  A file that cannot be read (not audio, empty, an unreadable sample format)
+  raises :class:`UsageError` naming it, or is skipped with ``skip_bad``.
+  """
+  from metagan_jax.data import audio  # pylint: disable=g-import-not-at-top
+  from metagan_jax.data.sources import DataError  # pylint: disable=g-import-not-at-top
+
+  files = sorted(
+    f
+    for f in os.listdir(folder)
+    if f.lower().endswith(AUDIO_EXTENSIONS) and os.path.isfile(os.path.join(folder, f))
+  )
+  waves, rates, names, skipped = [], [], [], []
+  for f in files:
+    try:
+      w, r = audio.read_audio(os.path.join(folder, f))
+    except DataError as e:
+      if not skip_bad:
+        raise UsageError(f"--images: {e} (or pass --skip-bad)") from None
+      skipped.append(f)
+      continue
+    waves.append(w)
+    rates.append(r)
+    names.append(f)
+  return waves, rates, names, skipped
 
 
 def class_folders(folder: str) -> list[str] | None:
@@ -185,6 +241,34 @@ def save_png(path: str, img01: np.ndarray, scale: int = 1) -> None:
   Image.fromarray(arr).save(path)
 
 
+def _spectrogram_grid(x_NxMxTx1: np.ndarray, cols: int) -> np.ndarray:
+  """Spectrograms in [-1, 1] tiled like :func:`image_grid`, low frequencies at the bottom."""
+  return image_grid(np.asarray(x_NxMxTx1)[:, ::-1], cols)
+
+
+def _write_audio_class(
+  folder: str, support: np.ndarray, support_waves, samples: np.ndarray, waves, rate: int, report
+) -> None:
+  """One class's outputs from a run on recordings (see the module docstring)."""
+  import soundfile as sf  # pylint: disable=g-import-not-at-top
+
+  os.makedirs(folder, exist_ok=True)
+  np.savez(
+    os.path.join(folder, "samples.npz"), samples=samples, waves=waves, sample_rate=np.int32(rate)
+  )
+  cols = max(len(support), min(8, len(samples)))
+  rows = [_spectrogram_grid(support, cols), _spectrogram_grid(samples, cols)]
+  gap = np.full((4,) + rows[0].shape[1:], 0.5, rows[0].dtype)
+  save_png(os.path.join(folder, "spectrograms.png"), np.concatenate([rows[0], gap, rows[1]]), 2)
+  width = len(str(len(samples) - 1))
+  for sub, clips in (("samples", waves), ("support", support_waves)):
+    os.makedirs(os.path.join(folder, sub))
+    for i, w in enumerate(clips):
+      sf.write(os.path.join(folder, sub, f"{i:0{width}d}.wav"), w, rate, subtype="PCM_16")
+  with open(os.path.join(folder, "report.json"), "w") as f:
+    json.dump(report, f, indent=1)
+
+
 def _umask() -> int:
   mask = os.umask(0)
   os.umask(mask)
@@ -247,22 +331,52 @@ def generate(args) -> dict:
     raise UsageError(f"--out {args.out}: cannot write into {parent}.")
   subs = class_folders(args.images)
   folders = [args.images] if subs is None else [os.path.join(args.images, d) for d in subs]
-  classes = []  # (name, images, file names, skipped)
+  kind = input_kind(folders)
+  classes = []  # (name, images or (waves, rates), file names, skipped)
   for folder in folders:
-    images, names, skipped = read_images(folder, args.skip_bad)
-    if len(images) < MIN_IMAGES:
+    if kind == "audio":
+      waves, rates, names, skipped = read_recordings(folder, args.skip_bad)
+      items, what = (waves, rates), "recording"
+    else:
+      items, names, skipped = read_images(folder, args.skip_bad)
+      what = "image"
+    if len(names) < MIN_IMAGES:
       raise UsageError(
-        f"--images {folder}: {len(images)} usable image; the adaptation needs "
-        f"at least {MIN_IMAGES} (with one image a GAN can only copy it)."
+        f"--images {folder}: {len(names)} usable {what}; the adaptation needs "
+        f"at least {MIN_IMAGES} (with one {what} a GAN can only copy it)."
       )
-    classes.append((os.path.basename(os.path.normpath(folder)), images, names, skipped))
+    classes.append((os.path.basename(os.path.normpath(folder)), items, names, skipped))
   t_load = time.perf_counter()
   run = mg.load_run(args.run_dir, method=args.method)
+  modality = run.preprocessing.modality
+  if kind != modality:
+    raise UsageError(
+      f"--images {args.images} holds {'recordings' if kind == 'audio' else 'images'}, but the "
+      f"run {run.path} "
+      + (
+        "models sound (log-mel spectrograms of recordings): give a folder of WAV, FLAC or OGG "
+        "recordings."
+        if modality == "audio"
+        else f"draws images: give a folder of images ({', '.join(IMAGE_EXTENSIONS)})."
+      )
+    )
   if args.psi is not None:
     run = dataclasses.replace(run, rule=dict(run.rule, psi=args.psi))
   t_loaded = time.perf_counter()
   steps = run.headline if args.steps is None else args.steps
-  supports, flips = zip(*(prepare(c[1], run.preprocessing, args.invert) for c in classes))
+  if kind == "audio":
+    from metagan_jax.data.sources import DataError  # pylint: disable=g-import-not-at-top
+
+    try:
+      supports = tuple(
+        run.preprocessing.apply_audio(*c[1], [os.path.join(f, n) for n in c[2]])
+        for c, f in zip(classes, folders)
+      )
+    except DataError as e:
+      raise UsageError(f"--images: {e}") from None
+    flips = [[False] * len(c[2]) for c in classes]
+  else:
+    supports, flips = zip(*(prepare(c[1], run.preprocessing, args.invert) for c in classes))
   # A tqdm bar on a terminal (plain lines without tqdm); in a log file, plain lines.
   bar = Progress(total=3, desc="generate", file=sys.stderr, disable=args.quiet)
   bar.set_postfix_str(
@@ -275,6 +389,11 @@ def generate(args) -> dict:
       x.astype(np.float32)
       for x in run.generate_many(supports, args.num, seed=args.seed, steps=steps)
     ]
+  if kind == "audio":  # Griffin-Lim: the samples as sound
+    spg = run.preprocessing.spectrogram
+    iters = int(run.config.get("oracles", {}).get("gl_iters", 64))
+    waves = [spg.decode(x, iters=iters) for x in samples]
+    support_waves = [spg.decode(x, iters=iters) for x in supports]
   t_adapt = time.perf_counter() - t0
   bar.update(1)
   if not all(np.all(np.isfinite(x)) for x in samples):
@@ -294,28 +413,42 @@ def generate(args) -> dict:
     "seed": args.seed,
     "num": args.num,
     "rule": run.rule,
-    "polarity": "light strokes on dark" if run.preprocessing.invert else "as trained",
+    "modality": modality,
   }
+  if kind == "audio":
+    common["sample_rate"] = run.preprocessing.spectrogram.spec.sample_rate
+    common["seconds"] = run.preprocessing.spectrogram.spec.seconds
+  else:
+    common["polarity"] = "light strokes on dark" if run.preprocessing.invert else "as trained"
   try:
     per_class = []
-    for (name, images, names, skipped), support, flip, x in zip(classes, supports, flips, samples):
+    for c, ((name, _, names, skipped), support, flip, x) in enumerate(
+      zip(classes, supports, flips, samples)
+    ):
       notes = []
-      if len(images) > run.train_k:
+      what = "recordings" if kind == "audio" else "images"
+      if len(names) > run.train_k:
         notes.append(
-          f"{len(images)} images, more than the {run.train_k} per class the run was "
+          f"{len(names)} {what}, more than the {run.train_k} per class the run was "
           f"meta-trained on: every adaptation step uses all of them as one batch."
         )
       rep = {
         **common,
-        "images": len(images),
+        "images": len(names),
         "image_files": names,
         "skipped": skipped,
-        "inverted": flip,
         "notes": notes,
       }
+      if kind == "image":
+        rep["inverted"] = flip
       if subs is not None:
         rep["class"] = name
-      _write_class(tmp if subs is None else os.path.join(tmp, name), support, x, rep)
+      folder = tmp if subs is None else os.path.join(tmp, name)
+      if kind == "audio":
+        rate = common["sample_rate"]
+        _write_audio_class(folder, support, support_waves[c], x, waves[c], rate, rep)
+      else:
+        _write_class(folder, support, x, rep)
       per_class.append(rep)
     bar.update(1)
     timing = {
@@ -370,8 +503,10 @@ def parser() -> argparse.ArgumentParser:
   g.add_argument("run_dir", help="a run folder of experiments/omniglot.py (its --workdir)")
   g.add_argument(
     "--images",
+    "--recordings",
+    dest="images",
     required=True,
-    help="folder of your images (one class), or of one sub-folder per class",
+    help="folder of your images or recordings (one class), or of one sub-folder per class",
   )
   g.add_argument(
     "--steps", type=int, default=None, help="adaptation steps (default: headline; 0: none)"
@@ -417,16 +552,23 @@ def main(argv=None) -> int:
     print(f"metagan generate: error: {e}", file=sys.stderr)
     return 2
   notes = "".join(f" Note: {n}" for n in report["notes"])
+  audio = report.get("modality") == "audio"
+  items = "recordings" if audio else "images"
+  files = (
+    "samples/*.wav, support/*.wav, spectrograms.png, samples.npz, report.json"
+    if audio
+    else "samples.npz, grid.png, samples/, report.json"
+  )
   if "classes" in report:
     what = (
-      f"{len(report['classes'])} classes ({report['images']} images) for {report['steps']} "
+      f"{len(report['classes'])} classes ({report['images']} {items}) for {report['steps']} "
       f"steps in {report['total_s']:.1f} s -> {os.path.abspath(args.out)}/<class>/ "
-      f"(samples.npz, grid.png, samples/, report.json each)"
+      f"({files} each)"
     )
   else:
     what = (
-      f"{report['images']} images for {report['steps']} steps in {report['total_s']:.1f} s "
-      f"-> {os.path.abspath(args.out)}/ (samples.npz, grid.png, samples/, report.json)"
+      f"{report['images']} {items} for {report['steps']} steps in {report['total_s']:.1f} s "
+      f"-> {os.path.abspath(args.out)}/ ({files})"
     )
   print(f"{report['num']} samples of {report['method']} adapted to {what}.{notes}")
   return 0

@@ -56,20 +56,43 @@ class RunError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
-  """How a run's images were prepared: size, channels, polarity, blur.
+  """How a run's data were prepared: images (size, channels, polarity, blur) or sound.
 
   Attributes:
-    image_size: side length of the model's square images.
+    image_size: side length of the model's square images (a spectrogram's mel bins).
     channels: 1 (grey) or 3 (RGB).
     invert: the raw images had dark strokes on a light background and were
       inverted (Omniglot), so the model draws light strokes on a dark one.
     blur: Gaussian blur sigma in pixels after resizing (0: none).
+    spectrogram: for a run on recordings, its :class:`metagan_jax.audio.Spectrogram`
+      (settings and the training voices' moments); None for images.
   """
 
   image_size: int
   channels: int
   invert: bool
   blur: float = 0.0
+  spectrogram: Any = None
+
+  @property
+  def modality(self) -> str:
+    """``"audio"`` for a run on recordings, else ``"image"``."""
+    return "image" if self.spectrogram is None else "audio"
+
+  def apply_audio(self, waves, rates: Sequence[int], what: Sequence[str] | None = None):
+    """Recordings (1-D float arrays in [-1, 1] at ``rates``) -> ``[N, n_mels, frames, 1]``.
+
+    Each clip is resampled to the run's rate, trimmed of silence,
+    loudness-normalised and cut or padded to the run's length, as in training.
+    """
+    from metagan_jax.data import audio  # pylint: disable=g-import-not-at-top
+
+    if self.spectrogram is None:
+      raise RunError("this run draws images, not sound; use apply(images).")
+    spec = self.spectrogram.spec
+    names = list(what) if what is not None else [f"clip {i}" for i in range(len(waves))]
+    clips = [audio.prepare_clip(w, r, spec, n) for w, r, n in zip(waves, rates, names)]
+    return self.spectrogram.encode(np.stack(clips))
 
   def apply(self, imgs, invert: bool | None = None) -> np.ndarray:
     """Raw images (uint8 0..255 or float 0..1, any size) -> float32 ``[N, S, S, C]`` in [-1, 1].
@@ -77,6 +100,9 @@ class Preprocessing:
     ``invert`` overrides the run's own polarity handling (``None``: the run's).
     """
     from metagan_jax.data import preprocess  # pylint: disable=g-import-not-at-top
+
+    if self.spectrogram is not None:
+      raise RunError("this run models sound: use apply_audio(waves, rates).")
 
     return preprocess.preprocess_images(
       imgs,
@@ -344,7 +370,11 @@ def _best_method(root: str, candidates, headline: int) -> str:
       f"to pick the best method from; pass method= one of {list(candidates)} "
       f"(or run the evaluation: experiments/omniglot.py --resume)."
     )
-  metrics = _read_json(res_path, "run evaluation")["summary"]["metrics"]
+  doc = _read_json(res_path, "run evaluation")
+  fixed = doc.get("info", {}).get("headline_method")  # a voices run: chosen on validation
+  if fixed in candidates:
+    return fixed
+  metrics = doc["summary"]["metrics"]
   ranked = {
     m: metrics[f"{m}|{headline}|kid"]["mean"]
     for m in candidates
@@ -409,11 +439,17 @@ def _load_run(path, method, seed) -> LoadedRun:
   if method not in candidates:
     raise RunError(f"unknown method {method!r} for {root}: this run has {list(candidates)}.")
   model = recipes.model(cfg)
+  spectrogram = None
+  if cfg.get("spectrogram"):  # a run on recordings (experiments/voices.py writes its moments)
+    from metagan_jax.audio import Spectrogram  # pylint: disable=g-import-not-at-top
+
+    spectrogram = Spectrogram.from_dict(cfg["spectrogram"])
   prep = Preprocessing(
     image_size=int(model.data_shape[0]),
     channels=int(model.data_shape[-1]),
     invert=bool(cfg.get("invert", str(cfg["dataset"]).startswith(("omniglot", "tfds:omniglot")))),
     blur=float(cfg.get("blur", 0.0)),
+    spectrogram=spectrogram,
   )
   train_k = int(cfg["lopt"]["k"] if is_lopt else cfg["train"]["k"])
   per_steps = {}

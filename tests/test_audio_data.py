@@ -532,3 +532,33 @@ def test_real_fsdd_folds(real_fsdd):
     assert x.dtype == np.float32 and -1 <= x.min() and x.max() <= 1, s
     np.testing.assert_array_equal(d.spectrogram.stats.mean, got["train"].spectrogram.stats.mean)
   assert np.concatenate(got["train"].images).std() > 0.2
+
+
+# --- more voices: speed-shifted copies of the training speakers ------------------------------
+
+
+def test_shifted_voices_are_new_classes_of_the_same_speaker_at_the_shifted_pitch(fsdd_dir):
+  d = data.load_fsdd(fsdd_dir, spec=SMALL, speakers=["alice"], verbose=False)
+  out = daudio.shift_voices(d, [-12, 12])
+  assert len(out) == 3 * len(d)
+  assert out.names[len(d)] == "alice/0/pitch-12" and out.names[-1] == "alice/1/pitch+12"
+  assert set(out.groups) == {"alice"}  # splits by speaker stay disjoint
+  clip, up = d.images[0][11], out.images[2 * len(d)][11]  # one octave up: half as long
+  f = np.fft.rfftfreq(len(clip), 1 / RATE)
+  peak = lambda w: f[np.argmax(np.abs(np.fft.rfft(w)))]
+  assert abs(peak(up) - 2 * peak(clip)) < 2 * RATE / len(clip)
+  assert _voiced_len(up) == pytest.approx(_voiced_len(clip) / 2, abs=2)
+  with pytest.raises(data.DataError, match="0 semitones"):
+    daudio.shift_voices(d, [0])
+
+
+def test_voice_shifts_only_for_the_training_split(fsdd_dir):
+  kw = dict(data_dir=fsdd_dir, spec=SMALL, fold=0, verbose=False)
+  plain = data.load_split("fsdd", "train", **kw)
+  more = data.load_split("fsdd", "train", voice_shifts=(-2, 3), **kw)
+  assert len(more) == 3 * len(plain) and sorted(set(more.groups)) == sorted(set(plain.groups))
+  # the moments stay those of the unshifted training voices
+  np.testing.assert_array_equal(more.spectrogram.stats.mean, plain.spectrogram.stats.mean)
+  np.testing.assert_array_equal(more.images[0], plain.images[0])
+  with pytest.raises(data.DataError, match="meta-training only"):
+    data.load_split("fsdd", "test", voice_shifts=(2,), **kw)

@@ -12,6 +12,7 @@ import pytest
 
 import metagan_jax as mg
 from metagan_jax import cli
+from tests.conftest import TINY_RUN_GROUP
 
 
 def _strokes(seed, n=4):
@@ -88,3 +89,20 @@ def test_psi_outside_0_1_is_refused_before_anything_loads(tmp_path):
   )
   with pytest.raises(cli.UsageError, match=r"--psi must be in \[0, 1\].*got 1.5"):
     cli.generate(args)
+
+
+@TINY_RUN_GROUP
+def test_image_run_given_recordings_is_refused(tiny_run, tmp_path, capsys):
+  sf = pytest.importorskip("soundfile")
+  rec = tmp_path / "rec"
+  rec.mkdir()
+  t = np.arange(4000) / 8000
+  for i in range(3):
+    sf.write(rec / f"{i}.wav", 0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t), 8000)
+  code = cli.main(
+    ["generate", tiny_run["workdir"], "--recordings", str(rec), "--out", str(tmp_path / "o")]
+  )
+  assert code == 2
+  err = capsys.readouterr().err
+  assert "holds recordings, but the run" in err and "draws images" in err
+  assert not (tmp_path / "o").exists()

@@ -13,7 +13,8 @@ keys ``config``, ``summary``, ``info``) is rendered by
 ``experiments.lopt_omniglot.markdown_table``: the same functions that print ``eval/results.md``
 at the end of a run, so a page shows exactly what the run printed. A DAGAN-protocol run
 (``experiments/dagan.py``, with an ``anchor`` key) is rendered by ``experiments.dagan.markdown``
-(one block, ``table``). The Markdown they return is
+(one block, ``table``), and a voices run (``experiments/voices.py``, ``kind: voices``) by
+``experiments.protocol.voices_report.markdown_table`` (one block, ``table``). The Markdown they return is
 parsed as MyST into real table nodes, and the JSON file (and the two modules) are registered as
 dependencies of the page, so it is rebuilt when one of them changes.
 
@@ -81,6 +82,11 @@ def render(name: str) -> tuple[str, bool]:
     from experiments import dagan  # pylint: disable=g-import-not-at-top
 
     return dagan.markdown(res), False
+  if res.get("kind") == "voices":  # experiments/voices.py: one block, "table"
+    from experiments.protocol import voices_report  # pylint: disable=g-import-not-at-top
+
+    config = ml_collections.ConfigDict(res["config"])
+    return voices_report.markdown_table(config, res["summary"], res["info"]), False
   config = ml_collections.ConfigDict(res["config"])
   if _is_lopt(res):
     from experiments import lopt_omniglot  # pylint: disable=g-import-not-at-top
@@ -94,7 +100,7 @@ def render(name: str) -> tuple[str, bool]:
 
 def blocks(md: str, lopt: bool) -> list[tuple[str, str]]:
   """Splits the printed text into named blocks (a caption and its table form one block)."""
-  if md.startswith("DAGAN protocol"):
+  if md.startswith(("DAGAN protocol", "**A new voice")):
     return [("table", md.strip())]
   starts = LOPT_BLOCKS if lopt else PROTOCOL_BLOCKS
   out: list[tuple[str, list[str]]] = []
@@ -155,6 +161,7 @@ class ResultsTable(SphinxDirective):
       "experiments/protocol/report.py",
       "experiments/lopt_omniglot.py",
       "experiments/dagan.py",
+      "experiments/protocol/voices_report.py",
     ):
       self.env.note_dependency(os.path.join(ROOT, module))
     md, lopt = render(name)

@@ -143,25 +143,29 @@ def voices_config() -> ml_collections.ConfigDict:
   c.pretrain.steps = 1000
   c.pretrain.lr = 8e-4
   c.pretrain.batch = 40  # batches of distinct classes: the 4 training speakers' 40
+  # more training voices: the training speakers' clips played faster or slower by these
+  # semitones, as extra classes (mg.data.audio.shift_voices); "" = none
+  c.voice_shifts = ""
   c.train.steps = 200
   c.train.tasks = 4
   c.train.outer_b1 = 0.0
   # The judges (experiments/protocol/oracles.py): speaker and digit CNNs on recordings 0-24
   c.oracles = ml_collections.ConfigDict()
   c.oracles.steps = 1500
-  c.oracles.batch = 64
+  c.oracles.batch = 32  # 1,500 steps of 32: 86 s alone on a Zen 4 (64: 167 s; research log 34)
   c.oracles.lr = 1e-3
   c.oracles.dim = 64
   c.oracles.shift = 2  # random shifts in time of up to 2 frames (48 ms)
   c.oracles.gl_iters = 64  # Griffin-Lim iterations of every inverted clip
   c.oracles.seed = 0
   c.oracles.cache_dir = "runs/cache"
-  c.folds = "0,1,2"  # the folds a run trains and scores (each its own run folder)
+  c.folds = "0,2,4"  # the folds a run trains and scores (each its own run folder)
   c.eval.steps = "0,10"
   c.eval.n_gen = 32  # generated clips per class
   c.eval.tune_lrs = "0.001,0.003"
   c.eval.tune_psi = ""  # (no truncation grid: each rule costs a Griffin-Lim pass per class)
   c.eval.headline_method = ""  # "": the meta method with the best validation voice margin
+  c.eval.split = "test"  # the speaker the rows score; "val" for pilots (no test speaker read)
   return c
 
 

@@ -17,4 +17,9 @@ def get_config():
   c.meta_seeds = "0,1,2"
   c.methods = "reptile,maml,transfer"
   c.second_order_steps = "2"
+  c.pretrain.steps = 300  # the main job's recipe (voices_short.py), so the two rank alike
+  c.train.steps = 60
+  c.train.ckpt_every = 20  # resumable across sittings
+  c.train.sample_every = 60
+  c.eval.steps = "0,5,10"
   return c

@@ -166,6 +166,12 @@ def oracles(config, verbose: bool = True) -> tuple[Oracles, dict]:
     orc = Oracles(spectrogram, speakers, digits, p_spk, p_dig, oc.dim)
   else:
     t0 = time.perf_counter()
+    if verbose:
+      print(
+        f"[oracles] training the speaker and digit classifiers ({oc.steps} steps each) on "
+        f"{len(tr)} recordings and their round trips; cached in {path}",
+        flush=True,
+      )
     x_real = spectrogram.encode(tr)
     x_rt = spectrogram.encode(spectrogram.decode(x_real, iters=int(oc.gl_iters)))
     x = np.concatenate([x_real, x_rt])

@@ -162,12 +162,20 @@ def _scores(orc, waves_CxNxL, cls: dict, exclude_self: bool) -> tuple[dict, list
   e_held = orc.embed(held.reshape(C * H, -1)).reshape(C, H, -1)
   K = cls["support_wave"].shape[1]
   e_sup = orc.embed(cls["support_wave"].reshape(C * K, -1)).reshape(C, K, -1)
+  # One constant for the fold: the held-out clips' embeddings get unit mean square, so the
+  # cubic KID kernel sees O(1) inner products (cosines and distance ratios do not change).
+  scale = float(np.sqrt(np.mean(e_held**2))) or 1.0
+  e_gen, e_held, e_sup = e_gen / scale, e_held / scale, e_sup / scale
   per = {m: np.zeros(C) for m in VOICE_METRICS}
   targets, nontargets = [], []
   s_idx = orc.speakers.index(cls["speaker"])
+  # the other speakers' clips of each digit, embedded once per fold (every row uses them)
+  others = cls.setdefault("_embedded_others", {})
   for c in range(C):
     d = cls["digits"][c]
-    e_oth = [orc.embed(o) for o in cls["others"][d]]
+    if (id(orc), d) not in others:
+      others[(id(orc), d)] = [orc.embed(o) for o in cls["others"][d]]
+    e_oth = others[(id(orc), d)]
     sim_t = M.cosine_similarity(e_gen[c], e_held[c])
     if exclude_self:  # trial i is held-out clip i (or its round trip): not its own reference
       mask = ~np.eye(N, H, dtype=bool)
@@ -180,9 +188,9 @@ def _scores(orc, waves_CxNxL, cls: dict, exclude_self: bool) -> tuple[dict, list
     per["voice_fidelity"][c] = np.mean(spk[c] == s_idx)
     per["digit_fidelity"][c] = np.mean(dig[c] == orc.digits.index(d))
     per["voice_margin"][c] = float(t.mean() - nt.mean())
-    if exclude_self:  # the real row: one half of the held-out clips against the other
-      a, b = e_gen[c][: N // 2], e_held[c][N // 2 :]
-      per["kid"][c] = M.kid(a, b)
+    if exclude_self:  # the real row: one half of the held-out clips against the other,
+      # interleaved (even against odd recordings: FSDD's speakers recorded in sessions)
+      per["kid"][c] = M.kid(e_gen[c][0::2], e_held[c][1::2])
     else:
       per["kid"][c] = M.kid(e_gen[c], e_held[c])
     per["diversity"][c] = scoring._ratio(  # pylint: disable=protected-access
@@ -260,10 +268,13 @@ def tune_rules(config, params_by_run: dict, orc, verbose: bool = True) -> dict:
 def evaluate_fold(config, params_by_run: dict, orc, rules: dict, verbose: bool = True) -> dict:
   """Every row of one fold: real, round trip, copy, and each run at each T of ``eval.steps``.
 
+  The rows score the fold's test speaker (``eval.split = "val"``: its validation speaker,
+  for pilots that must not read a test speaker).
+
   Returns ``{"rows": {row name: {"per_class", "eer", ...}}, "classes", "speaker",
   "samples": {row: clips [C, n, L]}, "specs": {row: [C, n, M, T, 1]}, "cls"}``.
   """
-  cls = fold_classes(config, "test")
+  cls = fold_classes(config, str(config.eval.get("split", "test") or "test"))
   spg = cls["spectrogram"]
   iters = int(config.oracles.gl_iters)
   held = cls["heldout_wave"]
@@ -288,11 +299,13 @@ def evaluate_fold(config, params_by_run: dict, orc, rules: dict, verbose: bool =
       samples[name], specs[name] = gen["waves"], gen["specs"]
   if verbose:
     print(
-      f"[eval] fold {config.fold} (test speaker {cls['speaker']}): {len(rows)} rows in "
+      f"[eval] fold {config.fold} ({config.eval.get('split', 'test') or 'test'} speaker "
+      f"{cls['speaker']}): {len(rows)} rows in "
       f"{time.perf_counter() - t0:.0f}s",
       flush=True,
     )
   return {
+    "fold": int(config.fold),
     "rows": rows,
     "classes": cls["names"],
     "speaker": cls["speaker"],
@@ -361,10 +374,10 @@ def summarise(config, folds: dict, reference: str = "transfer") -> dict:
     }
     cells[key] = cell
   for key, cell in cells.items():
-    method, _, t = (key.split("|") + [None, None])[:3] if "|" in key else (key, None, None)
-    t = key.split("|")[1] if "|" in key else None
-    ref = f"{reference}|{t}" if t is not None else None
-    if ref and ref in cells and ref != key:
+    if "|" not in key:  # real, round trip, copy: no paired test
+      continue
+    ref = f"{reference}|{key.split('|')[1]}"
+    if ref in cells and ref != key:
       cell[f"vs_{reference}"] = {
         m: M.paired_test(cell[m]["units"], cells[ref][m]["units"]) for m in VOICE_METRICS
       }

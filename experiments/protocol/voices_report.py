@@ -109,7 +109,10 @@ def save_picture_and_wavs(
   ``method`` and of ``transfer``) and the same clips as WAV files under ``audio/``.
 
   The first seed of each method and the first ``n_classes`` digits of each fold are shown.
-  Returns ``{"picture": path, "wavs": [paths]}``.
+  Returns ``{"picture": path, "wavs": [paths], "clips": [...]}``; ``clips`` lists per shown
+  class its support recordings (FSDD file names, ``{digit}_{speaker}_{index}.wav``) and each
+  method's WAV files relative to the results file ``experiments/results/<name>.json`` (they are
+  committed under ``experiments/results/<name>/audio/``), for the docs' audio players.
   """
   import matplotlib  # pylint: disable=g-import-not-at-top
 
@@ -129,7 +132,7 @@ def save_picture_and_wavs(
   fig, axes = plt.subplots(
     len(rows), cols, figsize=(0.75 * cols + 0.5, 1.0 * len(rows) + 0.4), squeeze=False
   )
-  wavs = []
+  wavs, clips = [], []
   rate = per_fold[next(iter(per_fold))]["cls"]["spectrogram"].spec.sample_rate
   for r, (_, res, c) in enumerate(rows):
     cls, name = res["cls"], res["cls"]["names"][c]
@@ -147,6 +150,15 @@ def save_picture_and_wavs(
     axes[r, 0].set_ylabel(name, fontsize=7)
     folder = os.path.join(out_dir, "audio", name.replace("/", "_"))
     os.makedirs(folder, exist_ok=True)
+    speaker, digit = name.split("/")
+    rel = f"{config.name}/audio/{name.replace('/', '_')}"
+    clip = {
+      "class": name,
+      "fold": int(res.get("fold", 0)),
+      "support": [f"{digit}_{speaker}_{i}.wav" for i in cls["indices"][name]["support"]],
+      "generated": {},
+    }
+    clips.append(clip)
     for k in range(K):
       p = os.path.join(folder, f"support_{k}.wav")
       sf.write(p, cls["support_wave"][c, k], rate, subtype="PCM_16")
@@ -159,6 +171,7 @@ def save_picture_and_wavs(
         p = os.path.join(folder, f"{m}_{i}.wav")
         sf.write(p, waves[c, i], rate, subtype="PCM_16")
         wavs.append(p)
+        clip["generated"].setdefault(m, []).append(f"{rel}/{m}_{i}.wav")
   fig.suptitle(
     f"log-mel spectrograms (frequency up, time right): support, {method} after T = {t}, "
     f"transfer after T = {t}",
@@ -169,4 +182,4 @@ def save_picture_and_wavs(
   path = os.path.join(out_dir, "voices.png")
   fig.savefig(path, dpi=110)
   plt.close(fig)
-  return {"picture": path, "wavs": wavs}
+  return {"picture": path, "wavs": wavs, "clips": clips}

@@ -66,6 +66,7 @@ def load_split(
   spec=None,
   spectrogram=None,
   min_clips: int = 1,
+  voice_shifts: Sequence[float] = (),
   verbose: bool = True,
 ) -> ClassDataset:
   """Loads one split, preprocessed: float32 ``[n, image_size, image_size, channels]`` in [-1, 1].
@@ -104,6 +105,9 @@ def load_split(
     spectrogram: recordings: a trained run's :class:`metagan_jax.audio.Spectrogram`
       (its settings and moments) instead of ``spec`` and moments fitted here.
     min_clips: recordings: the fewest clips a class may have (the support size K).
+    voice_shifts: recordings, ``split="train"`` only: add every class played faster or
+      slower by these semitones as new classes
+      (:func:`metagan_jax.data.audio.shift_voices`; the moments stay the unshifted ones').
     verbose: print which source is used.
 
   Raises:
@@ -122,6 +126,7 @@ def load_split(
       spec=spec,
       spectrogram=spectrogram,
       min_clips=min_clips,
+      voice_shifts=voice_shifts,
       split_seed=split_seed,
       fractions=fractions,
       run_dir=run_dir,
@@ -221,6 +226,7 @@ def _load_audio_split(
   spec,
   spectrogram,
   min_clips: int,
+  voice_shifts: Sequence[float],
   split_seed: int,
   fractions: Sequence[float],
   run_dir,
@@ -280,9 +286,15 @@ def _load_audio_split(
       f"split {split!r} of {full.source} is empty ({len(full)} classes in all); use "
       f"split='all' to use every class, or add speakers."
     )
-  data = audio.to_spectrograms(
-    full.select(by_split[split], source=f"{full.source} [{split}]"), spectrogram
-  )
+  part = full.select(by_split[split], source=f"{full.source} [{split}]")
+  if voice_shifts:
+    if split != "train":
+      raise DataError(
+        f"voice_shifts={list(voice_shifts)} make extra voices for meta-training only; "
+        f"split {split!r} must keep its speakers as they are (leave voice_shifts empty)."
+      )
+    part = audio.shift_voices(part, voice_shifts)
+  data = audio.to_spectrograms(part, spectrogram)
   announce(
     f"{dataset} split {split!r}{'' if fold is None else f' (fold {fold})'}: {len(data)} classes "
     f"of {len(set(data.groups))} speakers, log-mel {data.image_shape} in [-1, 1]",

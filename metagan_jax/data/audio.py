@@ -28,7 +28,6 @@ from metagan_jax.data.sources import ClassDataset, DataError, announce
 __all__ = [
   "AUDIO_SUFFIXES",
   "DEFAULT_SPEC",
-  "FSDD_SPEAKERS",
   "find_fsdd",
   "read_audio",
   "prepare_clip",
@@ -37,12 +36,11 @@ __all__ = [
   "load_tfds_spoken_digit",
   "fit_stats",
   "to_spectrograms",
+  "shift_voices",
 ]
 
 #: File suffixes an audio folder source reads.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aif", ".aiff")
-#: The six FSDD speakers (the folder's ``speakers.json``), all male.
-FSDD_SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
 #: The spectrogram settings a source uses unless given others (``SpecConfig()``).
 DEFAULT_SPEC = SpecConfig()
 _FSDD_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
@@ -389,6 +387,37 @@ def load_tfds_spoken_digit(
   data = _grouped(keyed, f"TFDS spoken_digit ({split}) from {builder.data_dir}", 1)
   announce(f"TFDS spoken_digit: {len(data)} classes of {len(set(data.groups))} speakers", verbose)
   return data
+
+
+def _speed(wave: np.ndarray, factor: float) -> np.ndarray:
+  """``wave`` played ``factor`` times faster (pitch and formants x factor), same length."""
+  n = len(wave)
+  out = np.interp(np.arange(0, n, factor), np.arange(n), wave).astype(np.float32)
+  return out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))
+
+
+def shift_voices(data: ClassDataset, semitones: Sequence[float]) -> ClassDataset:
+  """Each class and its copies played faster or slower by ``semitones`` as new classes.
+
+  A copy at ``+s`` semitones is the clip resampled by ``2 ** (s / 12)``: pitch, formants
+  and tempo all move, as for a speaker with a shorter (or longer) vocal tract, so each
+  shift is a new voice for meta-training (as rotations make new Omniglot classes). A copy
+  keeps its speaker's group, so splits stay disjoint; names get ``/pitch+3`` etc. Make
+  them from meta-training speakers only, never from a test speaker.
+  """
+  names, images, groups = list(data.names), list(data.images), list(data.groups)
+  for st in semitones:
+    if float(st) == 0:
+      raise DataError("shift_voices: a shift of 0 semitones copies the data; drop it.")
+    factor = 2.0 ** (float(st) / 12)
+    for n, x, g in zip(data.names, data.images, data.groups):
+      names.append(f"{n}/pitch{float(st):+g}")
+      images.append(np.stack([_speed(w, factor) for w in x]))
+      groups.append(g)
+  shifts = ", ".join(f"{float(s):+g}" for s in semitones)
+  return ClassDataset(
+    names, images, groups, data.source + f" (+ voices shifted by {shifts} semitones as classes)"
+  )
 
 
 def fit_stats(train: ClassDataset, spec: SpecConfig) -> SpecStats:
