@@ -187,7 +187,9 @@ def train_and_evaluate(
   table = report.markdown_table(config, summary, info)
   with open(os.path.join(eval_dir, "summary.json"), "w") as fh:
     json.dump(
-      jsonable({"summary": summary, "info": info, "config": config.to_dict()}), fh, indent=1
+      jsonable({"kind": "voices", "summary": summary, "info": info, "config": config.to_dict()}),
+      fh,
+      indent=1,
     )
   with open(os.path.join(eval_dir, "results.md"), "w") as fh:
     fh.write(table + f"\n\nWall time: {t_total:.0f} s.\n")

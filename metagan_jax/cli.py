@@ -392,8 +392,10 @@ def generate(args) -> dict:
   if kind == "audio":  # Griffin-Lim: the samples as sound
     spg = run.preprocessing.spectrogram
     iters = int(run.config.get("oracles", {}).get("gl_iters", 64))
-    waves = [spg.decode(x, iters=iters) for x in samples]
-    support_waves = [spg.decode(x, iters=iters) for x in supports]
+    # one Griffin-Lim call (one compiled program) per class for its samples and support
+    both = [spg.decode(np.concatenate([x, s]), iters=iters) for x, s in zip(samples, supports)]
+    waves = [w[: len(x)] for w, x in zip(both, samples)]
+    support_waves = [w[len(x) :] for w, x in zip(both, samples)]
   t_adapt = time.perf_counter() - t0
   bar.update(1)
   if not all(np.all(np.isfinite(x)) for x in samples):

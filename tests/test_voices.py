@@ -50,6 +50,7 @@ def test_tiny_run_scores_every_row_and_writes_sound(voices_run):
   work = voices_run["workdir"]
   with open(os.path.join(work, "eval", "summary.json")) as f:
     doc = json.load(f)
+  assert doc["kind"] == "voices"  # what the docs' results tables render it by
   cells = doc["summary"]["cells"]
   for row in ("real", "roundtrip", "copy", "reptile|2", "transfer|2", "reptile|0"):
     assert row in cells, sorted(cells)
