@@ -95,7 +95,7 @@ class SpecConfig:
 
   @property
   def num_samples(self) -> int:
-    """Samples of the fixed-length clip: ``hop * (frames - 1)`` (centred frames)."""
+    """The fixed clip length in samples, ``hop * (frames - 1)`` (the frames are centred)."""
     return self.hop * (self.frames - 1)
 
   @property

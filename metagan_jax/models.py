@@ -1251,9 +1251,18 @@ def specgan(
   spectrograms and turns samples back into sound.
 
   Args:
-    n_mels, frames: the spectrogram's height and width, multiples of 4.
-    z_dim, g_width, d_width, w_dim, mapping_layers, g_norm, spectral,
-      power_iters, up, matmul_dtype: as in :func:`fsgan28`.
+    n_mels: the spectrogram's height (mel bins), a multiple of 4.
+    frames: its width (STFT frames), a multiple of 4.
+    z_dim: latent size.
+    g_width: generator channels at half the output's size.
+    d_width: discriminator channels at half the input's size.
+    w_dim: width of the latent mapping's output.
+    mapping_layers: depth of the latent mapping.
+    g_norm: the generator's normalisation, as in :func:`fsgan28`.
+    spectral: spectral normalisation of every discriminator weight.
+    power_iters: power iterations per spectral norm.
+    up: the generator's x2 upsampling, ``"transposed"`` or ``"nearest"``.
+    matmul_dtype: ``None`` or ``"bfloat16"``.
   """
   for name, v in (("n_mels", n_mels), ("frames", frames)):
     if not isinstance(v, int) or v < 4 or v % 4:

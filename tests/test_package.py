@@ -103,7 +103,11 @@ def test_readme_tables_are_those_of_the_committed_results():
     with open(os.path.join(results, name)) as f:
       res = json.load(f)
     config = ml_collections.ConfigDict(res["config"])
-    if "tuning" in res:  # a learned-optimiser run (experiments/lopt_omniglot.py)
+    if res.get("kind") == "voices":  # experiments/voices.py
+      from experiments.protocol import voices_report  # pylint: disable=g-import-not-at-top
+
+      tables[name] = voices_report.markdown_table(config, res["summary"], res["info"])
+    elif "tuning" in res:  # a learned-optimiser run (experiments/lopt_omniglot.py)
       from experiments import lopt_omniglot  # pylint: disable=g-import-not-at-top
 
       tables[name] = lopt_omniglot.markdown_table(

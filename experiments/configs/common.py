@@ -158,6 +158,7 @@ def voices_config() -> ml_collections.ConfigDict:
   c.oracles.shift = 2  # random shifts in time of up to 2 frames (48 ms)
   c.oracles.gl_iters = 64  # Griffin-Lim iterations of every inverted clip
   c.oracles.seed = 0
+  c.oracles.clips_per_class = 0  # 0: all 25 of each role (the tests keep fewer)
   c.oracles.cache_dir = "runs/cache"
   c.folds = "0,2,4"  # the folds a run trains and scores (each its own run folder)
   c.eval.steps = "0,10"

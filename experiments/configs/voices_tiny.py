@@ -28,6 +28,7 @@ def get_config():
   c.train.log_every = 1
   c.train.sample_every = 2
   c.oracles.steps = 20
+  c.oracles.clips_per_class = 3  # of recordings 0-24 to train on, and of 25-49 to report on
   c.oracles.gl_iters = 4
   c.eval.steps = "0,2"
   c.eval.headline = 2

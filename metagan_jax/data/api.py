@@ -22,8 +22,8 @@ __all__ = [
 OMNIGLOT_NAMES = ("omniglot", "omniglot28", "tfds:omniglot")
 #: Dataset names that load one's own images (a folder, or an ``.npz`` file).
 USER_NAMES = ("folder", "npz")
-#: Dataset names that load recordings, as log-mel spectrograms: FSDD's folder, TFDS
-#: ``spoken_digit`` (FSDD's older release) and a folder of one's own recordings.
+#: Dataset names that load recordings as log-mel spectrograms (FSDD's folder, TFDS
+#: ``spoken_digit``, which is FSDD's older release, and a folder of one's own recordings).
 AUDIO_NAMES = ("fsdd", "tfds:spoken_digit", "spoken_digit", "audio_folder")
 
 
