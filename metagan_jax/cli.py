@@ -82,8 +82,14 @@ def read_images(
     if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f))
   )
   if not files:
+    others = sorted(
+      f for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f)) and "." in f
+    )
     raise UsageError(
-      f"--images {folder}: no image files in it (looked for {', '.join(IMAGE_EXTENSIONS)})."
+      f"--images {folder}: no image files in it, nor recordings (looked for "
+      f"{', '.join(IMAGE_EXTENSIONS)} and, for a run on recordings, "
+      f"{', '.join(AUDIO_EXTENSIONS)})"
+      + (f"; found {', '.join(others[:3])}: convert them to one of those." if others else ".")
     )
   images, names, skipped = [], [], []
   for f in files:
@@ -367,13 +373,14 @@ def generate(args) -> dict:
   if kind == "audio":
     from metagan_jax.data.sources import DataError  # pylint: disable=g-import-not-at-top
 
-    try:
-      supports = tuple(
-        run.preprocessing.apply_audio(*c[1], [os.path.join(f, n) for n in c[2]])
+    try:  # every recording of every class is checked before anything is compiled
+      clips = [
+        run.preprocessing.prepare_audio(*c[1], [os.path.join(f, n) for n in c[2]])
         for c, f in zip(classes, folders)
-      )
+      ]
     except DataError as e:
       raise UsageError(f"--images: {e}") from None
+    supports = tuple(run.preprocessing.spectrogram.encode(x) for x in clips)
     flips = [[False] * len(c[2]) for c in classes]
   else:
     supports, flips = zip(*(prepare(c[1], run.preprocessing, args.invert) for c in classes))
@@ -433,6 +440,11 @@ def generate(args) -> dict:
         notes.append(
           f"{len(names)} {what}, more than the {run.train_k} per class the run was "
           f"meta-trained on: every adaptation step uses all of them as one batch."
+        )
+      elif len(names) < run.train_k:
+        notes.append(
+          f"{len(names)} {what}, fewer than the {run.train_k} per class the run was "
+          f"meta-trained and evaluated with: expect samples closer to these {len(names)}."
         )
       rep = {
         **common,

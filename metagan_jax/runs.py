@@ -79,11 +79,13 @@ class Preprocessing:
     """``"audio"`` for a run on recordings, else ``"image"``."""
     return "image" if self.spectrogram is None else "audio"
 
-  def apply_audio(self, waves, rates: Sequence[int], what: Sequence[str] | None = None):
-    """Recordings (1-D float arrays in [-1, 1] at ``rates``) -> ``[N, n_mels, frames, 1]``.
+  def prepare_audio(self, waves, rates: Sequence[int], what: Sequence[str] | None = None):
+    """Recordings (1-D float arrays in [-1, 1] at ``rates``) -> clips ``[N, num_samples]``.
 
     Each clip is resampled to the run's rate, trimmed of silence,
-    loudness-normalised and cut or padded to the run's length, as in training.
+    loudness-normalised and cut or padded to the run's length, as in training; a
+    silent clip, or one shorter than an STFT window, is a ``DataError`` naming it
+    (``what``: the clips' names). Nothing is compiled.
     """
     from metagan_jax.data import audio  # pylint: disable=g-import-not-at-top
 
@@ -91,8 +93,12 @@ class Preprocessing:
       raise RunError("this run draws images, not sound; use apply(images).")
     spec = self.spectrogram.spec
     names = list(what) if what is not None else [f"clip {i}" for i in range(len(waves))]
-    clips = [audio.prepare_clip(w, r, spec, n) for w, r, n in zip(waves, rates, names)]
-    return self.spectrogram.encode(np.stack(clips))
+    return np.stack([audio.prepare_clip(w, r, spec, n) for w, r, n in zip(waves, rates, names)])
+
+  def apply_audio(self, waves, rates: Sequence[int], what: Sequence[str] | None = None):
+    """Recordings (1-D float arrays in [-1, 1] at ``rates``) -> ``[N, n_mels, frames, 1]``:
+    :meth:`prepare_audio`, then the run's spectrogram."""
+    return self.spectrogram.encode(self.prepare_audio(waves, rates, what))
 
   def apply(self, imgs, invert: bool | None = None) -> np.ndarray:
     """Raw images (uint8 0..255 or float 0..1, any size) -> float32 ``[N, S, S, C]`` in [-1, 1].

@@ -176,3 +176,76 @@ def test_copy_baseline_shifts_the_support_in_time_and_pitch():
     peak = f[np.argmax(np.abs(np.fft.rfft(w)))]
     assert 300 * 2 ** (-1 / 12) - 3 <= peak <= 300 * 2 ** (1 / 12) + 3  # within a semitone
   assert not np.allclose(copies[0, 0], copies[0, 2])  # each copy its own shift
+
+
+def test_validation_trials_never_use_the_folds_test_speaker(fsdd_dir):
+  from experiments.configs import voices_tiny  # pylint: disable=g-import-not-at-top
+  from experiments.protocol import voices  # pylint: disable=g-import-not-at-top
+
+  config = voices_tiny.get_config()
+  config.data_dir = str(fsdd_dir)
+  config.fold = 2  # test lucas, validation nicolas
+  val = voices.fold_classes(config, "val")
+  test = voices.fold_classes(config, "test")
+  assert val["speaker"] == "nicolas"
+  assert val["other_speakers"]["3"] == ["george", "jackson", "theo", "yweweler"]
+  assert test["other_speakers"]["3"] == ["george", "jackson", "nicolas", "theo", "yweweler"]
+  assert len(val["others"]["3"]) == 4 and len(test["others"]["3"]) == 5
+
+
+class _FakeOracles:
+  """Oracles that read a clip's embedding and labels off its first samples."""
+
+  speakers = ["a", "b", "c"]
+  digits = ["0", "1"]
+
+  def embed(self, w):
+    return np.asarray(w, np.float64)[:, :3]
+
+  def speaker_logits(self, w):
+    return np.eye(3)[np.asarray(w)[:, 3].astype(int)]
+
+  def digit_logits(self, w):
+    return np.eye(2)[np.asarray(w)[:, 4].astype(int)]
+
+
+def _clips(emb, speaker, digit):
+  n = len(emb)
+  return np.concatenate([emb, np.full((n, 1), speaker), np.full((n, 1), digit)], 1)
+
+
+def test_scores_exclude_self_in_trials_and_memorisation_and_know_their_answers():
+  from experiments.protocol import voices  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  held = _clips(rng.normal(size=(6, 3)), 0, 1)  # speaker "a", digit "1"; K = 2 support
+  sup = _clips(rng.normal(size=(2, 3)) + 5.0, 0, 1)
+  others = [_clips(rng.normal(size=(4, 3)), s, 1) for s in (1, 2)]
+  cls = {
+    "digits": ["1"],
+    "speaker": "a",
+    "support_wave": sup[None],
+    "heldout_wave": held[None],
+    "others": {"1": others},
+  }
+  orc = _FakeOracles()
+  per, t, nt = voices._scores(orc, held[None], cls, exclude_self=True)  # the real row
+  cos = mg.metrics.cosine_similarity(held[:, :3], held[:, :3])
+  want = [(cos[i].sum() - cos[i, i]) / 5 for i in range(6)]  # never the clip itself
+  np.testing.assert_allclose(t[0], want)
+  want_nt = np.stack(
+    [mg.metrics.cosine_similarity(held[:, :3], o[:, :3]).mean(1) for o in others], 1
+  )
+  np.testing.assert_allclose(nt[0], want_nt.ravel())
+  assert per["voice_fidelity"][0] == 1.0 and per["digit_fidelity"][0] == 1.0
+  np.testing.assert_allclose(per["voice_margin"][0], np.mean(want) - want_nt.mean())
+  # memorisation: clips 2.. against the K = 2 support and the first 2 held-out clips
+  e = held[:, :3] / np.sqrt(np.mean(held[:, :3] ** 2))
+  s = sup[:, :3] / np.sqrt(np.mean(held[:, :3] ** 2))
+  d = lambda x, y: np.sqrt(((x[:, None] - y[None]) ** 2).sum(-1)).min(1).mean()
+  np.testing.assert_allclose(per["memorisation"][0], d(e[2:], s) / d(e[2:], e[:2]), rtol=1e-6)
+  # a generated row: every clip against every held-out clip, wrong labels counted
+  gen = _clips(rng.normal(size=(4, 3)), 1, 0)
+  per_g, t_g, _ = voices._scores(orc, gen[None], cls, exclude_self=False)
+  np.testing.assert_allclose(t_g[0], mg.metrics.cosine_similarity(gen[:, :3], held[:, :3]).mean(1))
+  assert per_g["voice_fidelity"][0] == 0.0 and per_g["digit_fidelity"][0] == 0.0

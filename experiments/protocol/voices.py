@@ -79,12 +79,15 @@ def fold_classes(config, split: str = "test") -> dict:
   """The fold's ``split`` speaker's classes, supports and held-out clips.
 
   Support clips of class ``c`` are K of recordings 25-49 drawn with
-  ``default_rng([eval.split_seed, fold, c])``; the rest are held out.
+  ``default_rng([eval.split_seed, fold, c])``; the rest are held out. The non-target
+  speakers of its verification trials are all the others, except that the validation
+  speaker's never include the fold's test speaker.
 
   Returns:
     ``{"names", "speaker", "digits", "support_wave" [C, K, L], "heldout_wave"
     [C, H, L], "support" [C, K, n_mels, frames, 1] (model inputs),
-    "others": {digit: [other speakers' held-out clips [H', L]]}, "spectrogram",
+    "others": {digit: [other speakers' held-out clips [H', L]]}, "other_speakers": {digit:
+    [their names]}, "spectrogram",
     "indices": {name: {"support": [...], "heldout": [...]}}}``.
   """
   raw = raw_clips(config)
@@ -104,13 +107,16 @@ def fold_classes(config, split: str = "test") -> dict:
     idx[name] = {"support": s.tolist(), "heldout": h.tolist()}
   speaker = raw.groups[raw.names.index(names[0])]
   digits = [n.split("/")[-1] for n in names]
+  # The non-target speakers of the verification trials: every other speaker, except that the
+  # validation speaker's trials (which choose rules and the headline method) never use the
+  # fold's test speaker, whose recordings 25-49 are its supports and held-out clips.
+  test_speaker = raw.groups[raw.names.index(by["test"][0])]
+  excluded = {speaker} | ({test_speaker} if split != "test" else set())
+  other_speakers = {
+    d: [o for o in speakers if o not in excluded and f"{o}/{d}" in raw.names] for d in digits
+  }
   others = {
-    d: [
-      raw.images[raw.names.index(f"{o}/{d}")][ev]
-      for o in speakers
-      if o != speaker and f"{o}/{d}" in raw.names
-    ]
-    for d in digits
+    d: [raw.images[raw.names.index(f"{o}/{d}")][ev] for o in other_speakers[d]] for d in digits
   }
   spectrogram = fold_spectrogram(config)
   sup = np.stack(sup)
@@ -124,6 +130,7 @@ def fold_classes(config, split: str = "test") -> dict:
       *sup.shape[:2], *spectrogram.spec.image_shape
     ),
     "others": others,
+    "other_speakers": other_speakers,
     "spectrogram": spectrogram,
     "indices": idx,
   }
@@ -196,9 +203,13 @@ def _scores(orc, waves_CxNxL, cls: dict, exclude_self: bool) -> tuple[dict, list
     per["diversity"][c] = scoring._ratio(  # pylint: disable=protected-access
       M.mean_pairwise_distance(e_gen[c]), M.mean_pairwise_distance(e_held[c])
     )
+    # distance to the nearest support clip over the distance to the nearest of K held-out
+    # clips; the real and round-trip rows score their clips K.. only, against clips ..K
+    # (clip i is held-out clip i, or its round trip: it must not be its own neighbour)
+    trials = e_gen[c][K:] if exclude_self else e_gen[c]
     per["memorisation"][c] = scoring._ratio(  # pylint: disable=protected-access
-      M.nearest_neighbour_distance(e_gen[c], e_sup[c]).mean(),
-      M.nearest_neighbour_distance(e_gen[c], e_held[c][:K]).mean(),
+      M.nearest_neighbour_distance(trials, e_sup[c]).mean(),
+      M.nearest_neighbour_distance(trials, e_held[c][:K]).mean(),
     )
   return per, targets, nontargets
 

@@ -268,9 +268,18 @@ def _load_audio_split(
   by_split["all"] = list(full.names)
   splits.check_disjoint(by_split)
   if spectrogram is None:
-    # The moments come from the meta-training voices only (every class for a
-    # folder with no training split, e.g. one's own recordings under split='all').
-    fit_on = by_split["train"] or by_split["all"]
+    # The moments come from the meta-training voices only; only split='all' without folds
+    # (one's own recordings, none held out) falls back to every class when no group is in
+    # the training split.
+    fit_on = by_split["train"]
+    if not fit_on and split == "all" and fold is None:
+      fit_on = by_split["all"]
+    if not fit_on:
+      raise DataError(
+        f"the training split of {full.source} is empty, so there are no meta-training voices "
+        f"to normalise the spectrograms by; give the split a training fraction, or pass a "
+        f"trained run's spectrogram= (its moments)."
+      )
     spectrogram = Spectrogram(spec, audio.fit_stats(full.select(fit_on), spec))
   if run_dir is not None:
     path = splits.write_split(

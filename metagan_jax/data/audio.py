@@ -234,9 +234,10 @@ def load_fsdd(
 ) -> ClassDataset:
   """FSDD: one class per (speaker, digit), named ``speaker/digit``, grouped by speaker.
 
-  Each class holds the clips ``[50, num_samples]`` in recording order, so index
-  ``i`` is the file ``{digit}_{speaker}_{i}.wav`` (the voices protocol gives
-  recordings 0-24 to its oracles and 25-49 to supports and held-out clips).
+  Each class holds its clips ``[n, num_samples]`` sorted by recording index; with
+  all 50 of FSDD present, position ``i`` is the file ``{digit}_{speaker}_{i}.wav``
+  (the voices protocol, which checks for 50, gives recordings 0-24 to its oracles
+  and 25-49 to supports and held-out clips).
 
   Args:
     data_dir: the FSDD folder (default :func:`find_fsdd`).
@@ -314,6 +315,11 @@ def load_audio_folder(
     classes.append((root.name, root.name, root))
   for d in subdirs:
     inner = sorted(x for x in d.iterdir() if x.is_dir() and not x.name.startswith("."))
+    if inner and files(d):
+      raise DataError(
+        f"audio folder {str(d)!r} mixes recordings and class sub-folders; put its recordings "
+        f"in a class sub-folder (<speaker>/<class>/...), or drop the sub-folders."
+      )
     if inner:
       classes += [(f"{d.name}/{x.name}", d.name, x) for x in inner]
     else:
