@@ -871,19 +871,31 @@ def fsgan28(
       convs, the default) or ``"nearest"`` (nearest-neighbour x2 then a 3x3 conv).
     matmul_dtype: ``None`` or ``"bfloat16"``, as in :func:`dcgan28`.
   """
+  return _fsgan_pair(
+    "fsgan28", (28, 28), channels, z_dim, g_width, d_width, w_dim, mapping_layers, g_norm,
+    spectral, power_iters, up, matmul_dtype,
+  )  # fmt: skip
+
+
+def _fsgan_pair(
+  name, hw, channels, z_dim, g_width, d_width, w_dim, mapping_layers, g_norm, spectral,
+  power_iters, up, matmul_dtype,
+) -> GanModel:  # fmt: skip
+  """The fsgan28 family at ``hw = (H, W)`` (multiples of 4): checks, then the pair."""
   _norm(g_norm, "check")
   md = _check_matmul_dtype(matmul_dtype, "matmul")
   if up not in ("transposed", "nearest"):
-    raise ValueError(f"fsgan28: up={up!r}; use 'transposed' or 'nearest'.")
-  _check_group_width("fsgan28", g_norm, g_width)
+    raise ValueError(f"{name}: up={up!r}; use 'transposed' or 'nearest'.")
+  _check_group_width(name, g_norm, g_width)
+  seed = (hw[0] // 4, hw[1] // 4)  # the generator doubles its first map twice
   return GanModel(
-    "fsgan28",
+    name,
     z_dim,
-    (28, 28, channels),
-    FSGAN28Generator(g_width, channels, w_dim, mapping_layers, g_norm, up, md),
+    (*hw, channels),
+    FSGAN28Generator(g_width, channels, w_dim, mapping_layers, g_norm, up, md, seed),
     FSGAN28Discriminator(d_width, spectral, power_iters, md),
     mapping=Mapping(w_dim, mapping_layers, md) if mapping_layers else None,
-    synthesis=(_Synthesis(g_width, channels, g_norm, up, md) if mapping_layers else None),
+    synthesis=(_Synthesis(g_width, channels, g_norm, up, md, seed) if mapping_layers else None),
   )
 
 
@@ -1270,21 +1282,10 @@ def specgan(
         f"specgan: {name}={v!r}; the generator doubles its map twice, so use a multiple of 4 "
         f"(e.g. 64 mel bins x 32 frames)."
       )
-  _norm(g_norm, "check")
-  md = _check_matmul_dtype(matmul_dtype, "matmul")
-  if up not in ("transposed", "nearest"):
-    raise ValueError(f"specgan: up={up!r}; use 'transposed' or 'nearest'.")
-  _check_group_width("specgan", g_norm, g_width)
-  seed = (n_mels // 4, frames // 4)
-  return GanModel(
-    "specgan",
-    z_dim,
-    (n_mels, frames, 1),
-    FSGAN28Generator(g_width, 1, w_dim, mapping_layers, g_norm, up, md, seed),
-    FSGAN28Discriminator(d_width, spectral, power_iters, md),
-    mapping=Mapping(w_dim, mapping_layers, md) if mapping_layers else None,
-    synthesis=(_Synthesis(g_width, 1, g_norm, up, md, seed) if mapping_layers else None),
-  )
+  return _fsgan_pair(
+    "specgan", (n_mels, frames), 1, z_dim, g_width, d_width, w_dim, mapping_layers, g_norm,
+    spectral, power_iters, up, matmul_dtype,
+  )  # fmt: skip
 
 
 _REGISTRY: dict[str, Callable[..., GanModel]] = {

@@ -37,16 +37,11 @@ ORACLE_RECORDINGS = range(0, 25)
 EVAL_RECORDINGS = range(25, 50)
 
 
-def _all_clips(config, verbose: bool) -> mg.data.ClassDataset:
+def all_clips(config, verbose: bool = True) -> mg.data.ClassDataset:
   """Every class's raw clips ``[50, num_samples]`` (no split, no spectrogram)."""
-  spec = train_lib.spec_config(config)
-  if config.dataset == "fsdd":
-    return mg.data.load_fsdd(config.data_dir or None, spec=spec, verbose=verbose)
-  if config.dataset in ("tfds:spoken_digit", "spoken_digit"):
-    return mg.data.load_tfds_spoken_digit(
-      data_dir=config.data_dir or None, spec=spec, verbose=verbose
-    )
-  return mg.data.load_audio_folder(config.data_dir, spec=spec, verbose=verbose)
+  return mg.data.audio.load_recordings(
+    config.dataset, config.data_dir or None, spec=train_lib.spec_config(config), verbose=verbose
+  )
 
 
 class Oracles:
@@ -119,7 +114,7 @@ def oracles(config, verbose: bool = True) -> tuple[Oracles, dict]:
   """
   oc = config.oracles
   spec = train_lib.spec_config(config)
-  data = _all_clips(config, verbose)
+  data = all_clips(config, verbose)
   speakers = sorted(set(data.groups))
   digits = sorted({n.split("/")[-1] for n in data.names})
   counts = set(data.counts.tolist())

@@ -45,23 +45,13 @@ VOICE_METRICS = (
 
 
 @functools.cache
-def _raw_clips(dataset: str, data_dir: str, spec_json: str) -> mg.data.ClassDataset:
-  import json  # pylint: disable=g-import-not-at-top
-
-  import ml_collections  # pylint: disable=g-import-not-at-top
-
-  c = ml_collections.ConfigDict(
-    {"dataset": dataset, "data_dir": data_dir, "spec": json.loads(spec_json)}
-  )
-  return oracles_lib._all_clips(c, verbose=False)  # pylint: disable=protected-access
+def _raw_clips(dataset: str, data_dir: str, spec: mg.audio.SpecConfig) -> mg.data.ClassDataset:
+  return mg.data.audio.load_recordings(dataset, data_dir or None, spec=spec, verbose=False)
 
 
 def raw_clips(config) -> mg.data.ClassDataset:
   """Every class's raw clips ``[50, num_samples]`` (read once per process)."""
-  import json  # pylint: disable=g-import-not-at-top
-
-  spec = train_lib.spec_config(config)
-  return _raw_clips(config.dataset, config.data_dir or "", json.dumps(spec.to_dict()))
+  return _raw_clips(config.dataset, config.data_dir or "", train_lib.spec_config(config))
 
 
 def fold_spectrogram(config) -> mg.audio.Spectrogram:

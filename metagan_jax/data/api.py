@@ -238,16 +238,9 @@ def _load_audio_split(
   if spectrogram is not None:
     spec = spectrogram.spec
   spec = SpecConfig() if spec is None else spec
-  if dataset == "fsdd":
-    full = audio.load_fsdd(data_dir, spec=spec, verbose=verbose)
-  elif dataset == "audio_folder":
-    if data_dir is None:
-      raise DataError("dataset='audio_folder' needs data_dir= the folder of recordings.")
-    full = audio.load_audio_folder(data_dir, spec=spec, min_clips=min_clips, verbose=verbose)
-  else:
-    full = audio.load_tfds_spoken_digit(
-      data_dir=data_dir, download=download, spec=spec, verbose=verbose
-    )
+  full = audio.load_recordings(
+    dataset, data_dir, spec=spec, min_clips=min_clips, download=download, verbose=verbose
+  )
   if min(full.counts) < min_clips:
     small = [n for n, c in zip(full.names, full.counts) if c < min_clips][:3]
     raise DataError(

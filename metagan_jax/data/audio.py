@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metagan_jax.audio import SpecConfig, SpecStats, Spectrogram
+from metagan_jax.audio import SpecConfig, SpecStats, Spectrogram, fix_length
 from metagan_jax.data.sources import ClassDataset, DataError, announce
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
   "load_fsdd",
   "load_audio_folder",
   "load_tfds_spoken_digit",
+  "load_recordings",
   "fit_stats",
   "to_spectrograms",
   "shift_voices",
@@ -169,8 +170,7 @@ def prepare_clip(wave: np.ndarray, rate: int, spec: SpecConfig, what: str) -> np
   rms = float(np.sqrt(np.mean(wave**2)))
   wave = wave * (_TARGET_RMS / max(rms, 1e-8))
   wave = wave / max(1.0, float(np.abs(wave).max()) / 0.99)  # never clip
-  n = spec.num_samples
-  return wave[:n] if len(wave) >= n else np.pad(wave, (0, n - len(wave)))
+  return fix_length(wave, spec)
 
 
 def _read_clip(path: Path, spec: SpecConfig, verbose: bool) -> np.ndarray:
@@ -393,6 +393,30 @@ def load_tfds_spoken_digit(
   data = _grouped(keyed, f"TFDS spoken_digit ({split}) from {builder.data_dir}", 1)
   announce(f"TFDS spoken_digit: {len(data)} classes of {len(set(data.groups))} speakers", verbose)
   return data
+
+
+def load_recordings(
+  dataset: str,
+  data_dir=None,
+  *,
+  spec: SpecConfig = DEFAULT_SPEC,
+  min_clips: int = 1,
+  download: bool = False,
+  verbose: bool = True,
+) -> ClassDataset:
+  """Every class's raw clips from ``dataset`` (``"fsdd"``, ``"audio_folder"``,
+  ``"tfds:spoken_digit"`` or ``"spoken_digit"``), no split, no spectrogram."""
+  if dataset == "fsdd":
+    return load_fsdd(data_dir, spec=spec, verbose=verbose)
+  if dataset == "audio_folder":
+    if data_dir is None:
+      raise DataError("dataset='audio_folder' needs data_dir= the folder of recordings.")
+    return load_audio_folder(data_dir, spec=spec, min_clips=min_clips, verbose=verbose)
+  if dataset in ("tfds:spoken_digit", "spoken_digit"):
+    return load_tfds_spoken_digit(data_dir=data_dir, download=download, spec=spec, verbose=verbose)
+  raise DataError(
+    f"{dataset!r} is not a source of recordings; use 'fsdd', 'audio_folder' or 'tfds:spoken_digit'."
+  )
 
 
 def _speed(wave: np.ndarray, factor: float) -> np.ndarray:
