@@ -1,12 +1,17 @@
-"""The DAGAN augmentation protocol on finished runs (issue 43): one command, one table.
+"""The augmentation protocol on finished runs: one command, one table.
 
 For every run of ``--config.runs`` and every T of ``dagan.sample_steps``, a pool of
-generated images per class and K-subset, then the four arms' CNNs (``real`` and
-``jitter`` once, shared by all rows) and their t-tests. Writes ``<workdir>/dagan.json``,
-``dagan.md`` (the table) and ``<row>_T<t>.png`` (per class: the K images, then pool
-samples). See experiments/configs/dagan.py for the commands.
+generated images per class and K-subset, then the arms' classifiers
+(``experiments/protocol/dagan.py``; ``real``, ``aug`` and the control ``aug_copies``
+once, shared by all rows), their curves and t-tests, and the pool's class fidelity and
+diversity. With ``dagan.filter=prototype``, the pool is also selected from
+``dagan.filter_candidates`` times as many samples and the generated arms run again on
+it. Writes ``<workdir>/dagan.json``, ``dagan.md`` (the table) and ``<row>_T<t>.png``
+(per class: the K images, then pool samples). See experiments/configs/dagan.py for the
+commands.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -20,7 +25,9 @@ import numpy as np  # noqa: E402
 
 import metagan_jax as mg  # noqa: E402
 from experiments import train_lib  # noqa: E402
-from experiments.protocol import dagan, report  # noqa: E402
+from experiments.configs import common  # noqa: E402
+from experiments.protocol import dagan, features, report  # noqa: E402
+from metagan_jax import metrics as M  # noqa: E402
 
 
 def parse_runs(spec: str) -> list[tuple[str, str, str]]:
@@ -72,32 +79,46 @@ def _with_dagan(cfg, command_config):
   return cfg
 
 
-# dagan fields that change neither the classes nor the real and jitter arms
-_ROW_ONLY = ("pool", "psi", "sample_steps", "grid_classes", "max_classes")
+# dagan fields that change no arm trained without the row's samples (real, aug, aug_copies)
+_ROW_ONLY = (
+  "pool",
+  "psi",
+  "sample_steps",
+  "grid_classes",
+  "max_classes",
+  "filter",
+  "filter_candidates",
+)
+_BASE = ("real", "aug", "aug_copies")  # arms that do not use the row's samples
 
 
 def _arms_key(cfg, names) -> dict:
-  """What the ``real`` and ``jitter`` arms depend on: the classes and classifier settings."""
+  """What the arms without samples depend on: the classes and classifier settings."""
   key = {k: v for k, v in cfg.dagan.to_dict().items() if k not in _ROW_ONLY}
   key["classes"] = list(names)
   return key
 
 
 def _base_arms(cfg, tr, te, names, workdir: str) -> dict:
-  """The ``real`` and ``jitter`` arms, or the copy a previous call in ``workdir`` saved for
-  the same classes and classifier settings (they do not depend on the rows)."""
+  """:data:`_BASE`'s arms, or the copy a previous call in ``workdir`` saved for the same
+  classes and classifier settings (they do not depend on the rows)."""
   key = _arms_key(cfg, names)
   path = os.path.join(workdir, "base_arms.json")
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
-    if saved["key"] == key:
-      print(f"real and jitter arms from {path}")
-      return {a: np.asarray(v) for a, v in saved["acc"].items()}
-  acc = dagan.train_arms(cfg, tr, te, None, ("real", "jitter"), int(cfg.dagan.seed))
+    if saved["key"] == key and "curve" in saved:
+      print(f"arms {', '.join(_BASE)} from {path}")
+      return {
+        "acc": {a: np.asarray(v) for a, v in saved["acc"].items()},
+        "curve": {a: np.asarray(v) for a, v in saved["curve"].items()},
+        "curve_steps": saved["curve_steps"],
+      }
+  arms = [a for a in dagan.arms_of(cfg) if a.name in _BASE]
+  got = dagan.train_arms(cfg, tr, te, None, arms, int(cfg.dagan.seed))
   with open(path, "w") as f:
-    json.dump({"key": key, "acc": {a: v.tolist() for a, v in acc.items()}}, f)
-  return acc
+    json.dump({"key": key, **report.jsonable(got)}, f)
+  return got
 
 
 def pool_grid(train_CxK, pool_CxP, n: int = 8) -> np.ndarray:
@@ -106,8 +127,118 @@ def pool_grid(train_CxK, pool_CxP, n: int = 8) -> np.ndarray:
   return train_lib.image_grid(np.concatenate(rows), cols=train_CxK.shape[1] + 1 + n)
 
 
+def pool_scores(feat_fn, train_SxCxK, test_SxCxH, pool_SxCxP) -> dict:
+  """Class fidelity and diversity of a pool, in the fidelity feature network's space.
+
+  Fidelity: the share of images nearest (in the feature space) to their own class's
+  prototype, the mean of its test images; ``fidelity_real`` is the same for the K
+  real images. Diversity: mean pairwise distance within a class, over the test
+  images'. Means over classes and subsets.
+  """
+  fid, fid_real, div = [], [], []
+  for tr, te, pool in zip(train_SxCxK, test_SxCxH, pool_SxCxP):
+    f_te, f_tr, f_p = feat_fn(te), feat_fn(tr), feat_fn(pool)
+    protos = f_te.mean(1)
+    C = len(protos)
+    for c in range(C):
+      fid.append(M.nearest_prototype_accuracy(f_p[c], np.full(len(f_p[c]), c), protos))
+      fid_real.append(M.nearest_prototype_accuracy(f_tr[c], np.full(len(f_tr[c]), c), protos))
+      div.append(M.mean_pairwise_distance(f_p[c]) / max(M.mean_pairwise_distance(f_te[c]), 1e-12))
+  fidelity, real = float(np.mean(fid)), float(np.mean(fid_real))
+  return {
+    "fidelity": fidelity,
+    "fidelity_real": real,
+    "fidelity_ratio": fidelity / real if real > 0 else float("nan"),
+    "diversity": float(np.mean(div)),
+  }
+
+
+def filter_net(cfg):
+  """The selection filter's embedding: a second feature CNN on the meta-training classes,
+  with its own seed and width, so that it is not the network that scores fidelity."""
+  fcfg = ml_collections.ConfigDict(cfg.to_dict())
+  fcfg.features.seed = int(cfg.features.seed) + 1000
+  fcfg.features.dim = 2 * int(cfg.features.dim)
+  fn, info = features.feature_net(fcfg, verbose=False)
+  return fn, info
+
+
+def select(embed_fn, train_SxCxK, cand_SxCxM, n: int) -> tuple[np.ndarray, float]:
+  """Per subset, :func:`dagan.prototype_filter` then :func:`dagan.select_pool`: ``(pool, rate)``."""
+  pools, rates = [], []
+  for tr, cand in zip(train_SxCxK, cand_SxCxM):
+    f = dagan.prototype_filter(embed_fn, tr, cand)
+    pools.append(dagan.select_pool(cand, f["accept"], f["margin"], n))
+    rates.append(f["rate"])
+  return np.stack(pools), float(np.mean(rates))
+
+
+def _pct(v) -> str:
+  return f"{100 * np.mean(v):.1f} ± {100 * np.std(v, ddof=1):.1f}" if len(v) > 1 else "-"
+
+
+def _psi(r: dict) -> str:
+  return f" (psi {r['psi']:g})" if r.get("psi", 1.0) != 1.0 else ""
+
+
+def _pv(p: float) -> str:
+  return f"{p:.3f}" if p >= 0.001 else "<0.001"
+
+
 def markdown(out: dict) -> str:
-  """The table: accuracy per arm (mean +- std over subsets) and the gains with their p."""
+  """The table of a run of this script (the protocol's arms, or the first protocol's)."""
+  if out.get("protocol") != "fair":
+    return markdown_first_protocol(out)
+  a, dc = out["anchor"], out["config"]["dagan"]
+  aug = f"shifts of up to {dc['aug_shift']:g}"
+  if dc.get("aug_rotate"):
+    aug += f", rotations of up to {dc['aug_rotate']:g} degrees"
+  if dc.get("aug_scale"):
+    aug += f", scaling by up to {dc['aug_scale']:g}"
+  lines = [
+    f"Augmentation protocol, {out['split']} classes: {out['classes']} classes, K = {out['k']}, "
+    f"{out['subsets']} classifiers ({dc.get('classifier', 'cnn')}) per arm, {out['steps']} steps "
+    f"each; augmentation: {aug}; generated share {dc['share']:g} at weight {dc['weight']:g}; "
+    f"{dc['pool']} generated images per class and subset. Anchor (amurthy1/dagan_torch, "
+    f"K = {a['k']}): {a['real']} -> {a['dagan']} (+{a['gain']}).",
+    "",
+    "Without samples: " + ", ".join(f"{a} {_pct(v)}" for a, v in out["base"]["acc"].items()) + ".",
+  ]
+  if out["rows"]:
+    lines += [
+      "",
+      "| row | T | real | real + gen | aug | aug + gen | control | real + gen vs real (p) | "
+      "aug + gen vs aug (p) | fidelity / real |",
+      "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+  for r in out["rows"]:
+    acc, t = r["acc"], r["tests"]
+    for suffix, label in (("", ""), ("_filtered", " (filtered)")):
+      if "real_gen" + suffix not in acc:
+        continue
+      t1, t2 = t[f"real_gen{suffix} vs real"], t[f"aug_gen{suffix} vs aug"]
+      sc = r["pool" + suffix]
+      lines.append(
+        f"| {r['name']}{label} | {r['T']}{_psi(r)} | {_pct(acc['real'])} | {_pct(acc['real_gen' + suffix])}"
+        f" | {_pct(acc['aug'])} | {_pct(acc['aug_gen' + suffix])} | {_pct(acc['aug_copies'])} | "
+        f"{100 * t1['gain']:+.1f} ({_pv(t1['p'])}) | {100 * t2['gain']:+.1f} ({_pv(t2['p'])}) | "
+        f"{sc['fidelity_ratio']:.2f} |"
+      )
+  conv = out.get("converged", {})
+  if conv:
+    worst = max(conv.values(), key=lambda c: abs(c["change"]))
+    lines += [
+      "",
+      f"Doubling the steps from {out['steps'] // 2} to {out['steps']} changes the arms by at "
+      f"most {100 * abs(worst['change']):.1f} points "
+      f"({'converged' if all(c['converged'] for c in conv.values()) else 'not converged'} "
+      "by the 0.5-point rule).",
+    ]
+  return "\n".join(lines) + "\n"
+
+
+def markdown_first_protocol(out: dict) -> str:
+  """The first protocol's table (arms ``gen``, ``jitter``, ``gen_jitter``; research log 31)."""
   a = out["anchor"]
   lines = [
     f"DAGAN protocol, {out['split']} classes: {out['classes']} classes, K = {out['k']}, "
@@ -119,16 +250,13 @@ def markdown(out: dict) -> str:
     "on jitter, gain (p) |",
     "|---|---|---|---|---|---|---|---|",
   ]
-  pct = lambda v: f"{100 * np.mean(v):.1f} ± {100 * np.std(v, ddof=1):.1f}"
-  pv = lambda p: f"{p:.3f}" if p >= 0.001 else "<0.001"
-  psi = lambda r: f" (psi {r['psi']:g})" if r.get("psi", 1.0) != 1.0 else ""
   for r in out["rows"]:
     acc, t = r["acc"], r["tests"]
     lines.append(
-      f"| {r['name']} | {r['T']}{psi(r)} | {pct(acc['real'])} | {pct(acc['gen'])} | "
-      f"{pct(acc['jitter'])} | {pct(acc['gen_jitter'])} | "
-      f"{100 * t['gen-real']['gain']:+.1f} ({pv(t['gen-real']['p'])}) | "
-      f"{100 * t['gen_jitter-jitter']['gain']:+.1f} ({pv(t['gen_jitter-jitter']['p'])}) |"
+      f"| {r['name']} | {r['T']}{_psi(r)} | {_pct(acc['real'])} | {_pct(acc['gen'])} | "
+      f"{_pct(acc['jitter'])} | {_pct(acc['gen_jitter'])} | "
+      f"{100 * t['gen-real']['gain']:+.1f} ({_pv(t['gen-real']['p'])}) | "
+      f"{100 * t['gen_jitter-jitter']['gain']:+.1f} ({_pv(t['gen_jitter-jitter']['p'])}) |"
     )
   return "\n".join(lines) + "\n"
 
@@ -138,22 +266,34 @@ def run(config, workdir: str) -> dict:
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
   dc = config.dagan
-  rows = [(n, p, m, *load_row(p, m, config)) for n, p, m in parse_runs(config.runs)]
-  cfg0 = rows[0][3]
+  if dc.filter not in ("", "prototype"):
+    raise ValueError(f"dagan.filter={dc.filter!r}: use '' (none) or 'prototype'.")
+  if config.runs.strip():
+    rows = [(n, p, m, *load_row(p, m, config)) for n, p, m in parse_runs(config.runs)]
+    cfg0 = rows[0][3]
+  else:  # no run: the arms without samples alone (choosing the augmentation and the steps)
+    rows, cfg0 = [], _with_dagan(common.base_config(), config)
   cls = dagan.dagan_classes(cfg0, dc.split)
   tr, te = dagan.subsets(cls["images"], int(dc.k), int(dc.subsets), int(dc.split_seed))
   print(f"{len(cls['names'])} {dc.split} classes, K = {dc.k}, {dc.subsets} subsets")
   base = _base_arms(cfg0, tr, te, cls["names"], workdir)
-  print(f"real {100 * base['real'].mean():.1f}  jitter {100 * base['jitter'].mean():.1f}")
+  print("  ".join(f"{a} {100 * v.mean():.1f}" for a, v in base["acc"].items()))
+  feat_fn, feat_info = features.feature_net(cfg0, verbose=False) if rows else (None, None)
+  embed_fn = filter_net(cfg0)[0] if dc.filter == "prototype" else None
+  arms = {a.name: a for a in dagan.arms_of(cfg0)}
   out = {
+    "protocol": "fair",
     "split": dc.split,
     "classes": len(cls["names"]),
     "class_names": cls["names"],
     "k": int(dc.k),
     "subsets": int(dc.subsets),
     "steps": int(dc.steps),
+    "curve_steps": base["curve_steps"],
     "config": config.to_dict(),
     "anchor": dagan.ANCHOR,
+    "feature_net": feat_info,
+    "base": {"acc": base["acc"], "curve": base["curve"]},
     "rows": [],
   }
   # rows a previous call in workdir finished (it was killed, or rows were added): kept
@@ -161,8 +301,12 @@ def run(config, workdir: str) -> dict:
   done = {}
   if os.path.exists(path_json):
     with open(path_json) as f:
-      done = {json.dumps(r["key"], sort_keys=True): r for r in json.load(f)["rows"] if "key" in r}
+      old_doc = json.load(f)
+    if old_doc.get("protocol") == "fair":
+      done = {json.dumps(r["key"], sort_keys=True): r for r in old_doc["rows"] if "key" in r}
   arms_key = _arms_key(cfg0, cls["names"])
+  n_pool = int(dc.pool)
+  n_cand = n_pool * (int(dc.filter_candidates) if embed_fn else 1)
   for name, path, method, cfg, params, rule in rows:
     model = train_lib.get_model(cfg)
     if float(dc.psi) > 0:
@@ -171,7 +315,15 @@ def run(config, workdir: str) -> dict:
       if t == 0 and not model.conditional:
         continue
       row_key = dict(
-        arms_key, name=name, path=path, method=method, T=t, pool=int(dc.pool), rule=rule
+        arms_key,
+        name=name,
+        path=path,
+        method=method,
+        T=t,
+        pool=n_pool,
+        rule=rule,
+        filter=dc.filter,
+        candidates=n_cand,
       )
       old = done.get(json.dumps(report.jsonable(row_key), sort_keys=True))
       if old is not None:
@@ -179,36 +331,63 @@ def run(config, workdir: str) -> dict:
         out["rows"].append(old)
         continue
       ts = time.time()
-      pool = dagan.generated_pools(cfg, params, tr, t, jax.random.key(int(dc.seed) + 7), rule)
+      cfg_c = ml_collections.ConfigDict(cfg.to_dict())
+      cfg_c.dagan.pool = n_cand
+      cand = dagan.generated_pools(cfg_c, params, tr, t, jax.random.key(int(dc.seed) + 7), rule)
       g_s = time.time() - ts
+      pool = cand[:, :, :n_pool]  # without the filter: the first samples, as they come
       train_lib.save_png(
         os.path.join(workdir, f"{name}_T{t}.png"),
         pool_grid(tr[0, : int(dc.grid_classes)], pool[0, : int(dc.grid_classes)]),
       )
-      acc = dict(base, **dagan.train_arms(cfg, tr, te, pool, ("gen", "gen_jitter"), int(dc.seed)))
+      gen_arms = [arms["real_gen"], arms["aug_gen"]]
+      res = dagan.train_arms(cfg, tr, te, pool, gen_arms, int(dc.seed))
+      acc = dict(base["acc"], **res["acc"])
+      curve = dict(base["curve"], **res["curve"])
+      row = {"name": name, "path": path, "method": method or "", "T": t, "generate_s": g_s}
+      row["pool"] = pool_scores(feat_fn, tr, te, pool)
+      if embed_fn is not None:
+        sel, rate = select(embed_fn, tr, cand, n_pool)
+        filt = [dataclasses.replace(a, name=a.name + "_filtered") for a in gen_arms]
+        res_f = dagan.train_arms(cfg, tr, te, sel, filt, int(dc.seed))
+        acc.update(res_f["acc"])
+        curve.update(res_f["curve"])
+        row["pool_filtered"] = dict(pool_scores(feat_fn, tr, te, sel), acceptance=rate)
+        train_lib.save_png(
+          os.path.join(workdir, f"{name}_T{t}_filtered.png"),
+          pool_grid(tr[0, : int(dc.grid_classes)], sel[0, : int(dc.grid_classes)]),
+        )
       tests = dagan.compare(acc)
-      out["rows"].append(
-        {
-          "name": name,
-          "path": path,
-          "method": method or "",
-          "T": t,
-          "acc": {a: v.tolist() for a, v in acc.items()},
-          "tests": tests,
-          "generate_s": g_s,
-          "psi": float(rule.get("psi", 1.0)),
-          "key": row_key,
-        }
+      for sfx in ("_filtered",) if embed_fn is not None else ():
+        tests[f"real_gen{sfx} vs real"] = dagan.ttest(acc["real_gen" + sfx], acc["real"])
+        tests[f"aug_gen{sfx} vs aug"] = dagan.ttest(acc["aug_gen" + sfx], acc["aug"])
+        tests[f"aug_gen{sfx} vs aug_gen"] = dagan.ttest(acc["aug_gen" + sfx], acc["aug_gen"])
+      row.update(
+        acc={a: v.tolist() for a, v in acc.items()},
+        curve={a: np.asarray(v).tolist() for a, v in curve.items()},
+        converged=dagan.converged(curve, base["curve_steps"])
+        if int(dc.curve_points) % 2 == 0
+        else {},
+        tests=tests,
+        psi=float(rule.get("psi", 1.0)),
+        key=row_key,
       )
+      out["rows"].append(row)
       with open(path_json, "w") as f:  # after every row: a killed call loses one row at most
         json.dump(report.jsonable(out), f, indent=1)
+      t2 = tests["aug_gen vs aug"]
       print(
-        f"{name} T={t}: gen {100 * acc['gen'].mean():.1f} "
-        f"({100 * tests['gen-real']['gain']:+.1f}, p {tests['gen-real']['p']:.3g}), "
-        f"gen on jitter {100 * acc['gen_jitter'].mean():.1f} "
-        f"({100 * tests['gen_jitter-jitter']['gain']:+.1f} over jitter, "
-        f"p {tests['gen_jitter-jitter']['p']:.3g})"
+        f"{name} T={t}: real_gen {100 * acc['real_gen'].mean():.1f} "
+        f"({100 * tests['real_gen vs real']['gain']:+.1f} over real), aug_gen "
+        f"{100 * acc['aug_gen'].mean():.1f} ({100 * t2['gain']:+.1f} over aug, p {t2['p']:.3g}), "
+        f"fidelity {row['pool']['fidelity_ratio']:.2f}x real"
       )
+  if int(dc.curve_points) % 2 == 0:  # every arm: those without samples, then the rows'
+    out["converged"] = dagan.converged(base["curve"], base["curve_steps"])
+    for r in out["rows"]:
+      for a, c in r.get("converged", {}).items():
+        if a not in base["curve"]:
+          out["converged"][f"{r['name']} T={r['T']}: {a}"] = c
   out["seconds"] = time.time() - t0
   with open(path_json, "w") as f:
     json.dump(report.jsonable(out), f, indent=1)

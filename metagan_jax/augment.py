@@ -15,12 +15,17 @@ Each image gets its own draw, so ``diff_augment(key, x)`` of a batch differs fro
 augmenting its images one by one; a loss that concatenates real and fake batches
 augments the concatenation once (compare_gan's form, so the gradient penalty sees
 interpolates of augmented images).
+
+:func:`random_affine` is a classifier's standard augmentation (shifts, small
+rotations and scalings), the bar that generated images must add to
+(``experiments/protocol/dagan.py``).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.ndimage
 
 __all__ = [
   "OPS",
@@ -28,6 +33,7 @@ __all__ = [
   "translate",
   "cutout",
   "diff_augment",
+  "random_affine",
 ]
 
 #: The augmentation ops a policy may name (:func:`parse_policy`).
@@ -102,3 +108,61 @@ def diff_augment(
     k = jax.random.fold_in(key, i)
     x = translate(k, x, fill=fill) if name == "translation" else cutout(k, x, fill=fill)
   return x
+
+
+def random_affine(
+  key: jax.Array,
+  x_NxHxWxC: jax.Array,
+  shift: float = 0.075,
+  rotate: float = 0.0,
+  scale: float = 0.0,
+  fill: float = -1.0,
+) -> jax.Array:
+  """A classifier's standard augmentation: per image, a shift, a small rotation and a scaling.
+
+  Each image is shifted by an integer (dy, dx), each uniform in [-s, s] with
+  s = round(shift * size) (as :func:`translate`), rotated by an angle uniform in
+  [-rotate, rotate] degrees and scaled by a factor uniform in [1 - scale, 1 + scale],
+  both about its centre; pixels are interpolated bilinearly and those that come
+  from outside the image take ``fill``. With ``rotate = scale = 0`` it is exactly
+  :func:`translate` (no interpolation).
+
+  Args:
+    key: PRNG key (one draw per image).
+    x_NxHxWxC: a batch of images.
+    shift: the largest shift, as a fraction of the image size (0.075: 2 px at 28).
+    rotate: the largest rotation, in degrees.
+    scale: the largest relative change of size.
+    fill: the background value (-1 for Omniglot in [-1, 1]).
+  """
+  if rotate < 0 or scale < 0 or shift < 0 or scale >= 1:
+    raise ValueError(
+      f"random_affine(shift={shift}, rotate={rotate}, scale={scale}): use shift, rotate >= 0 "
+      f"and 0 <= scale < 1."
+    )
+  if rotate == 0 and scale == 0:
+    return translate(key, x_NxHxWxC, ratio=shift, fill=fill)
+  n, h, w, _ = x_NxHxWxC.shape
+  sh, sw = int(h * shift + 0.5), int(w * shift + 0.5)
+  ky, kx, kr, ks = jax.random.split(key, 4)
+  dy = jax.random.randint(ky, (n,), -sh, sh + 1).astype(jnp.float32)
+  dx = jax.random.randint(kx, (n,), -sw, sw + 1).astype(jnp.float32)
+  theta = jnp.deg2rad(jax.random.uniform(kr, (n,), minval=-rotate, maxval=rotate))
+  zoom = jax.random.uniform(ks, (n,), minval=1.0 - scale, maxval=1.0 + scale)
+  cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+  yy, xx = jnp.meshgrid(
+    jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij"
+  )
+
+  def one(img_HxWxC, dy, dx, theta, zoom):
+    # output pixel p reads the input at centre + R(-theta) (p - centre - d) / zoom
+    u, v = yy - cy - dy, xx - cx - dx
+    cos, sin = jnp.cos(theta), jnp.sin(theta)
+    src_y = (cos * u + sin * v) / zoom + cy
+    src_x = (-sin * u + cos * v) / zoom + cx
+    warp = lambda ch: jax.scipy.ndimage.map_coordinates(
+      ch, [src_y, src_x], order=1, mode="constant", cval=fill
+    )
+    return jax.vmap(warp, in_axes=-1, out_axes=-1)(img_HxWxC)
+
+  return jax.vmap(one)(x_NxHxWxC, dy, dx, theta, zoom)

@@ -52,6 +52,37 @@ def test_cutout_sets_one_clipped_square_per_image_to_the_fill():
   assert sizes.max() == 196 and sizes.min() < 196  # full boxes inside, clipped ones at edges
 
 
+def test_random_affine_is_translate_without_rotation_or_scaling():
+  x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1), minval=-1.0, maxval=1.0)
+  k = jax.random.key(0)
+  np.testing.assert_array_equal(
+    augment.random_affine(k, x, shift=0.075), augment.translate(k, x, ratio=0.075)
+  )
+
+
+def test_random_affine_rotates_and_scales_about_the_centre():
+  """Known answers: a disc centred in the image is unchanged by any rotation; a ring's
+  radius grows or shrinks with the scale; a near-zero rotation and scaling is the identity."""
+  yy, xx = np.mgrid[:29, :29] - 14.0
+  r = np.hypot(yy, xx)
+  disc = np.where(r <= 6, 1.0, -1.0).astype(np.float32)[None, :, :, None].repeat(8, 0)
+  k = jax.random.key(3)
+  out = np.asarray(augment.random_affine(k, jnp.asarray(disc), shift=0.0, rotate=30.0))
+  assert np.abs(out - disc)[:, np.abs(r - 6) > 1.5].max() < 1e-5  # away from the rim
+  assert not np.allclose(
+    np.asarray(augment.random_affine(k, jnp.asarray(disc), 0.0, 0.0, 0.3)), disc
+  )
+  ident = augment.random_affine(k, jnp.asarray(disc), 0.0, 1e-6, 1e-6)
+  np.testing.assert_allclose(ident, disc, atol=1e-4)
+  # pixels from outside the image take the fill: shrinking a white image leaves a border
+  white = jnp.ones((4, 28, 28, 1))
+  small = np.asarray(augment.random_affine(k, white, 0.0, 0.0, 0.5))
+  assert np.any(small[:, 0, 0, 0] == -1.0) and np.all(small[:, 14, 14, 0] == 1.0)
+  assert small.min() >= -1.0 - 1e-6 and small.max() <= 1.0 + 1e-6
+  with pytest.raises(ValueError, match="scale=1.0"):
+    augment.random_affine(k, white, 0.1, 0.0, 1.0)
+
+
 def test_ops_are_differentiable_with_exact_gradients():
   with jax.enable_x64(True):
     x = to64(_images(3, 12))

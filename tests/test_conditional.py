@@ -326,17 +326,25 @@ def test_conditional_pretraining_run_and_its_validation_scores(tmp_path):
   out = dagan_cmd.run(d, str(tmp_path / "dagan"))
   assert [(r["name"], r["T"]) for r in out["rows"]] == [("cond", 0), ("cond", 1)]
   for r in out["rows"]:
-    assert set(r["acc"]) == set(dagan.ARMS) and all(len(v) == 3 for v in r["acc"].values())
+    assert set(r["acc"]) == {a.name for a in dagan.fair_arms()}
+    assert all(len(v) == 3 for v in r["acc"].values())
     assert r["acc"]["real"] == out["rows"][0]["acc"]["real"]  # one real arm for every row
+    assert 0.0 <= r["pool"]["fidelity"] <= 1.0 and r["pool"]["diversity"] > 0
+    assert len(r["curve"]["aug_gen"][0]) == d.dagan.curve_points
   assert (tmp_path / "dagan" / "cond_T0.png").exists() and (
     tmp_path / "dagan" / "cond_T1.png"
   ).exists()
   with open(tmp_path / "dagan" / "dagan.md") as f:
     assert len([ln for ln in f if ln.startswith("| cond |")]) == 2
-  d.dagan.update(sample_steps="0", psi=0.5)  # a second call: the real and jitter arms reused
+  # a second call, with the selection filter: the arms without samples reused
+  d.dagan.update(sample_steps="0", psi=0.5, filter="prototype")
   again = dagan_cmd.run(d, str(tmp_path / "dagan"))
   assert again["rows"][0]["acc"]["real"] == out["rows"][0]["acc"]["real"]
   assert again["rows"][0]["psi"] == 0.5 and "(psi 0.5)" in dagan_cmd.markdown(again)
+  kept_f = again["rows"][0]
+  assert 0.0 <= kept_f["pool_filtered"]["acceptance"] <= 1.0
+  assert {"real_gen_filtered", "aug_gen_filtered"} <= set(kept_f["acc"])
+  assert "aug_gen_filtered vs aug" in kept_f["tests"] and "(filtered)" in dagan_cmd.markdown(again)
   # rows a call finished are kept in dagan.json and not made again (a killed call resumes)
   gen = dagan.generated_pools
   try:

@@ -34,13 +34,13 @@ def test_ttest_gives_the_textbook_two_sample_answer():
 
 
 def test_contrast_compares_two_rows_arm_by_arm_and_names_a_missing_arm():
-  a = {"name": "a", "acc": {"gen": [4.0, 5.0, 6.0], "gen_jitter": [1.0, 2.0, 3.0], "jitter": [1.0]}}
-  b = {"name": "b", "acc": {"gen": [1.0, 2.0, 3.0], "gen_jitter": [3.0, 2.0, 1.0]}}
+  a = {"name": "a", "acc": {"real_gen": [4.0, 5.0, 6.0], "aug_gen": [1.0, 2.0, 3.0], "aug": [1.0]}}
+  b = {"name": "b", "acc": {"real_gen": [1.0, 2.0, 3.0], "aug_gen": [3.0, 2.0, 1.0]}}
   c = dagan.contrast(a, b)
-  assert c["gen"]["gain"] == 3.0 and np.isclose(c["gen"]["p"], 0.0213116, rtol=1e-4)
-  assert c["gen_jitter"]["gain"] == 0.0 and c["gen_jitter"]["p"] == 1.0
-  with pytest.raises(ValueError, match=r"row 'b' has no arm \['jitter'\]"):
-    dagan.contrast(a, b, arms=("jitter",))
+  assert c["real_gen"]["gain"] == 3.0 and np.isclose(c["real_gen"]["p"], 0.0213116, rtol=1e-4)
+  assert c["aug_gen"]["gain"] == 0.0 and c["aug_gen"]["p"] == 1.0
+  with pytest.raises(ValueError, match=r"row 'b' has no arm \['aug'\]"):
+    dagan.contrast(a, b, arms=("aug",))
 
 
 def test_subsets_split_each_class_into_disjoint_train_and_test_images():
@@ -57,37 +57,130 @@ def test_subsets_split_each_class_into_disjoint_train_and_test_images():
     dagan.subsets(x, k=6, n_subsets=1, seed=0)
 
 
-def test_a_pool_of_the_real_images_is_the_real_arm_and_zero_shift_jitter_too():
-  """Known answers: generated batches that are the K real images give the real arm's
-  accuracy exactly (same initialisation, same draws), as does jitter of 0 px."""
+def test_pool_steps_are_evenly_spaced_at_the_share():
+  steps = np.asarray(dagan.pool_steps(0.5, 8))
+  np.testing.assert_array_equal(np.flatnonzero(steps), [1, 3, 5, 7])  # DAGAN's one in two
+  np.testing.assert_array_equal(np.flatnonzero(dagan.pool_steps(0.25, 8)), [3, 7])
+  assert int(np.sum(dagan.pool_steps(0.1, 1000))) == 100
+  assert not np.any(dagan.pool_steps(0.0, 50)) and np.all(dagan.pool_steps(1.0, 50))
+  gaps = np.diff(np.flatnonzero(dagan.pool_steps(0.3, 100)))
+  assert set(gaps.tolist()) <= {3, 4}  # never two pool batches in a row, never a long gap
+
+
+def test_fair_arms_schedules():
+  arms = {a.name: a for a in dagan.fair_arms(share=0.25, weight=0.5)}
+  assert list(arms) == ["real", "real_gen", "aug", "aug_gen", "aug_copies"]
+  assert arms["real"].share == 0 and not arms["real"].augment_real
+  assert arms["real_gen"].share == 0.5 and arms["real_gen"].weight == 1.0  # DAGAN's re-run arm
+  assert not (arms["real_gen"].augment_real or arms["real_gen"].augment_pool)
+  assert arms["aug"].augment_real and arms["aug"].share == 0
+  g, c = arms["aug_gen"], arms["aug_copies"]
+  assert (g.share, g.weight, g.augment_real, g.augment_pool) == (0.25, 0.5, True, True)
+  assert (c.share, c.weight, c.augment_real, c.augment_pool) == (0.25, 0.5, True, True)
+  assert g.pool == "generated" and c.pool == "support" and not c.uses_generated
+  assert [a.name for a in dagan.arms_of(tiny(share=0.1, weight=2.0))] == list(arms)
+  with pytest.raises(ValueError, match="share=1.5"):
+    dagan.Arm("x", share=1.5)
+  with pytest.raises(ValueError, match="pool='noise'"):
+    dagan.Arm("x", pool="noise")
+
+
+def test_known_answers_of_the_schedules():
+  """Same initialisation, same draws: a pool of the K real images themselves makes
+  ``real_gen`` the real arm and ``aug_gen`` the augmented arm exactly (so generated
+  batches pass through the same augmentation as real ones), and the control's pool is
+  the supports, augmented: at weight 1 it is the augmented arm, whatever was generated."""
   tr, te = dagan.subsets(synthetic(), 4, 3, 0)
-  acc = dagan.train_arms(tiny(shift=0.0), tr, te, tr.copy(), ("real", "gen", "jitter"))
-  np.testing.assert_array_equal(acc["gen"], acc["real"])
-  np.testing.assert_array_equal(acc["jitter"], acc["real"])
+  got = dagan.train_arms(tiny(), tr, te, tr.copy())
+  acc = got["acc"]
+  np.testing.assert_array_equal(acc["real_gen"], acc["real"])
+  np.testing.assert_array_equal(acc["aug_gen"], acc["aug"])
+  np.testing.assert_array_equal(acc["aug_copies"], acc["aug"])
+  assert not np.array_equal(acc["aug"], acc["real"])
   assert acc["real"].mean() > 0.6  # the CNN learns these classes from K = 4 (chance 0.2)
+  assert got["curve_steps"] == [10, 20, 30, 40]
+  assert got["curve"]["aug"].shape == (3, 4)
+  np.testing.assert_array_equal(got["curve"]["aug"][:, -1], acc["aug"])
+  # an arm whose generated batches skip the augmentation is another schedule
+  unaug = dagan.Arm("aug_gen_plain", 0.5, 1.0, augment_real=True, augment_pool=False)
+  plain = dagan.train_arms(tiny(), tr, te, tr.copy(), [unaug])["acc"]["aug_gen_plain"]
+  assert not np.array_equal(plain, acc["aug"])
 
 
 @pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")  # an arm stuck at chance
-def test_wrong_class_pool_hurts_and_jitter_changes_the_schedule():
+def test_weights_and_the_control_pool():
   tr, te = dagan.subsets(synthetic(), 4, 3, 0)
   wrong = np.roll(tr, 1, axis=1)  # each class's pool holds the next class's images
-  acc = dagan.train_arms(tiny(), tr, te, wrong)
-  assert set(acc) == set(dagan.ARMS) and all(v.shape == (3,) for v in acc.values())
-  assert acc["gen"].mean() < acc["real"].mean() - 0.2
-  assert acc["gen_jitter"].mean() < acc["jitter"].mean() - 0.2
-  assert not np.array_equal(acc["jitter"], acc["real"])
+  acc = dagan.train_arms(tiny(), tr, te, wrong)["acc"]
+  assert acc["real_gen"].mean() < acc["real"].mean() - 0.2  # wrong labels hurt
+  assert acc["aug_gen"].mean() < acc["aug"].mean() - 0.2
+  np.testing.assert_array_equal(acc["aug_copies"], acc["aug"])  # the control never sees them
+  # at weight 0 a pool batch moves nothing: its content cannot matter
+  w0 = dagan.fair_arms(share=0.5, weight=0.0)
+  a = dagan.train_arms(tiny(), tr, te, wrong, w0)["acc"]
+  b = dagan.train_arms(tiny(), tr, te, tr.copy(), w0)["acc"]
+  np.testing.assert_array_equal(a["aug_gen"], b["aug_gen"])
+  assert not np.array_equal(a["aug_copies"], acc["aug_copies"])  # the weight reaches the control
   tests = dagan.compare(acc)
-  assert tests["gen-real"]["gain"] < 0 and tests["gen_jitter-jitter"]["gain"] < 0
+  assert tests["real_gen vs real"]["gain"] < 0 and tests["aug_gen vs aug"]["gain"] < 0
+  assert tests["aug_copies vs aug"]["gain"] == 0.0
+
+
+def test_a_second_classifier_with_normalisation_learns_too():
+  tr, te = dagan.subsets(synthetic(), 4, 2, 0)
+  arms = [dagan.Arm("real")]
+  acc = dagan.train_arms(tiny(classifier="conv4", steps=60), tr, te, None, arms)["acc"]
+  assert acc["real"].mean() > 0.6
+  with pytest.raises(ValueError, match="dagan.classifier='resnet'"):
+    dagan.train_arms(tiny(classifier="resnet"), tr, te, None, arms)
+
+
+def test_converged_reads_the_last_doubling():
+  curve = {"a": np.array([[0.1, 0.6, 0.602, 0.604]] * 2), "b": np.array([[0.1, 0.2, 0.3, 0.4]])}
+  c = dagan.converged(curve, [25, 50, 75, 100])
+  assert c["a"]["converged"] and np.isclose(c["a"]["change"], 0.004)  # 50 -> 100 steps
+  assert not c["b"]["converged"] and np.isclose(c["b"]["change"], 0.2)
+  c = dagan.converged({"a": np.array([[0.5, 0.6, 0.603]])}, [10, 20, 40])
+  assert c["a"]["converged"]
+  with pytest.raises(ValueError, match="steps / 2"):
+    dagan.converged(curve, [30, 60, 100])
+
+
+def test_prototype_filter_accepts_what_is_nearest_its_own_class():
+  """Known answer: with the identity as embedding, a candidate that copies its own class's
+  pattern is accepted and one that copies another class's is not."""
+  protos = np.eye(3, dtype=np.float32).reshape(3, 1, 3, 1, 1)  # 3 classes, 3-pixel images
+  support = np.repeat(protos, 2, axis=1)  # K = 2
+  own, other = protos[:, 0], np.roll(protos[:, 0], 1, axis=0)
+  cand = np.stack([own, other, own, own], axis=1)  # [C=3, M=4]: 3 own, 1 other per class
+  embed = lambda x: x.reshape(len(x), -1)
+  f = dagan.prototype_filter(embed, support, cand)
+  np.testing.assert_array_equal(f["accept"], [[True, False, True, True]] * 3)
+  assert f["rate"] == 0.75
+  np.testing.assert_allclose(f["margin"][:, 0], 1.0)
+  np.testing.assert_allclose(f["margin"][:, 1], -1.0)
+  pool = dagan.select_pool(cand, f["accept"], f["margin"], 5)
+  assert pool.shape == (3, 5, 3, 1, 1)
+  np.testing.assert_array_equal(pool, np.repeat(own[:, None], 5, axis=1))  # accepted, cycled
+  none = dagan.select_pool(cand, np.zeros_like(f["accept"]), f["margin"], 2)
+  np.testing.assert_array_equal(none[:, 0], own)  # nothing accepted: the best margins
+  with pytest.raises(ValueError, match="at least 2 classes"):
+    dagan.prototype_filter(embed, support[:1], cand[:1])
 
 
 def test_bad_arms_and_pools_are_named():
   tr, te = dagan.subsets(synthetic(), 4, 2, 0)
+  gen = [dagan.Arm("real_gen", share=0.5)]
   with pytest.raises(ValueError, match="give pool_SxCxP"):
-    dagan.train_arms(tiny(), tr, te, None, ("gen",))
-  with pytest.raises(ValueError, match="arm 'mixup'"):
+    dagan.train_arms(tiny(), tr, te, None, gen)
+  with pytest.raises(ValueError, match="is not an Arm"):
     dagan.train_arms(tiny(), tr, te, None, ("mixup",))
   with pytest.raises(ValueError, match="leading axes"):
-    dagan.train_arms(tiny(), tr, te, tr[:, :2], ("gen",))
+    dagan.train_arms(tiny(), tr, te, tr[:, :2], gen)
+  with pytest.raises(ValueError, match="own name"):
+    dagan.train_arms(tiny(), tr, te, None, [dagan.Arm("a"), dagan.Arm("a")])
+  with pytest.raises(ValueError, match="curve_points=3"):
+    dagan.train_arms(tiny(curve_points=3), tr, te, None, [dagan.Arm("a")])
 
 
 def test_classes_come_from_the_named_split_spread_over_alphabets():
@@ -105,3 +198,17 @@ def test_classes_come_from_the_named_split_spread_over_alphabets():
   c.dagan.num_classes = 10_000
   with pytest.raises(ValueError, match="dagan.num_classes=10000"):
     dagan.dagan_classes(c, "val")
+
+
+def test_a_call_without_runs_trains_the_arms_that_use_no_samples(tmp_path):
+  from experiments import dagan as dagan_cmd  # pylint: disable=g-import-not-at-top
+
+  c = tiny(aug_rotate=10.0, aug_scale=0.1)
+  out = dagan_cmd.run(c, str(tmp_path))
+  assert out["rows"] == [] and set(out["base"]["acc"]) == {"real", "aug", "aug_copies"}
+  assert set(out["converged"]) == {"real", "aug", "aug_copies"}
+  assert out["curve_steps"] == [10, 20, 30, 40]
+  md = dagan_cmd.markdown(out)
+  assert "Without samples: real" in md and "rotations of up to 10 degrees" in md
+  again = dagan_cmd.run(c, str(tmp_path))  # the saved arms are reused, not trained again
+  np.testing.assert_array_equal(again["base"]["acc"]["aug"], out["base"]["acc"]["aug"])

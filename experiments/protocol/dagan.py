@@ -1,16 +1,22 @@
-"""Stage 7, the DAGAN augmentation protocol: do generated images help a classifier learn?
+"""Stage 7, the augmentation protocol: do generated images add to the augmentation people use?
 
 Antoniou et al. (2017), as re-run independently by ``amurthy1/dagan_torch`` at K = 4
-(57.8% without, 65.3% with DAGAN; research log 29). Here:
+(57.8% without, 65.3% with DAGAN; research log 29), made fair to the shifts every
+practitioner applies to their K images (research log 35). Here:
 
-- ``dagan.num_classes`` classes of a split (validation alphabets to choose a recipe, the
-  evaluation alphabets for the result); ``dagan.subsets`` draws of K of each class's 20
-  images train a C-way CNN from scratch, the other 20 - K test it;
-- four arms, each a batch schedule of ``dagan.steps`` Adam steps (same CNN, same steps):
-  ``real`` (every batch from the K real images per class), ``gen`` (every other batch from a
-  pool of ``dagan.pool`` generated images per class, made once per subset), ``jitter`` (every
-  other batch the real images randomly shifted) and ``gen_jitter`` (``gen`` with its real
-  batches shifted);
+- ``dagan.num_classes`` classes of a split (validation alphabets to choose, the evaluation
+  alphabets for the result); ``dagan.subsets`` draws of K of each class's 20 images train a
+  C-way classifier from scratch, the other 20 - K test it;
+- five arms (:func:`fair_arms`), each a batch schedule (:class:`Arm`) of ``dagan.steps``
+  Adam steps of the same classifier from the same initialisation and batch draws:
+  ``real``; ``real_gen`` (one batch in two from a pool of ``dagan.pool`` generated images
+  per class: DAGAN's re-run arm); ``aug`` (every real batch through the standard
+  augmentation, :func:`metagan_jax.augment.random_affine`); ``aug_gen`` (a share
+  ``dagan.share`` of the batches generated, weighted ``dagan.weight`` in the loss, and
+  augmented the same way); ``aug_copies`` (the control: ``aug_gen``'s schedule with the
+  pool replaced by augmented copies of the supports);
+- every arm's test accuracy at ``dagan.curve_points`` evenly spaced steps (its curve: is it
+  converged?);
 - the arms are compared over the subsets by a two-sample t-test, as the anchor does (the
   paired test over the same subsets is reported beside it).
 
@@ -19,8 +25,10 @@ All classifiers of one call (arms x subsets) train in one compiled, vmapped prog
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,17 +37,167 @@ from scipy import stats as sps
 
 from experiments import train_lib
 from experiments.protocol import classes, scoring
-from metagan_jax import augment
+from metagan_jax import augment, layers
 
-ARMS = ("real", "gen", "jitter", "gen_jitter")
-# per arm: (odd steps from the generated pool, odd real steps shifted, even steps shifted)
-_SCHEDULE = {
-  "real": (False, False, False),
-  "gen": (True, False, False),
-  "jitter": (False, True, False),
-  "gen_jitter": (True, False, True),
-}
+POOLS = ("generated", "support")
+CLASSIFIERS = ("cnn", "conv4")
 ANCHOR = {"k": 4, "real": 57.8, "dagan": 65.3, "gain": 7.5, "confidence": 97.8}
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  """One classifier's batch schedule.
+
+  Attributes:
+    name: how tables and results name it.
+    share: the fraction of the steps whose batch comes from the pool, evenly spaced
+      (:func:`pool_steps`; 0.5: every odd step).
+    weight: the loss weight of a pool batch (a real batch weighs 1).
+    augment_real: real batches pass through the standard augmentation.
+    augment_pool: pool batches pass through the same augmentation.
+    pool: ``"generated"`` (the run's samples) or ``"support"`` (the K real images of each
+      class: with ``augment_pool``, augmented copies of the supports).
+  """
+
+  name: str
+  share: float = 0.0
+  weight: float = 1.0
+  augment_real: bool = False
+  augment_pool: bool = False
+  pool: str = "generated"
+
+  def __post_init__(self):
+    if not 0.0 <= self.share <= 1.0:
+      raise ValueError(f"arm {self.name!r}: share={self.share} is not in [0, 1].")
+    if self.weight < 0:
+      raise ValueError(f"arm {self.name!r}: weight={self.weight} is negative.")
+    if self.pool not in POOLS:
+      raise ValueError(f"arm {self.name!r}: pool={self.pool!r} is not one of {POOLS}.")
+
+  @property
+  def uses_generated(self) -> bool:
+    """Whether the arm draws any batch from the generated pool."""
+    return self.share > 0 and self.pool == "generated"
+
+
+def fair_arms(share: float = 0.5, weight: float = 1.0) -> tuple[Arm, ...]:
+  """The five arms; ``share`` and ``weight`` set ``aug_gen`` and its control ``aug_copies``."""
+  return (
+    Arm("real"),
+    Arm("real_gen", share=0.5),
+    Arm("aug", augment_real=True),
+    Arm("aug_gen", share, weight, augment_real=True, augment_pool=True),
+    Arm("aug_copies", share, weight, augment_real=True, augment_pool=True, pool="support"),
+  )
+
+
+def arms_of(config) -> tuple[Arm, ...]:
+  """The config's arms: :func:`fair_arms` at ``dagan.share`` and ``dagan.weight``."""
+  return fair_arms(float(config.dagan.share), float(config.dagan.weight))
+
+
+def pool_steps(share, steps: int):
+  """Which of ``steps`` steps take a pool batch: step i iff floor((i+1)s) > floor(i s).
+
+  Evenly spaced, ``floor(steps * share)`` of them; at 0.5 the odd steps. Works on numpy
+  and traced values alike (the trainer calls it with a traced step).
+  """
+  i = jnp.arange(steps) if isinstance(steps, int) else steps
+  return jnp.floor((i + 1) * share) > jnp.floor(i * share)
+
+
+def _is_pool_step(i, share):
+  return jnp.floor((i + 1) * share) > jnp.floor(i * share)
+
+
+class Conv4(nn.Module):
+  """The few-shot literature's Conv-4: 4 x (conv 3x3, group norm, ReLU, 2x2 pool), a linear head.
+
+  Deeper than :func:`experiments.protocol.scoring.low_data_cnn` and normalised; group norm
+  keeps a batch's images independent (no batch statistics mix real and generated images).
+  """
+
+  num_classes: int
+  width: int = 64
+
+  @nn.compact
+  def __call__(self, x):
+    h = x
+    for i in range(4):
+      h = layers.Conv3x3(self.width, name=f"Conv_{i}")(h)
+      h = nn.relu(nn.GroupNorm(num_groups=8, name=f"Norm_{i}")(h))
+      h = nn.max_pool(h, (2, 2), (2, 2)) if min(h.shape[1:3]) >= 2 else h
+    feats = h.reshape(h.shape[0], -1)
+    return nn.Dense(self.num_classes)(feats), feats
+
+
+def classifier(name: str, num_classes: int) -> nn.Module:
+  """``"cnn"`` (the anchors' conv 32, conv 64, dense 128) or ``"conv4"`` (:class:`Conv4`)."""
+  if name == "cnn":
+    return scoring.low_data_cnn(num_classes)
+  if name == "conv4":
+    return Conv4(num_classes)
+  raise ValueError(f"dagan.classifier={name!r}: use one of {CLASSIFIERS}.")
+
+
+@functools.cache
+def _trainer(
+  num_classes: int,
+  batch: int,
+  lr: float,
+  steps: int,
+  points: int,
+  net_name: str,
+  aug: tuple[float, float, float],
+):
+  """``train(keys [A, S], real, gen, test, arms [A, 5]) -> accuracy [A, S, points]``."""
+  net, opt = classifier(net_name, num_classes), optax.adam(lr)
+  if steps % points:
+    raise ValueError(f"dagan.steps={steps} is not a multiple of dagan.curve_points={points}.")
+  chunk = steps // points
+  shift, rotate, scale = aug
+
+  def one(key, x_real, y_real, x_gen, y_gen, x_test, y_test, arm):
+    share, weight, aug_real, aug_pool, from_support = arm[0], arm[1], arm[2], arm[3], arm[4]
+    k_init, k_steps = jax.random.split(key)
+    p = net.init(k_init, x_real[:1])["params"]
+
+    def step(i, ps):
+      p, s = ps
+      k_idx, k_aug = jax.random.split(jax.random.fold_in(k_steps, i))
+      # One draw indexes the real set and the pool: with a pool of the real images
+      # themselves and no augmentation, a pool batch is the real batch it replaces.
+      u = jax.random.uniform(k_idx, (batch,))
+      idx_r = (u * x_real.shape[0]).astype(jnp.int32)
+      idx_g = (u * x_gen.shape[0]).astype(jnp.int32)
+      pool_step = _is_pool_step(i, share)
+      gen_batch = (pool_step & (from_support < 0.5)).astype(jnp.float32)
+      xb = jnp.where(gen_batch > 0, x_gen[idx_g], x_real[idx_r])
+      yb = jnp.where(gen_batch > 0, y_gen[idx_g], y_real[idx_r])
+      do_aug = jnp.where(pool_step, aug_pool, aug_real) > 0.5
+      xa = augment.random_affine(k_aug, xb, shift, rotate, scale)
+      xb = jnp.where(do_aug, xa, xb)
+      w = jnp.where(pool_step, weight, 1.0)
+
+      def loss(p):
+        logits = net.apply({"params": p}, xb)[0]
+        return w * optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+      u_, s = opt.update(jax.grad(loss)(p), s, p)
+      return optax.apply_updates(p, u_), s
+
+    def segment(ps, c):
+      ps = jax.lax.fori_loop(c * chunk, (c + 1) * chunk, step, ps)
+      pred = net.apply({"params": ps[0]}, x_test)[0].argmax(-1)
+      return ps, (pred == y_test).mean()
+
+    _, curve = jax.lax.scan(segment, (p, opt.init(p)), jnp.arange(points))
+    return curve
+
+  # subsets (axis 0 of the data, axis 1 of the keys), then arms (arm rows, keys' axis 0)
+  over_s = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, 0, None))
+  over_a = jax.vmap(over_s, in_axes=(0, None, None, None, None, None, None, 0))
+  return jax.jit(over_a)
 
 
 def dagan_classes(config, split: str = "val") -> dict:
@@ -85,48 +243,6 @@ def subsets(images_CxN, k: int, n_subsets: int, seed: int) -> tuple[np.ndarray, 
   return np.stack(tr), np.stack(te)
 
 
-@functools.cache
-def _trainer(num_classes: int, batch: int, lr: float, shift: float, steps: int):
-  """``train(keys [A, S], real, pools, test, flags [A, 3]) -> accuracy [A, S]``, one program."""
-  net, opt = scoring.low_data_cnn(num_classes), optax.adam(lr)
-
-  def one(key, x_real, y_real, x_pool, y_pool, x_test, y_test, flags):
-    use_gen, shift_alt, shift_even = flags[0], flags[1], flags[2]
-    k_init, k_steps = jax.random.split(key)
-    p = net.init(k_init, x_real[:1])["params"]
-
-    def step(i, ps):
-      p, s = ps
-      k_idx, k_shift = jax.random.split(jax.random.fold_in(k_steps, i))
-      # The same draw indexes the real set and the pool: with a pool of the real images
-      # themselves, ``gen`` is step for step the ``real`` arm.
-      u = jax.random.uniform(k_idx, (batch,))
-      idx_r = (u * x_real.shape[0]).astype(jnp.int32)
-      idx_p = (u * x_pool.shape[0]).astype(jnp.int32)
-      odd = i % 2 == 1
-      from_pool = odd & use_gen
-      xb = jnp.where(from_pool, x_pool[idx_p], x_real[idx_r])
-      yb = jnp.where(from_pool, y_pool[idx_p], y_real[idx_r])
-      shifted = jnp.where(odd, shift_alt & ~use_gen, shift_even)
-      xb = jnp.where(shifted, augment.translate(k_shift, xb, ratio=shift), xb)
-
-      def loss(p):
-        logits = net.apply({"params": p}, xb)[0]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-
-      u_, s = opt.update(jax.grad(loss)(p), s, p)
-      return optax.apply_updates(p, u_), s
-
-    p, _ = jax.lax.fori_loop(0, steps, step, (p, opt.init(p)))
-    pred = net.apply({"params": p}, x_test)[0].argmax(-1)
-    return (pred == y_test).mean()
-
-  # subsets (axis 0 of the data, axis 1 of the keys), then arms (flags, keys' axis 0)
-  over_s = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, 0, None))
-  over_a = jax.vmap(over_s, in_axes=(0, None, None, None, None, None, None, 0))
-  return jax.jit(over_a)
-
-
 def _flat(x_SxCxN):
   """``[S, C, N, ...]`` -> images ``[S, C * N, ...]`` and labels ``[S, C * N]``."""
   S, C, N = x_SxCxN.shape[:3]
@@ -134,25 +250,37 @@ def _flat(x_SxCxN):
   return jnp.asarray(x_SxCxN.reshape(S, C * N, *x_SxCxN.shape[3:])), jnp.asarray(y)
 
 
-def train_arms(config, train_SxCxK, test_SxCxH, pool_SxCxP=None, arms=ARMS, seed: int = 0) -> dict:
-  """Accuracy on the test images of a CNN per arm and subset: ``{arm: [S]}``.
+def train_arms(config, train_SxCxK, test_SxCxH, pool_SxCxP=None, arms=None, seed: int = 0) -> dict:
+  """Test accuracy of a classifier per arm and subset, along its training.
 
   Args:
+    config: ``dagan.*`` gives the classifier, its steps, batch and learning rate, the
+      augmentation (``aug_shift``, ``aug_rotate``, ``aug_scale``) and ``curve_points``.
     train_SxCxK: the K real images per class of every subset.
     test_SxCxH: the other images of every class, per subset.
-    pool_SxCxP: generated images per class and subset, for the arms that use them
-      (``gen``, ``gen_jitter``).
-    arms: which of :data:`ARMS` to train.
+    pool_SxCxP: generated images per class and subset, for the arms that use them.
+    arms: :class:`Arm` s (default :func:`arms_of` the config).
     seed: subset ``s`` starts every arm from the same initialisation and batch draws,
       ``fold_in(key(seed), s)``, so on one subset the arms differ only by their schedule.
+
+  Returns:
+    ``{"acc": {arm: [S]}, "curve": {arm: [S, points]}, "curve_steps": [points]}``: the
+    accuracy after ``dagan.steps`` steps, and at every ``steps / points`` steps.
   """
   dc = config.dagan
+  arms = tuple(arms_of(config) if arms is None else arms)
   S, C = train_SxCxK.shape[:2]
   for a in arms:
-    if a not in ARMS:
-      raise ValueError(f"arm {a!r} is not one of {ARMS}.")
-    if _SCHEDULE[a][0] and pool_SxCxP is None:
-      raise ValueError(f"arm {a!r} trains on generated images: give pool_SxCxP [S, C, P, ...].")
+    if not isinstance(a, Arm):
+      raise ValueError(f"arm {a!r} is not an Arm: build arms with dagan.Arm or fair_arms().")
+  names = [a.name for a in arms]
+  if len(set(names)) != len(names):
+    raise ValueError(f"arms {names}: every arm needs its own name.")
+  for a in arms:
+    if a.uses_generated and pool_SxCxP is None:
+      raise ValueError(
+        f"arm {a.name!r} trains on generated images: give pool_SxCxP [S, C, P, ...]."
+      )
   if pool_SxCxP is not None and pool_SxCxP.shape[:2] != (S, C):
     raise ValueError(
       f"pool_SxCxP has shape {pool_SxCxP.shape}: it needs [S, C] = {[S, C]} leading axes."
@@ -160,13 +288,51 @@ def train_arms(config, train_SxCxK, test_SxCxH, pool_SxCxP=None, arms=ARMS, seed
   x_real, y_real = _flat(train_SxCxK)
   x_test, y_test = _flat(test_SxCxH)
   # without a pool the real set stands in (no arm's schedule draws from it then)
-  x_pool, y_pool = (x_real, y_real) if pool_SxCxP is None else _flat(pool_SxCxP)
-  flags = jnp.asarray([_SCHEDULE[a] for a in arms])
+  x_gen, y_gen = (x_real, y_real) if pool_SxCxP is None else _flat(pool_SxCxP)
+  rows = jnp.asarray(
+    [
+      [a.share, a.weight, float(a.augment_real), float(a.augment_pool), float(a.pool == "support")]
+      for a in arms
+    ],
+    jnp.float32,
+  )
   base = jax.random.key(int(seed))
   keys = jnp.stack([jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.arange(S))] * len(arms))
-  train = _trainer(C, int(dc.batch), float(dc.lr), float(dc.shift), int(dc.steps))
-  acc = np.asarray(train(keys, x_real, y_real, x_pool, y_pool, x_test, y_test, flags))
-  return {a: acc[i] for i, a in enumerate(arms)}
+  steps, points = int(dc.steps), int(dc.get("curve_points", 1))
+  aug = (float(dc.aug_shift), float(dc.get("aug_rotate", 0.0)), float(dc.get("aug_scale", 0.0)))
+  train = _trainer(
+    C, int(dc.batch), float(dc.lr), steps, points, str(dc.get("classifier", "cnn")), aug
+  )
+  curve = np.asarray(train(keys, x_real, y_real, x_gen, y_gen, x_test, y_test, rows))
+  return {
+    "acc": {n: curve[i, :, -1] for i, n in enumerate(names)},
+    "curve": {n: curve[i] for i, n in enumerate(names)},
+    "curve_steps": [(j + 1) * steps // points for j in range(points)],
+  }
+
+
+def converged(curve: dict, curve_steps, tol: float = 0.005) -> dict:
+  """Per arm, the accuracy change of the last doubling of the steps (``steps / 2`` to ``steps``).
+
+  ``curve``: ``{arm: [S, points]}`` of :func:`train_arms`; the curve's points must include
+  ``steps / 2``. Returns ``{arm: {"half", "full", "change", "converged"}}`` (means over the
+  subsets; ``converged``: ``|change| <= tol``, 0.5 points by default).
+  """
+  steps = curve_steps[-1]
+  if steps % 2 or steps // 2 not in curve_steps:
+    raise ValueError(f"curve steps {list(curve_steps)} have no point at steps / 2 = {steps / 2}.")
+  h = list(curve_steps).index(steps // 2)
+  out = {}
+  for a, c in curve.items():
+    c = np.asarray(c, np.float64)
+    half, full = float(c[:, h].mean()), float(c[:, -1].mean())
+    out[a] = {
+      "half": half,
+      "full": full,
+      "change": full - half,
+      "converged": abs(full - half) <= tol,
+    }
+  return out
 
 
 def ttest(a, b) -> dict:
@@ -189,15 +355,23 @@ def ttest(a, b) -> dict:
   return out
 
 
+#: The protocol's comparisons, ``(a, b)``: does ``a`` beat ``b``?
+PAIRS = (
+  ("real_gen", "real"),
+  ("aug", "real"),
+  ("aug_gen", "aug"),
+  ("aug_copies", "aug"),
+  ("aug_gen", "aug_copies"),
+)
+
+
 def compare(acc: dict) -> dict:
-  """The protocol's tests: each augmentation arm against ``real``, and ``gen_jitter`` against
-  ``jitter`` and ``gen`` against ``jitter`` (do generated batches add to the trivial one?)."""
-  pairs = [("gen", "real"), ("jitter", "real"), ("gen_jitter", "real")]
-  pairs += [("gen_jitter", "jitter"), ("gen", "jitter")]
-  return {f"{a}-{b}": ttest(acc[a], acc[b]) for a, b in pairs if a in acc and b in acc}
+  """The protocol's tests (:data:`PAIRS`), keyed ``"a vs b"``: generated batches against
+  real ones, and on top of the augmentation against it and against its control."""
+  return {f"{a} vs {b}": ttest(acc[a], acc[b]) for a, b in PAIRS if a in acc and b in acc}
 
 
-def contrast(row_a: dict, row_b: dict, arms=("gen", "gen_jitter")) -> dict:
+def contrast(row_a: dict, row_b: dict, arms=("real_gen", "aug_gen")) -> dict:
   """Two rows of the protocol against each other, arm by arm (:func:`ttest`, ``a`` minus ``b``).
 
   ``row_a`` / ``row_b``: rows of ``experiments/dagan.py``'s ``dagan.json`` (their ``acc``).
@@ -209,6 +383,58 @@ def contrast(row_a: dict, row_b: dict, arms=("gen", "gen_jitter")) -> dict:
     if missing:
       raise ValueError(f"row {r.get('name')!r} has no arm {missing}; it has {sorted(r['acc'])}.")
   return {a: ttest(row_a["acc"][a], row_b["acc"][a]) for a in arms}
+
+
+def prototype_filter(embed_fn, support_CxK, cand_CxM) -> dict:
+  """Selection: keep a generated image whose nearest class prototype is its own class's.
+
+  A class's prototype is the mean embedding of its K support images (Snell et al.,
+  2017); similarity is cosine. ``embed_fn`` must come from a network trained without
+  the scored classes, and not the one that scores fidelity (or fidelity would measure
+  the filter).
+
+  Args:
+    embed_fn: images ``[n, ...]`` -> embeddings ``[n, D]``.
+    support_CxK: the K support images of each of C classes.
+    cand_CxM: M generated candidates per class.
+
+  Returns:
+    ``{"accept": bool [C, M], "margin": [C, M], "rate": float}``: ``margin`` is the
+    similarity to the own prototype minus the largest to another class's; accepted
+    iff it is positive. ``rate`` is the accepted share.
+  """
+  C, K = support_CxK.shape[:2]
+  M = cand_CxM.shape[1]
+  if cand_CxM.shape[0] != C:
+    raise ValueError(f"cand_CxM has {cand_CxM.shape[0]} classes, the supports {C}.")
+  if C < 2:
+    raise ValueError("prototype_filter needs at least 2 classes (a prototype to lose to).")
+  unit = lambda v: v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+  e_sup = np.asarray(embed_fn(support_CxK.reshape(C * K, *support_CxK.shape[2:])), np.float64)
+  protos = unit(unit(e_sup).reshape(C, K, -1).mean(1))  # [C, D]
+  e_c = unit(np.asarray(embed_fn(cand_CxM.reshape(C * M, *cand_CxM.shape[2:])), np.float64))
+  sim = (e_c @ protos.T).reshape(C, M, C)
+  own = sim[np.arange(C), :, np.arange(C)]  # [C, M]
+  other = np.where(np.eye(C, dtype=bool)[:, None, :], -np.inf, sim).max(-1)
+  margin = own - other
+  accept = margin > 0
+  return {"accept": accept, "margin": margin, "rate": float(accept.mean())}
+
+
+def select_pool(cand_CxM, accept_CxM, margin_CxM, n: int) -> np.ndarray:
+  """``n`` images per class from the candidates: the accepted ones, best margin first.
+
+  More than ``n`` accepted: the ``n`` of largest margin. Fewer: the accepted ones
+  repeated in turn (a pool of fixed size, so every class keeps its share of the
+  batches). None: the ``n`` candidates of largest margin (the filter's best guess).
+  """
+  out = []
+  for cand, acc, mar in zip(cand_CxM, accept_CxM, margin_CxM):
+    order = np.argsort(-mar, kind="stable")
+    ok = order[acc[order]]
+    pick = order[:n] if len(ok) == 0 else ok[np.arange(n) % len(ok)]
+    out.append(cand[pick])
+  return np.stack(out)
 
 
 def generated_pools(
