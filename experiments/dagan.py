@@ -12,6 +12,7 @@ commands.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -92,17 +93,21 @@ _ROW_ONLY = (
 _BASE = ("real", "aug", "aug_copies")  # arms that do not use the row's samples
 
 
-def _arms_key(cfg, names) -> dict:
-  """What the arms without samples depend on: the classes and classifier settings."""
+def _arms_key(cfg, names, tr, te) -> dict:
+  """What the arms without samples depend on: the classifier settings, the classes and
+  their very images (a hash: another dataset folder or blur gives other pixels)."""
   key = {k: v for k, v in cfg.dagan.to_dict().items() if k not in _ROW_ONLY}
   key["classes"] = list(names)
+  h = hashlib.sha256(np.ascontiguousarray(tr, np.float32).tobytes())
+  h.update(np.ascontiguousarray(te, np.float32).tobytes())
+  key["images"] = h.hexdigest()[:16]
   return key
 
 
 def _base_arms(cfg, tr, te, names, workdir: str) -> dict:
   """:data:`_BASE`'s arms, or the copy a previous call in ``workdir`` saved for the same
-  classes and classifier settings (they do not depend on the rows)."""
-  key = _arms_key(cfg, names)
+  classes, images and classifier settings (they do not depend on the rows)."""
+  key = _arms_key(cfg, names, tr, te)
   path = os.path.join(workdir, "base_arms.json")
   if os.path.exists(path):
     with open(path) as f:
@@ -127,50 +132,67 @@ def pool_grid(train_CxK, pool_CxP, n: int = 8) -> np.ndarray:
   return train_lib.image_grid(np.concatenate(rows), cols=train_CxK.shape[1] + 1 + n)
 
 
-def pool_scores(feat_fn, train_SxCxK, test_SxCxH, pool_SxCxP) -> dict:
+def pool_scores(feat_fn, train_SxCxK, test_SxCxH, pool_SxCxP, unique_SxC=None) -> dict:
   """Class fidelity and diversity of a pool, in the fidelity feature network's space.
 
   Fidelity: the share of images nearest (in the feature space) to their own class's
   prototype, the mean of its test images; ``fidelity_real`` is the same for the K
   real images. Diversity: mean pairwise distance within a class, over the test
-  images'. Means over classes and subsets.
+  images'. Means over classes and subsets. ``unique_SxC``: how many of each class's
+  pool images are distinct (they come first; a selected pool repeats its accepted
+  images), so that repeats count once.
   """
   fid, fid_real, div = [], [], []
-  for tr, te, pool in zip(train_SxCxK, test_SxCxH, pool_SxCxP):
+  for s, (tr, te, pool) in enumerate(zip(train_SxCxK, test_SxCxH, pool_SxCxP)):
     f_te, f_tr, f_p = feat_fn(te), feat_fn(tr), feat_fn(pool)
     protos = f_te.mean(1)
-    C = len(protos)
-    for c in range(C):
-      fid.append(M.nearest_prototype_accuracy(f_p[c], np.full(len(f_p[c]), c), protos))
+    for c in range(len(protos)):
+      f = f_p[c] if unique_SxC is None else f_p[c][: int(unique_SxC[s][c])]
+      fid.append(M.nearest_prototype_accuracy(f, np.full(len(f), c), protos))
       fid_real.append(M.nearest_prototype_accuracy(f_tr[c], np.full(len(f_tr[c]), c), protos))
-      div.append(M.mean_pairwise_distance(f_p[c]) / max(M.mean_pairwise_distance(f_te[c]), 1e-12))
+      ref = max(M.mean_pairwise_distance(f_te[c]), 1e-12)
+      div.append(M.mean_pairwise_distance(f) / ref if len(f) > 1 else 0.0)
   fidelity, real = float(np.mean(fid)), float(np.mean(fid_real))
-  return {
+  out = {
     "fidelity": fidelity,
     "fidelity_real": real,
     "fidelity_ratio": fidelity / real if real > 0 else float("nan"),
     "diversity": float(np.mean(div)),
   }
+  if unique_SxC is not None:
+    out["unique"] = float(np.mean(unique_SxC) / pool_SxCxP.shape[2])
+  return out
+
+
+#: The selection filter's network: twice the fidelity network's widths and embedding, its
+#: own seed (trained like it, on the meta-training classes only).
+FILTER_WIDTHS = (32, 64, 128)
 
 
 def filter_net(cfg):
   """The selection filter's embedding: a second feature CNN on the meta-training classes,
-  with its own seed and width, so that it is not the network that scores fidelity."""
+  wider and with its own seed, so that the network which scores fidelity does not also
+  choose the samples."""
   fcfg = ml_collections.ConfigDict(cfg.to_dict())
   fcfg.features.seed = int(cfg.features.seed) + 1000
   fcfg.features.dim = 2 * int(cfg.features.dim)
-  fn, info = features.feature_net(fcfg, verbose=False)
-  return fn, info
+  fcfg.features.widths = FILTER_WIDTHS
+  return features.feature_net(fcfg, verbose=False)
 
 
-def select(embed_fn, train_SxCxK, cand_SxCxM, n: int) -> tuple[np.ndarray, float]:
-  """Per subset, :func:`dagan.prototype_filter` then :func:`dagan.select_pool`: ``(pool, rate)``."""
-  pools, rates = [], []
+def select(embed_fn, train_SxCxK, cand_SxCxM, n: int) -> tuple[np.ndarray, np.ndarray, float]:
+  """Per subset, :func:`dagan.prototype_filter` then :func:`dagan.select_pool`.
+
+  Returns ``(pool [S, C, n, ...], distinct images per class [S, C], acceptance rate)``.
+  """
+  pools, unique, rates = [], [], []
   for tr, cand in zip(train_SxCxK, cand_SxCxM):
     f = dagan.prototype_filter(embed_fn, tr, cand)
-    pools.append(dagan.select_pool(cand, f["accept"], f["margin"], n))
+    pool, u = dagan.select_pool(cand, f["accept"], f["margin"], n, return_unique=True)
+    pools.append(pool)
+    unique.append(u)
     rates.append(f["rate"])
-  return np.stack(pools), float(np.mean(rates))
+  return np.stack(pools), np.stack(unique), float(np.mean(rates))
 
 
 def _pct(v) -> str:
@@ -208,8 +230,8 @@ def markdown(out: dict) -> str:
     lines += [
       "",
       "| row | T | real | real + gen | aug | aug + gen | control | real + gen vs real (p) | "
-      "aug + gen vs aug (p) | fidelity / real |",
-      "|---|---|---|---|---|---|---|---|---|---|",
+      "aug + gen vs aug (p) | fidelity / real | diversity | accepted |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
   for r in out["rows"]:
     acc, t = r["acc"], r["tests"]
@@ -222,7 +244,8 @@ def markdown(out: dict) -> str:
         f"| {r['name']}{label} | {r['T']}{_psi(r)} | {_pct(acc['real'])} | {_pct(acc['real_gen' + suffix])}"
         f" | {_pct(acc['aug'])} | {_pct(acc['aug_gen' + suffix])} | {_pct(acc['aug_copies'])} | "
         f"{100 * t1['gain']:+.1f} ({_pv(t1['p'])}) | {100 * t2['gain']:+.1f} ({_pv(t2['p'])}) | "
-        f"{sc['fidelity_ratio']:.2f} |"
+        f"{sc['fidelity_ratio']:.2f} | {sc['diversity']:.2f} | "
+        + (f"{100 * sc['acceptance']:.0f}% |" if "acceptance" in sc else "- |")
       )
   conv = out.get("converged", {})
   if conv:
@@ -279,7 +302,7 @@ def run(config, workdir: str) -> dict:
   base = _base_arms(cfg0, tr, te, cls["names"], workdir)
   print("  ".join(f"{a} {100 * v.mean():.1f}" for a, v in base["acc"].items()))
   feat_fn, feat_info = features.feature_net(cfg0, verbose=False) if rows else (None, None)
-  embed_fn = filter_net(cfg0)[0] if dc.filter == "prototype" else None
+  embed_fn = filter_net(cfg0)[0] if dc.filter == "prototype" and rows else None
   arms = {a.name: a for a in dagan.arms_of(cfg0)}
   out = {
     "protocol": "fair",
@@ -304,7 +327,7 @@ def run(config, workdir: str) -> dict:
       old_doc = json.load(f)
     if old_doc.get("protocol") == "fair":
       done = {json.dumps(r["key"], sort_keys=True): r for r in old_doc["rows"] if "key" in r}
-  arms_key = _arms_key(cfg0, cls["names"])
+  arms_key = _arms_key(cfg0, cls["names"], tr, te)
   n_pool = int(dc.pool)
   n_cand = n_pool * (int(dc.filter_candidates) if embed_fn else 1)
   for name, path, method, cfg, params, rule in rows:
@@ -324,6 +347,7 @@ def run(config, workdir: str) -> dict:
         rule=rule,
         filter=dc.filter,
         candidates=n_cand,
+        features=cfg0.features.to_dict(),
       )
       old = done.get(json.dumps(report.jsonable(row_key), sort_keys=True))
       if old is not None:
@@ -347,12 +371,12 @@ def run(config, workdir: str) -> dict:
       row = {"name": name, "path": path, "method": method or "", "T": t, "generate_s": g_s}
       row["pool"] = pool_scores(feat_fn, tr, te, pool)
       if embed_fn is not None:
-        sel, rate = select(embed_fn, tr, cand, n_pool)
+        sel, unique, rate = select(embed_fn, tr, cand, n_pool)
         filt = [dataclasses.replace(a, name=a.name + "_filtered") for a in gen_arms]
         res_f = dagan.train_arms(cfg, tr, te, sel, filt, int(dc.seed))
         acc.update(res_f["acc"])
         curve.update(res_f["curve"])
-        row["pool_filtered"] = dict(pool_scores(feat_fn, tr, te, sel), acceptance=rate)
+        row["pool_filtered"] = dict(pool_scores(feat_fn, tr, te, sel, unique), acceptance=rate)
         train_lib.save_png(
           os.path.join(workdir, f"{name}_T{t}_filtered.png"),
           pool_grid(tr[0, : int(dc.grid_classes)], sel[0, : int(dc.grid_classes)]),
@@ -362,6 +386,7 @@ def run(config, workdir: str) -> dict:
         tests[f"real_gen{sfx} vs real"] = dagan.ttest(acc["real_gen" + sfx], acc["real"])
         tests[f"aug_gen{sfx} vs aug"] = dagan.ttest(acc["aug_gen" + sfx], acc["aug"])
         tests[f"aug_gen{sfx} vs aug_gen"] = dagan.ttest(acc["aug_gen" + sfx], acc["aug_gen"])
+        tests[f"aug_gen{sfx} vs aug_copies"] = dagan.ttest(acc["aug_gen" + sfx], acc["aug_copies"])
       row.update(
         acc={a: v.tolist() for a, v in acc.items()},
         curve={a: np.asarray(v).tolist() for a, v in curve.items()},

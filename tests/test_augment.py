@@ -60,27 +60,45 @@ def test_random_affine_is_translate_without_rotation_or_scaling():
   )
 
 
-def test_random_affine_rotates_and_scales_about_the_centre():
-  """Known answers: a disc centred in the image is unchanged by any rotation; a ring's
-  radius grows or shrinks with the scale; a near-zero rotation and scaling is the identity."""
-  yy, xx = np.mgrid[:29, :29] - 14.0
-  r = np.hypot(yy, xx)
-  disc = np.where(r <= 6, 1.0, -1.0).astype(np.float32)[None, :, :, None].repeat(8, 0)
-  k = jax.random.key(3)
-  out = np.asarray(augment.random_affine(k, jnp.asarray(disc), shift=0.0, rotate=30.0))
-  assert np.abs(out - disc)[:, np.abs(r - 6) > 1.5].max() < 1e-5  # away from the rim
-  assert not np.allclose(
-    np.asarray(augment.random_affine(k, jnp.asarray(disc), 0.0, 0.0, 0.3)), disc
-  )
-  ident = augment.random_affine(k, jnp.asarray(disc), 0.0, 1e-6, 1e-6)
-  np.testing.assert_allclose(ident, disc, atol=1e-4)
-  # pixels from outside the image take the fill: shrinking a white image leaves a border
-  white = jnp.ones((4, 28, 28, 1))
-  small = np.asarray(augment.random_affine(k, white, 0.0, 0.0, 0.5))
-  assert np.any(small[:, 0, 0, 0] == -1.0) and np.all(small[:, 14, 14, 0] == 1.0)
-  assert small.min() >= -1.0 - 1e-6 and small.max() <= 1.0 + 1e-6
+def test_random_affine_rotates_about_the_centre_after_its_shift():
+  """Known answer: a thick horizontal bar through the centre, shifted by (dy, dx) and turned
+  by theta (both drawn from the key as the op draws them), lies along c + d + r (-sin, cos)."""
+  n, h = 8, 29
+  bar = np.full((n, h, h, 1), -1.0, np.float32)
+  bar[:, 13:16] = 1.0
+  key = jax.random.key(3)
+  out = np.asarray(augment.random_affine(key, jnp.asarray(bar), shift=0.075, rotate=30.0))
+  ky, kx, kr, _ = jax.random.split(key, 4)
+  s = int(h * 0.075 + 0.5)
+  dy = np.asarray(jax.random.randint(ky, (n,), -s, s + 1))
+  dx = np.asarray(jax.random.randint(kx, (n,), -s, s + 1))
+  theta = np.deg2rad(np.asarray(jax.random.uniform(kr, (n,), minval=-30.0, maxval=30.0)))
+  assert np.abs(np.rad2deg(theta)).max() > 10  # some draws turn the bar visibly
+  for i in range(n):
+    for r in (-9, -5, 5, 9):
+      y = int(round(14 + dy[i] - r * np.sin(theta[i])))
+      x = int(round(14 + dx[i] + r * np.cos(theta[i])))
+      assert out[i, y, x, 0] > 0.0, (i, r)  # on the turned bar
+      y_off = int(round(14 + dy[i] + 6 * np.cos(theta[i])))  # 6 px off the bar's axis
+      x_off = int(round(14 + dx[i] + 6 * np.sin(theta[i])))
+      assert out[i, y_off, x_off, 0] < -0.9, (i, r)
+  # near-zero rotation and scaling: the shift alone (as translate), up to interpolation
+  near = augment.random_affine(key, jnp.asarray(bar), 0.075, 1e-6, 1e-6)
+  np.testing.assert_allclose(near, augment.translate(key, jnp.asarray(bar), 0.075), atol=1e-4)
+
+
+def test_random_affine_scales_about_the_centre_and_fills_from_outside():
+  key = jax.random.key(3)
+  white = jnp.ones((8, 28, 28, 1))
+  small = np.asarray(augment.random_affine(key, white, 0.0, 0.0, 0.5))
+  zoom = np.asarray(jax.random.uniform(jax.random.split(key, 4)[3], (8,), minval=0.5, maxval=1.5))
+  shrunk, enlarged = zoom < 0.9, zoom > 1.0  # (at 0.9 the corner reads 1.5 px outside)
+  assert shrunk.any() and enlarged.any()
+  np.testing.assert_array_equal(small[shrunk, 0, 0, 0], -1.0)  # the corner reads outside
+  np.testing.assert_array_equal(small[enlarged, 0, 0, 0], 1.0)  # enlarged: it stays inside
+  assert np.all(small[:, 14, 14, 0] == 1.0)
   with pytest.raises(ValueError, match="scale=1.0"):
-    augment.random_affine(k, white, 0.1, 0.0, 1.0)
+    augment.random_affine(key, white, 0.1, 0.0, 1.0)
 
 
 def test_ops_are_differentiable_with_exact_gradients():

@@ -1,5 +1,7 @@
 """The DAGAN augmentation protocol (experiments/protocol/dagan.py): arms, t-test, subsets."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -85,22 +87,62 @@ def test_fair_arms_schedules():
     dagan.Arm("x", pool="noise")
 
 
+def test_each_arms_batch_plan_at_other_shares():
+  """Step by step, as the trainer reads it: which steps take a pool batch, from which pool,
+  whether it is augmented, and its weight."""
+  arms = {a.name: a for a in dagan.fair_arms(share=0.25, weight=0.5)}
+  steps = jnp.arange(8)
+  plan = lambda name: {
+    k: np.asarray(v) for k, v in dagan.batch_plan(dagan.arm_row(arms[name]), steps).items()
+  }
+  real, rg, aug, ag, ac = (plan(n) for n in arms)
+  assert not real["pool"].any() and not real["augment"].any() and (real["weight"] == 1).all()
+  np.testing.assert_array_equal(np.flatnonzero(rg["pool"]), [1, 3, 5, 7])  # one in two
+  assert not rg["augment"].any() and not rg["copies"].any() and (rg["weight"] == 1).all()
+  assert aug["augment"].all() and not aug["pool"].any()
+  np.testing.assert_array_equal(np.flatnonzero(ag["pool"]), [3, 7])  # share 0.25
+  assert ag["augment"].all() and not ag["copies"].any()  # generated batches augmented too
+  np.testing.assert_array_equal(ag["weight"], np.where(ag["pool"], 0.5, 1.0))
+  np.testing.assert_array_equal(ac["pool"], ag["pool"])  # the control: the same schedule,
+  np.testing.assert_array_equal(ac["copies"], ac["pool"])  # every pool batch from the copies
+  np.testing.assert_array_equal(ac["weight"], ag["weight"])
+  tenth = dagan.batch_plan(dagan.arm_row(dagan.Arm("g", share=0.1, weight=2.0)), jnp.arange(1000))
+  assert int(np.sum(tenth["pool"])) == 100
+  assert float(np.sum(tenth["weight"])) == 900 + 2.0 * 100
+
+
+def test_the_controls_pool_is_augmented_copies_of_the_supports():
+  tr, _ = dagan.subsets(synthetic(), 4, 2, 0)
+  key = jax.random.key(5)
+  plain = dagan.copies_pool(tr, 10, key, (0.0, 0.0, 0.0))
+  assert plain.shape == (2, 5, 10, 28, 28, 1)
+  np.testing.assert_array_equal(plain, tr[:, :, np.arange(10) % 4])  # support j mod K
+  aug = dagan.copies_pool(tr, 10, key, (0.075, 10.0, 0.1))
+  assert not np.array_equal(aug, plain) and np.abs(aug).max() <= 1.0 + 1e-6
+  np.testing.assert_array_equal(aug, dagan.copies_pool(tr, 10, key, (0.075, 10.0, 0.1)))
+
+
 def test_known_answers_of_the_schedules():
   """Same initialisation, same draws: a pool of the K real images themselves makes
   ``real_gen`` the real arm and ``aug_gen`` the augmented arm exactly (so generated
-  batches pass through the same augmentation as real ones), and the control's pool is
-  the supports, augmented: at weight 1 it is the augmented arm, whatever was generated."""
+  batches pass through the same augmentation as real ones); a generated pool that is the
+  control's own pool makes ``aug_gen`` the control exactly."""
   tr, te = dagan.subsets(synthetic(), 4, 3, 0)
   got = dagan.train_arms(tiny(), tr, te, tr.copy())
   acc = got["acc"]
   np.testing.assert_array_equal(acc["real_gen"], acc["real"])
   np.testing.assert_array_equal(acc["aug_gen"], acc["aug"])
-  np.testing.assert_array_equal(acc["aug_copies"], acc["aug"])
   assert not np.array_equal(acc["aug"], acc["real"])
   assert acc["real"].mean() > 0.6  # the CNN learns these classes from K = 4 (chance 0.2)
   assert got["curve_steps"] == [10, 20, 30, 40]
   assert got["curve"]["aug"].shape == (3, 4)
   np.testing.assert_array_equal(got["curve"]["aug"][:, -1], acc["aug"])
+  c = tiny()
+  aug = (c.dagan.aug_shift, c.dagan.aug_rotate, c.dagan.aug_scale)
+  copies = dagan.copies_pool(tr, c.dagan.pool, jax.random.key(0 + 1_000_003), aug)
+  same = dagan.train_arms(c, tr, te, copies)["acc"]
+  np.testing.assert_array_equal(same["aug_gen"], same["aug_copies"])
+  np.testing.assert_array_equal(same["aug_copies"], acc["aug_copies"])  # pool-independent
   # an arm whose generated batches skip the augmentation is another schedule
   unaug = dagan.Arm("aug_gen_plain", 0.5, 1.0, augment_real=True, augment_pool=False)
   plain = dagan.train_arms(tiny(), tr, te, tr.copy(), [unaug])["acc"]["aug_gen_plain"]
@@ -114,16 +156,17 @@ def test_weights_and_the_control_pool():
   acc = dagan.train_arms(tiny(), tr, te, wrong)["acc"]
   assert acc["real_gen"].mean() < acc["real"].mean() - 0.2  # wrong labels hurt
   assert acc["aug_gen"].mean() < acc["aug"].mean() - 0.2
-  np.testing.assert_array_equal(acc["aug_copies"], acc["aug"])  # the control never sees them
+  assert acc["aug_copies"].mean() > acc["aug_gen"].mean() + 0.2  # the control never sees them
   # at weight 0 a pool batch moves nothing: its content cannot matter
   w0 = dagan.fair_arms(share=0.5, weight=0.0)
   a = dagan.train_arms(tiny(), tr, te, wrong, w0)["acc"]
   b = dagan.train_arms(tiny(), tr, te, tr.copy(), w0)["acc"]
   np.testing.assert_array_equal(a["aug_gen"], b["aug_gen"])
+  np.testing.assert_array_equal(a["aug_gen"], a["aug_copies"])  # whatever the pool
   assert not np.array_equal(a["aug_copies"], acc["aug_copies"])  # the weight reaches the control
   tests = dagan.compare(acc)
   assert tests["real_gen vs real"]["gain"] < 0 and tests["aug_gen vs aug"]["gain"] < 0
-  assert tests["aug_copies vs aug"]["gain"] == 0.0
+  assert tests["aug_gen vs aug_copies"]["gain"] < 0
 
 
 def test_a_second_classifier_with_normalisation_learns_too():
@@ -147,23 +190,33 @@ def test_converged_reads_the_last_doubling():
 
 
 def test_prototype_filter_accepts_what_is_nearest_its_own_class():
-  """Known answer: with the identity as embedding, a candidate that copies its own class's
-  pattern is accepted and one that copies another class's is not."""
-  protos = np.eye(3, dtype=np.float32).reshape(3, 1, 3, 1, 1)  # 3 classes, 3-pixel images
-  support = np.repeat(protos, 2, axis=1)  # K = 2
-  own, other = protos[:, 0], np.roll(protos[:, 0], 1, axis=0)
-  cand = np.stack([own, other, own, own], axis=1)  # [C=3, M=4]: 3 own, 1 other per class
+  """Known answer: with the identity as embedding, a candidate leaning towards its own
+  class's pattern is accepted with a margin that grows with the lean; one leaning towards
+  another class's is rejected."""
+  eye = np.eye(3, dtype=np.float32)
+  support = np.repeat(eye.reshape(3, 1, 3, 1, 1), 2, axis=1)  # 3 classes, K = 2, 3-pixel images
+  cand = np.zeros((3, 4, 3, 1, 1), np.float32)
+  for c in range(3):
+    other = (c + 1) % 3
+    for m, (own_w, other_w) in enumerate([(1.0, 0.2), (0.2, 1.0), (1.0, 0.6), (1.0, 0.0)]):
+      cand[c, m, c], cand[c, m, other] = own_w, other_w
   embed = lambda x: x.reshape(len(x), -1)
   f = dagan.prototype_filter(embed, support, cand)
   np.testing.assert_array_equal(f["accept"], [[True, False, True, True]] * 3)
   assert f["rate"] == 0.75
-  np.testing.assert_allclose(f["margin"][:, 0], 1.0)
-  np.testing.assert_allclose(f["margin"][:, 1], -1.0)
+  unit = lambda v: np.asarray(v) / np.linalg.norm(v)
+  want = [unit([1, 0.2])[0] - unit([1, 0.2])[1], unit([0.2, 1])[0] - unit([0.2, 1])[1]]
+  np.testing.assert_allclose(f["margin"][:, :2], [want] * 3, rtol=1e-6)
+  np.testing.assert_allclose(f["margin"][:, 3], 1.0)  # exactly its own pattern
   pool = dagan.select_pool(cand, f["accept"], f["margin"], 5)
   assert pool.shape == (3, 5, 3, 1, 1)
-  np.testing.assert_array_equal(pool, np.repeat(own[:, None], 5, axis=1))  # accepted, cycled
+  # accepted ones by margin (3, 0, 2), then again in turn: never a rejected one
+  np.testing.assert_array_equal(pool, cand[:, [3, 0, 2, 3, 0]])
+  np.testing.assert_array_equal(
+    dagan.select_pool(cand, f["accept"], f["margin"], 2), cand[:, [3, 0]]
+  )
   none = dagan.select_pool(cand, np.zeros_like(f["accept"]), f["margin"], 2)
-  np.testing.assert_array_equal(none[:, 0], own)  # nothing accepted: the best margins
+  np.testing.assert_array_equal(none, cand[:, [3, 0]])  # nothing accepted: the best margins
   with pytest.raises(ValueError, match="at least 2 classes"):
     dagan.prototype_filter(embed, support[:1], cand[:1])
 
@@ -210,5 +263,20 @@ def test_a_call_without_runs_trains_the_arms_that_use_no_samples(tmp_path):
   assert out["curve_steps"] == [10, 20, 30, 40]
   md = dagan_cmd.markdown(out)
   assert "Without samples: real" in md and "rotations of up to 10 degrees" in md
-  again = dagan_cmd.run(c, str(tmp_path))  # the saved arms are reused, not trained again
+  calls = []
+  train = dagan.train_arms
+
+  def counted(*args, **kw):
+    calls.append(1)
+    return train(*args, **kw)
+
+  try:
+    dagan.train_arms = counted
+    again = dagan_cmd.run(c, str(tmp_path))  # the saved arms are reused, not trained again
+    assert not calls
+    c.dagan.aug_rotate = 5.0  # another augmentation: trained afresh, not read from the cache
+    dagan_cmd.run(c, str(tmp_path))
+    assert len(calls) == 1
+  finally:
+    dagan.train_arms = train
   np.testing.assert_array_equal(again["base"]["acc"]["aug"], out["base"]["acc"]["aug"])

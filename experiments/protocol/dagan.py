@@ -96,18 +96,61 @@ def arms_of(config) -> tuple[Arm, ...]:
   return fair_arms(float(config.dagan.share), float(config.dagan.weight))
 
 
-def pool_steps(share, steps: int):
-  """Which of ``steps`` steps take a pool batch: step i iff floor((i+1)s) > floor(i s).
+def pool_steps(share, steps):
+  """Which steps take a pool batch: step i iff floor((i+1) share) > floor(i share).
 
-  Evenly spaced, ``floor(steps * share)`` of them; at 0.5 the odd steps. Works on numpy
-  and traced values alike (the trainer calls it with a traced step).
+  Evenly spaced, ``floor(steps * share)`` of ``steps`` steps; at 0.5 the odd steps.
+  ``steps``: a count (returns a mask over ``range(steps)``) or step indices, traced ones
+  included (the trainer asks it step by step, through :func:`batch_plan`).
   """
-  i = jnp.arange(steps) if isinstance(steps, int) else steps
+  i = jnp.arange(steps) if isinstance(steps, int) else jnp.asarray(steps)
   return jnp.floor((i + 1) * share) > jnp.floor(i * share)
 
 
-def _is_pool_step(i, share):
-  return jnp.floor((i + 1) * share) > jnp.floor(i * share)
+def arm_row(arm: Arm) -> list[float]:
+  """An arm as the trainer's numbers: share, weight, augment real, augment pool, copies."""
+  return [
+    arm.share,
+    arm.weight,
+    float(arm.augment_real),
+    float(arm.augment_pool),
+    float(arm.pool == "support"),
+  ]
+
+
+def batch_plan(row, i) -> dict:
+  """What step ``i`` of an arm (``row``: :func:`arm_row`) trains on.
+
+  Returns ``pool`` (a pool batch, not a real one), ``copies`` (that pool is the
+  augmented copies of the supports, not the generated images), ``augment`` (the batch
+  goes through the standard augmentation) and ``weight`` (its loss weight).
+  """
+  share, weight, aug_real, aug_pool, copies = (row[j] for j in range(5))
+  pool = pool_steps(share, i)
+  return {
+    "pool": pool,
+    "copies": pool & (jnp.asarray(copies) > 0.5),
+    "augment": jnp.where(pool, aug_pool, aug_real) > 0.5,
+    "weight": jnp.where(pool, weight, 1.0),
+  }
+
+
+def copies_pool(train_SxCxK, n: int, key: jax.Array, aug: tuple[float, float, float]):
+  """The control's pool: ``n`` augmented copies of each class's K supports, ``[S, C, n, ...]``.
+
+  Copy j of a class is support ``j mod K`` through the standard augmentation
+  (``aug`` = shift, rotate, scale), drawn once per subset with ``fold_in(key, s)``, as a
+  generated pool is made once per subset; the trainer then augments its batches again,
+  as it does the generated pool's.
+  """
+  S, C, K = train_SxCxK.shape[:3]
+  x = np.asarray(train_SxCxK)[:, :, np.arange(n) % K]  # [S, C, n, ...]
+  flat = x.reshape(S, C * n, *x.shape[3:])
+  out = [
+    np.asarray(augment.random_affine(jax.random.fold_in(key, s), jnp.asarray(flat[s]), *aug))
+    for s in range(S)
+  ]
+  return np.stack(out).reshape(x.shape)
 
 
 class Conv4(nn.Module):
@@ -150,53 +193,55 @@ def _trainer(
   net_name: str,
   aug: tuple[float, float, float],
 ):
-  """``train(keys [A, S], real, gen, test, arms [A, 5]) -> accuracy [A, S, points]``."""
+  """``train(keys [A, S], real, gen, copies, test, arms [A, 5]) -> accuracy [A, S, points]``."""
   net, opt = classifier(net_name, num_classes), optax.adam(lr)
   if steps % points:
     raise ValueError(f"dagan.steps={steps} is not a multiple of dagan.curve_points={points}.")
   chunk = steps // points
   shift, rotate, scale = aug
 
-  def one(key, x_real, y_real, x_gen, y_gen, x_test, y_test, arm):
-    share, weight, aug_real, aug_pool, from_support = arm[0], arm[1], arm[2], arm[3], arm[4]
+  def one(key, x_real, y_real, x_gen, y_gen, x_cop, y_cop, x_test, y_test, row):
     k_init, k_steps = jax.random.split(key)
     p = net.init(k_init, x_real[:1])["params"]
 
     def step(i, ps):
       p, s = ps
       k_idx, k_aug = jax.random.split(jax.random.fold_in(k_steps, i))
-      # One draw indexes the real set and the pool: with a pool of the real images
+      plan = batch_plan(row, i)
+      # One draw indexes the real set and the pools: with a pool of the real images
       # themselves and no augmentation, a pool batch is the real batch it replaces.
       u = jax.random.uniform(k_idx, (batch,))
       idx_r = (u * x_real.shape[0]).astype(jnp.int32)
       idx_g = (u * x_gen.shape[0]).astype(jnp.int32)
-      pool_step = _is_pool_step(i, share)
-      gen_batch = (pool_step & (from_support < 0.5)).astype(jnp.float32)
-      xb = jnp.where(gen_batch > 0, x_gen[idx_g], x_real[idx_r])
-      yb = jnp.where(gen_batch > 0, y_gen[idx_g], y_real[idx_r])
-      do_aug = jnp.where(pool_step, aug_pool, aug_real) > 0.5
-      xa = augment.random_affine(k_aug, xb, shift, rotate, scale)
-      xb = jnp.where(do_aug, xa, xb)
-      w = jnp.where(pool_step, weight, 1.0)
+      idx_c = (u * x_cop.shape[0]).astype(jnp.int32)
+      x_pool = jnp.where(plan["copies"], x_cop[idx_c], x_gen[idx_g])
+      y_pool = jnp.where(plan["copies"], y_cop[idx_c], y_gen[idx_g])
+      xb = jnp.where(plan["pool"], x_pool, x_real[idx_r])
+      yb = jnp.where(plan["pool"], y_pool, y_real[idx_r])
+      xb = jnp.where(plan["augment"], augment.random_affine(k_aug, xb, shift, rotate, scale), xb)
 
       def loss(p):
         logits = net.apply({"params": p}, xb)[0]
-        return w * optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+        return plan["weight"] * ce
 
       u_, s = opt.update(jax.grad(loss)(p), s, p)
       return optax.apply_updates(p, u_), s
 
     def segment(ps, c):
       ps = jax.lax.fori_loop(c * chunk, (c + 1) * chunk, step, ps)
-      pred = net.apply({"params": ps[0]}, x_test)[0].argmax(-1)
+      # in slices: every classifier of the vmap holds one slice's activations at a time
+      pred = jax.lax.map(
+        lambda x: net.apply({"params": ps[0]}, x[None])[0][0].argmax(-1), x_test, batch_size=200
+      )
       return ps, (pred == y_test).mean()
 
     _, curve = jax.lax.scan(segment, (p, opt.init(p)), jnp.arange(points))
     return curve
 
   # subsets (axis 0 of the data, axis 1 of the keys), then arms (arm rows, keys' axis 0)
-  over_s = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, 0, None))
-  over_a = jax.vmap(over_s, in_axes=(0, None, None, None, None, None, None, 0))
+  over_s = jax.vmap(one, in_axes=(0,) * 9 + (None,))
+  over_a = jax.vmap(over_s, in_axes=(0,) + (None,) * 8 + (0,))
   return jax.jit(over_a)
 
 
@@ -262,6 +307,9 @@ def train_arms(config, train_SxCxK, test_SxCxH, pool_SxCxP=None, arms=None, seed
     arms: :class:`Arm` s (default :func:`arms_of` the config).
     seed: subset ``s`` starts every arm from the same initialisation and batch draws,
       ``fold_in(key(seed), s)``, so on one subset the arms differ only by their schedule.
+      The control's pool (arms whose ``pool`` is ``"support"``) is
+      :func:`copies_pool` of as many copies as the generated pool holds (``dagan.pool``
+      without one), from ``key(seed + 1_000_003)``.
 
   Returns:
     ``{"acc": {arm: [S]}, "curve": {arm: [S, points]}, "curve_steps": [points]}``: the
@@ -289,21 +337,21 @@ def train_arms(config, train_SxCxK, test_SxCxH, pool_SxCxP=None, arms=None, seed
   x_test, y_test = _flat(test_SxCxH)
   # without a pool the real set stands in (no arm's schedule draws from it then)
   x_gen, y_gen = (x_real, y_real) if pool_SxCxP is None else _flat(pool_SxCxP)
-  rows = jnp.asarray(
-    [
-      [a.share, a.weight, float(a.augment_real), float(a.augment_pool), float(a.pool == "support")]
-      for a in arms
-    ],
-    jnp.float32,
-  )
-  base = jax.random.key(int(seed))
-  keys = jnp.stack([jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.arange(S))] * len(arms))
   steps, points = int(dc.steps), int(dc.get("curve_points", 1))
   aug = (float(dc.aug_shift), float(dc.get("aug_rotate", 0.0)), float(dc.get("aug_scale", 0.0)))
+  if any(a.pool == "support" and a.share > 0 for a in arms):
+    n_copies = int(dc.pool) if pool_SxCxP is None else pool_SxCxP.shape[2]
+    copies = copies_pool(train_SxCxK, n_copies, jax.random.key(int(seed) + 1_000_003), aug)
+    x_cop, y_cop = _flat(copies)
+  else:
+    x_cop, y_cop = x_real, y_real
+  rows = jnp.asarray([arm_row(a) for a in arms], jnp.float32)
+  base = jax.random.key(int(seed))
+  keys = jnp.stack([jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.arange(S))] * len(arms))
   train = _trainer(
     C, int(dc.batch), float(dc.lr), steps, points, str(dc.get("classifier", "cnn")), aug
   )
-  curve = np.asarray(train(keys, x_real, y_real, x_gen, y_gen, x_test, y_test, rows))
+  curve = np.asarray(train(keys, x_real, y_real, x_gen, y_gen, x_cop, y_cop, x_test, y_test, rows))
   return {
     "acc": {n: curve[i, :, -1] for i, n in enumerate(names)},
     "curve": {n: curve[i] for i, n in enumerate(names)},
@@ -343,15 +391,19 @@ def ttest(a, b) -> dict:
   ``p_paired`` (two-sided paired t-test over the subsets, when a and b pair up).
   """
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  res = sps.ttest_ind(a, b)
+  gain = float(a.mean() - b.mean())
+  # No spread at all (identical arms): no evidence of a difference if the means agree, and
+  # certainty if they do not; scipy says NaN, which JSON cannot hold.
+  settle = lambda p: float(p) if np.isfinite(p) else (1.0 if gain == 0 else 0.0)
+  p = settle(sps.ttest_ind(a, b).pvalue)
   out = {
-    "gain": float(a.mean() - b.mean()),
-    "t": float(res.statistic),
-    "p": float(res.pvalue),
-    "confidence": float(1.0 - res.pvalue / 2) if a.mean() > b.mean() else float(res.pvalue / 2),
+    "gain": gain,
+    "t": float(sps.ttest_ind(a, b).statistic),
+    "p": p,
+    "confidence": 1.0 - p / 2 if gain > 0 else p / 2,
   }
   if a.shape == b.shape and len(a) > 1:
-    out["p_paired"] = float(sps.ttest_rel(a, b).pvalue)
+    out["p_paired"] = 1.0 if np.all(a == b) else settle(sps.ttest_rel(a, b).pvalue)
   return out
 
 
@@ -421,20 +473,23 @@ def prototype_filter(embed_fn, support_CxK, cand_CxM) -> dict:
   return {"accept": accept, "margin": margin, "rate": float(accept.mean())}
 
 
-def select_pool(cand_CxM, accept_CxM, margin_CxM, n: int) -> np.ndarray:
+def select_pool(cand_CxM, accept_CxM, margin_CxM, n: int, return_unique: bool = False):
   """``n`` images per class from the candidates: the accepted ones, best margin first.
 
   More than ``n`` accepted: the ``n`` of largest margin. Fewer: the accepted ones
   repeated in turn (a pool of fixed size, so every class keeps its share of the
   batches). None: the ``n`` candidates of largest margin (the filter's best guess).
+  With ``return_unique``, also how many distinct images each class's pool holds (they
+  come first).
   """
-  out = []
+  out, unique = [], []
   for cand, acc, mar in zip(cand_CxM, accept_CxM, margin_CxM):
     order = np.argsort(-mar, kind="stable")
     ok = order[acc[order]]
     pick = order[:n] if len(ok) == 0 else ok[np.arange(n) % len(ok)]
     out.append(cand[pick])
-  return np.stack(out)
+    unique.append(n if len(ok) == 0 else min(n, len(ok)))
+  return (np.stack(out), np.asarray(unique)) if return_unique else np.stack(out)
 
 
 def generated_pools(

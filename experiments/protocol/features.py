@@ -63,7 +63,8 @@ def feature_net(config, verbose: bool = True):
   """
   fc = config.features
   split = train_lib.load_split(config, "train", rotations=False, verbose=verbose)
-  net = FeatureNet(len(split), fc.dim)
+  # widths: the default net's unless the config names others (the selection filter's net)
+  net = FeatureNet(len(split), fc.dim, tuple(fc.get("widths", FeatureNet.widths)))
   key = _feature_net_key(config, split)
   path = os.path.join(fc.cache_dir, f"featnet_{key}")
   params0 = net.init(jax.random.key(fc.seed), jnp.zeros((1, *split.image_shape)))["params"]
