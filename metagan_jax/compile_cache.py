@@ -186,7 +186,7 @@ def source_key() -> str:
   return h.hexdigest()
 
 
-def exported_call(fn, args: list, key: str):
+def exported_call(fn, args: list, key: str, compiler_options: dict | None = None):
   """``jax.jit(fn)(*args)``, reusing the traced program an earlier process stored under ``key``.
 
   Args:
@@ -195,23 +195,27 @@ def exported_call(fn, args: list, key: str):
     key: a string naming everything ``fn`` computes besides ``args`` (its
       configuration); the shapes and dtypes of ``args``, the platform and
       :func:`source_key` are added here.
+    compiler_options: XLA options for compiling it (``jax.jit``'s); the
+      persistent cache keys its executables by them.
 
   Without :func:`enable`, or when the cache is off, this is just
   ``jax.jit(fn)(*args)``. An unreadable stored program is traced afresh and
   rewritten, with a warning.
   """
   if _EXPORT_DIR is None:
-    return jax.jit(fn)(*args)
+    return jax.jit(fn, compiler_options=compiler_options)(*args)
   sig = ";".join(f"{jax.numpy.shape(a)}{jax.numpy.result_type(a)}" for a in args)  # shapes only
   name = hashlib.sha256(f"{key}|{sig}|{jax.default_backend()}|{source_key()}".encode()).hexdigest()
   path = os.path.join(_EXPORT_DIR, f"{name[:32]}.jaxexport")
-  call = _CALLS.get(path)
+  slot = (path, tuple(sorted((compiler_options or {}).items())))
+  call = _CALLS.get(slot)
   if call is None:  # once per process and program: later calls (other classes) reuse it
-    call = _CALLS[path] = jax.jit(_load_or_export(path, fn, args).call)
+    exp = _load_or_export(path, fn, args)
+    call = _CALLS[slot] = jax.jit(exp.call, compiler_options=compiler_options)
   return call(*args)
 
 
-_CALLS: dict = {}  # path -> the jitted call of its exported program, this process's
+_CALLS: dict = {}  # (path, options) -> the jitted call of its exported program, this process's
 
 
 def _load_or_export(path: str, fn, args: list):

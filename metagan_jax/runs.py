@@ -246,6 +246,7 @@ class LoadedRun:
         flat,
         [*leaves, support, _seed(seed)],
         f"{pk[0]}|steps={ac.inner_steps}|n={n}|psi={self.psi}|{treedef}",
+        compiler_options=_COMPILER_OPTIONS,
       )
     )
 
@@ -286,11 +287,19 @@ def _one_class(meta_params, support, seed, ac: AdaptConfig, n: int, psi: float =
   return ac.model.generate_truncated(adapted.g, z, psi, z_avg, *cond)
 
 
+# XLA options for generate's programs. LLVM's -O2 instead of XLA's default -O3 on CPU: on
+# specgan's adaptation program the samples came out bitwise the same, the run time within
+# noise, and the compilation that a cold ``generate`` waits for 21% shorter
+# (benchmarks/compile_options.py; docs/benchmarks.md).
+_COMPILER_OPTIONS = {"xla_backend_optimization_level": 2}
+
 # Keys are derived inside the program, so a call is one compiled program and no eager ops.
-_adapt_and_sample = jax.jit(_one_class, static_argnames=("ac", "n", "psi"))
+_adapt_and_sample = jax.jit(
+  _one_class, static_argnames=("ac", "n", "psi"), compiler_options=_COMPILER_OPTIONS
+)
 
 
-@functools.partial(jax.jit, static_argnames=("ac", "n", "psi"))
+@functools.partial(jax.jit, static_argnames=("ac", "n", "psi"), compiler_options=_COMPILER_OPTIONS)
 def _adapt_and_sample_classes(
   meta_params, supports_CxK, seed, ac: AdaptConfig, n: int, psi: float = 1.0
 ):
