@@ -224,7 +224,9 @@ def markdown(out: dict) -> str:
     f"{dc['pool']} generated images per class and subset. Anchor (amurthy1/dagan_torch, "
     f"K = {a['k']}): {a['real']} -> {a['dagan']} (+{a['gain']}).",
     "",
-    "Without samples: " + ", ".join(f"{a} {_pct(v)}" for a, v in out["base"]["acc"].items()) + ".",
+    "Without samples: "
+    + ", ".join(f"{arm} {_pct(v)}" for arm, v in out["base"]["acc"].items())
+    + ".",
   ]
   if out["rows"]:
     lines += [

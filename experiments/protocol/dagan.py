@@ -395,10 +395,11 @@ def ttest(a, b) -> dict:
   # No spread at all (identical arms): no evidence of a difference if the means agree, and
   # certainty if they do not; scipy says NaN, which JSON cannot hold.
   settle = lambda p: float(p) if np.isfinite(p) else (1.0 if gain == 0 else 0.0)
-  p = settle(sps.ttest_ind(a, b).pvalue)
+  res = sps.ttest_ind(a, b)
+  p = settle(res.pvalue)
   out = {
     "gain": gain,
-    "t": float(sps.ttest_ind(a, b).statistic),
+    "t": float(res.statistic),
     "p": p,
     "confidence": 1.0 - p / 2 if gain > 0 else p / 2,
   }
