@@ -21,6 +21,10 @@ Without ``--images``, the first 4 images of 5 evaluation classes of the
 omniglot28 data are written as PNGs (dark strokes on white, as a user has them); for a
 run on recordings (a fold of ``experiments/voices.py``), 4 FSDD recordings (25-28) of 5
 digits of the fold's test speaker are copied as WAV files.
+With ``--against TREE`` (another checkout, e.g. ``git worktree add /tmp/base HEAD``), it
+instead alternates the two trees' code for ``--rounds`` rounds (which goes first alternates
+too), each round one cold call and 3 warm calls per tree, and prints the medians: a
+before-and-after comparison on one machine in one sitting.
 Fields of the report the command writes (``load_run_s``, ``adapt_and_sample_s``,
 the cache's hits and misses) come with each row.
 """
@@ -87,8 +91,10 @@ def write_recordings(folder: str, run: str, n_classes: int = 5, k: int = 4) -> l
   return names
 
 
-def call(run: str, images: str, out: str, cache: str, num: int, *extra: str) -> dict:
-  """One ``generate`` in a fresh process: wall seconds plus the fields of its report."""
+def call(
+  run: str, images: str, out: str, cache: str, num: int, *extra: str, root: str = ROOT
+) -> dict:
+  """One ``generate`` in a fresh process (the code of the tree ``root``): wall seconds and report."""
   env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache}
   env.pop("METAGAN_COMPILATION_CACHE", None)
   cmd = [
@@ -108,7 +114,7 @@ def call(run: str, images: str, out: str, cache: str, num: int, *extra: str) -> 
     *extra,
   ]
   t0 = time.perf_counter()
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
   wall = time.perf_counter() - t0
   if proc.returncode:
     raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
@@ -134,6 +140,8 @@ def main(argv=None) -> None:
   p.add_argument("--warm", type=int, default=3, help="warm calls (median reported)")
   p.add_argument("--steps", type=int, default=None, help="adaptation steps (default: the run's)")
   p.add_argument("--method", default=None, help="the run's method to load (default: its best)")
+  p.add_argument("--against", default=None, help="another tree to compare with, interleaved")
+  p.add_argument("--rounds", type=int, default=6, help="rounds of the --against comparison")
   args = p.parse_args(argv)
   opts = [*(["--steps", str(args.steps)] if args.steps is not None else [])]
   opts += ["--method", args.method] if args.method else []
@@ -147,6 +155,9 @@ def main(argv=None) -> None:
   else:
     classes, one = None, os.path.abspath(args.images)
   cache, out = os.path.join(tmp, "cache"), os.path.join(tmp, "out")
+  if args.against:
+    compare(args, one, tmp, opts)
+    return
   rows = []
 
   def row(name, r):
@@ -179,6 +190,26 @@ def main(argv=None) -> None:
       f"| {r['row']} | {r['wall_s']:.1f} | {r['load_run_s']:.1f} | "
       f"{r['adapt_and_sample_s']:.1f} | {r['cache_hits']} / {r['cache_misses']} |"
     )
+
+
+def compare(args, images: str, tmp: str, opts: list) -> None:
+  """This tree's code against ``args.against``'s, interleaved: medians of cold and warm calls."""
+  trees = {"this tree": ROOT, "against": os.path.abspath(args.against)}
+  walls = {name: {"cold": [], "warm": []} for name in trees}
+  run = os.path.abspath(args.run)
+  for r in range(args.rounds):
+    for i, name in list(enumerate(trees))[:: 1 if r % 2 == 0 else -1]:
+      cache, out = os.path.join(tmp, f"cache_{r}_{i}"), os.path.join(tmp, "out")
+      kw = {"root": trees[name]}
+      walls[name]["cold"].append(call(run, images, out, cache, args.num, *opts, **kw)["wall_s"])
+      for _ in range(3):
+        walls[name]["warm"].append(call(run, images, out, cache, args.num, *opts, **kw)["wall_s"])
+    print(json.dumps({"benchmark": "generate_time", "round": r, "walls": walls}), flush=True)
+  print(f"\n| call | this tree | against ({args.against}) | ratio |\n|---|---|---|---|")
+  for kind in ("cold", "warm"):
+    a, b = (statistics.median(walls[n][kind]) for n in trees)
+    n = len(walls["this tree"][kind])
+    print(f"| {kind} (median of {n}) | {a:.1f} s | {b:.1f} s | {a / b:.2f} |")
 
 
 if __name__ == "__main__":

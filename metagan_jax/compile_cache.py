@@ -19,7 +19,9 @@ Beside XLA's executables, :func:`exported_call` keeps the *traced* program
 (``jax.export``, in ``<folder>/exported/``), so a later process skips Python
 tracing and lowering too (about 1 s of a 3 s ``generate``). Its key must name
 everything the program depends on; :func:`source_key` adds the library's own
-source and JAX's version, so a changed library never runs a stale program.
+source and JAX's version, so a changed library never runs a stale program. :func:`cached_arrays` keeps a
+checkpoint's arrays as one ``.npz`` (in ``<folder>/arrays/``), so a later
+process reads them without orbax (about 0.5 s of a warm ``generate``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ __all__ = [
   "export_dir",
   "source_key",
   "exported_call",
+  "cached_arrays",
 ]
 
 #: The environment variable that turns the cache off (``0``, ``off``, ``false`` or ``no``).
@@ -241,3 +244,49 @@ def _load_or_export(path: str, fn, args: list):
       f"could not store the traced program in {os.path.dirname(path)} ({e}).", stacklevel=2
     )
   return exp
+
+
+def cached_arrays(folder: str, load) -> dict:
+  """``load()``, a dict of NumPy arrays read from the files in ``folder``, stored for later processes.
+
+  The stored copy (``<cache>/arrays/*.npz``) is keyed by ``folder``'s absolute
+  path and every file's name, size and modification time under it, so a
+  rewritten checkpoint is read afresh. Without :func:`enable`, or when the
+  cache is off, this is just ``load()``. An unreadable stored copy is read
+  afresh and rewritten, with a warning.
+  """
+  if _EXPORT_DIR is None:
+    return load()
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  folder = os.path.abspath(folder)
+  h = hashlib.sha256(folder.encode())
+  for root, dirs, files in os.walk(folder):
+    dirs.sort()
+    for f in sorted(files):
+      st = os.stat(os.path.join(root, f))
+      h.update(
+        f"|{os.path.relpath(os.path.join(root, f), folder)}:{st.st_size}:{st.st_mtime_ns}".encode()
+      )
+  path = os.path.join(os.path.dirname(_EXPORT_DIR), "arrays", f"{h.hexdigest()[:32]}.npz")
+  if os.path.exists(path):
+    try:
+      with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+    except Exception as e:  # pylint: disable=broad-except
+      warnings.warn(
+        f"stored arrays {path} are unreadable ({type(e).__name__}: {e}); reading {folder} afresh.",
+        stacklevel=2,
+      )
+  arrays = {k: np.asarray(v) for k, v in load().items()}
+  try:  # written whole, then renamed: a concurrent reader never sees half a file
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".npz")
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+  except OSError as e:
+    warnings.warn(
+      f"could not store {folder}'s arrays in {os.path.dirname(path)} ({e}).", stacklevel=2
+    )
+  return arrays

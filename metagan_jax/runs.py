@@ -287,11 +287,14 @@ def _one_class(meta_params, support, seed, ac: AdaptConfig, n: int, psi: float =
   return ac.model.generate_truncated(adapted.g, z, psi, z_avg, *cond)
 
 
-# XLA options for generate's programs. LLVM's -O2 instead of XLA's default -O3 on CPU: on
-# specgan's adaptation program the samples came out bitwise the same, the run time within
-# noise, and the compilation that a cold ``generate`` waits for 21% shorter
-# (benchmarks/compile_options.py; docs/benchmarks.md).
-_COMPILER_OPTIONS = {"xla_backend_optimization_level": 2}
+# XLA options for generate's programs, chosen for a short wait on a cold call
+# (benchmarks/compile_options.py; docs/benchmarks.md):
+# - LLVM's -O2 instead of XLA's default -O3 on CPU: on specgan's adaptation program the
+#   samples came out bitwise the same, the run time within noise, the compilation 21% shorter;
+# - XLA's classic loop-fusion emitters instead of its newer MLIR ones: about 1 s less compile
+#   of a 5-6 s compilation, run time the same, the samples equal to float rounding (2.5e-2 at
+#   most after 10 steps of a two-player game).
+_COMPILER_OPTIONS = {"xla_backend_optimization_level": 2, "xla_cpu_use_fusion_emitters": False}
 
 # Keys are derived inside the program, so a call is one compiled program and no eager ops.
 _adapt_and_sample = jax.jit(
@@ -338,8 +341,6 @@ def _find_root(path: str) -> tuple[str, dict | None]:
 
 def _restore_leaves(ckpt_dir: str, like, what: str):
   """The newest checkpoint in ``ckpt_dir`` as a pytree shaped like ``like`` (arrays or shapes)."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
   steps = (
     sorted((int(d) for d in os.listdir(ckpt_dir) if d.isdigit()), reverse=True)
     if os.path.isdir(ckpt_dir)
@@ -349,9 +350,16 @@ def _restore_leaves(ckpt_dir: str, like, what: str):
     raise RunError(
       f"{what}: no checkpoint in {ckpt_dir}; train it first (or finish the run with --resume)."
     )
-  mngr = ocp.CheckpointManager(os.path.abspath(ckpt_dir), item_names=("state", "meta"))
-  out = mngr.restore(steps[0], args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  got = out["state"]
+
+  def restore() -> dict:
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+    mngr = ocp.CheckpointManager(os.path.abspath(ckpt_dir), item_names=("state", "meta"))
+    out = mngr.restore(steps[0], args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return dict(out["state"])
+
+  # With the compilation cache on (generate), later processes read the arrays without orbax.
+  got = compile_cache.cached_arrays(os.path.join(ckpt_dir, str(steps[0]), "state"), restore)
   leaves_like, treedef = jax.tree.flatten(like)
   if len(got) != len(leaves_like):
     raise RunError(

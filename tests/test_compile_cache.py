@@ -41,6 +41,40 @@ def test_cache_folder_precedence_and_off_switch(monkeypatch, tmp_path):
     jax.config.update("jax_enable_compilation_cache", was_on)
 
 
+
+def test_cached_arrays_reads_once_and_again_when_the_files_change(monkeypatch, tmp_path):
+  folder = tmp_path / "ckpt"
+  folder.mkdir()
+  (folder / "data").write_bytes(b"v1")
+  calls = []
+
+  def load():
+    calls.append(1)
+    return {"leaf_00000": np.arange(3.0) + len(calls), "leaf_00001": np.ones((2, 2), np.int32)}
+
+  monkeypatch.setattr(compile_cache, "_EXPORT_DIR", None)  # cache off: load() every time
+  compile_cache.cached_arrays(str(folder), load)
+  compile_cache.cached_arrays(str(folder), load)
+  assert len(calls) == 2
+  monkeypatch.setattr(compile_cache, "_EXPORT_DIR", str(tmp_path / "cache" / "exported"))
+  first = compile_cache.cached_arrays(str(folder), load)
+  again = compile_cache.cached_arrays(str(folder), load)
+  assert len(calls) == 3  # the second call read the stored copy
+  assert again.keys() == first.keys() and again["leaf_00001"].dtype == np.int32
+  np.testing.assert_array_equal(again["leaf_00000"], np.arange(3.0) + 3)
+  (folder / "data").write_bytes(b"v2, longer")  # a rewritten checkpoint is read afresh
+  np.testing.assert_array_equal(
+    compile_cache.cached_arrays(str(folder), load)["leaf_00000"], np.arange(3.0) + 4
+  )
+  assert len(list((tmp_path / "cache" / "arrays").iterdir())) == 2  # one per version
+  for p in (tmp_path / "cache" / "arrays").iterdir():
+    p.write_bytes(b"not an npz")
+  with pytest.warns(UserWarning, match="unreadable"):
+    got = compile_cache.cached_arrays(str(folder), load)
+  np.testing.assert_array_equal(got["leaf_00000"], np.arange(3.0) + 5)
+  assert len(calls) == 5
+
+
 def _generate(run_dir, images, out, cache, *extra, env=None):
   """The README's command in a fresh process; returns its report."""
   cmd = [
