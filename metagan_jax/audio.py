@@ -295,13 +295,10 @@ def log_mel_batched(waves_NxL, spec: SpecConfig, batch: int = 256) -> np.ndarray
   return np.concatenate(out) if out else np.zeros((0, spec.n_mels, spec.frames), np.float32)
 
 
-def _decode_fn(x, mean, std, spec, iters):
+@functools.partial(jax.jit, static_argnames=("spec", "iters"))
+def _decode(x, mean, std, spec, iters):
   logmel = x[..., 0] * (3 * std)[:, None] + mean[:, None]
   return griffin_lim(mel_to_linear(logmel, spec), spec, iters)
-
-
-_decode = jax.jit(_decode_fn, static_argnames=("spec", "iters"))
-_DECODERS = {(): _decode}  # compiler options (sorted items) -> the jitted decoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,30 +320,16 @@ class Spectrogram:
     """Fixed-length clips ``[N, num_samples]`` -> float32 ``[N, n_mels, frames, 1]`` in [-1, 1]."""
     return self.stats.normalise(log_mel_batched(waves_NxL, self.spec))
 
-  def decode(
-    self,
-    x_NxMxTx1,
-    iters: int = 64,
-    batch: int = 256,
-    compiler_options: dict | None = None,
-  ) -> np.ndarray:
+  def decode(self, x_NxMxTx1, iters: int = 64, batch: int = 256) -> np.ndarray:
     """Model outputs ``[N, n_mels, frames, 1]`` -> float32 clips ``[N, num_samples]``.
 
     The normalisation's inverse, the mel pseudo-inverse and Griffin-Lim, in one
     jitted call per ``batch`` clips; each clip is peak-limited to [-1, 1].
-    ``compiler_options``: XLA's, for that call (``metagan generate`` compiles
-    for a short wait; other options may change the clips by float rounding).
     """
     x = np.asarray(x_NxMxTx1, np.float32)
     mean, std = jnp.asarray(self.stats.mean), jnp.asarray(self.stats.std)
-    slot = tuple(sorted((compiler_options or {}).items()))
-    if slot not in _DECODERS:
-      _DECODERS[slot] = jax.jit(
-        _decode_fn, static_argnames=("spec", "iters"), compiler_options=compiler_options
-      )
-    decoder = _DECODERS[slot]
     out = [
-      np.asarray(decoder(jnp.asarray(x[i : i + batch]), mean, std, self.spec, iters))
+      np.asarray(_decode(jnp.asarray(x[i : i + batch]), mean, std, self.spec, iters))
       for i in range(0, len(x), batch)
     ]
     w = np.concatenate(out) if out else np.zeros((0, self.spec.num_samples), np.float32)

@@ -399,12 +399,8 @@ def generate(args) -> dict:
   if kind == "audio":  # Griffin-Lim: the samples as sound
     spg = run.preprocessing.spectrogram
     iters = int(run.config.get("oracles", {}).get("gl_iters", 64))
-    opts = mg.runs._COMPILER_OPTIONS  # pylint: disable=protected-access  # the adaptation's
     # one Griffin-Lim call (one compiled program) per class for its samples and support
-    both = [
-      spg.decode(np.concatenate([x, s]), iters=iters, compiler_options=opts)
-      for x, s in zip(samples, supports)
-    ]
+    both = [spg.decode(np.concatenate([x, s]), iters=iters) for x, s in zip(samples, supports)]
     waves = [w[: len(x)] for w, x in zip(both, samples)]
     support_waves = [w[len(x) :] for w, x in zip(both, samples)]
   t_adapt = time.perf_counter() - t0

@@ -287,14 +287,13 @@ def _one_class(meta_params, support, seed, ac: AdaptConfig, n: int, psi: float =
   return ac.model.generate_truncated(adapted.g, z, psi, z_avg, *cond)
 
 
-# XLA options for generate's programs, chosen for a short wait on a cold call
-# (benchmarks/compile_options.py; docs/benchmarks.md):
-# - LLVM's -O2 instead of XLA's default -O3 on CPU: on specgan's adaptation program the
-#   samples came out bitwise the same, the run time within noise, the compilation 21% shorter;
-# - XLA's classic loop-fusion emitters instead of its newer MLIR ones: about 1 s less compile
-#   of a 5-6 s compilation, run time the same, the samples equal to float rounding (2.5e-2 at
-#   most after 10 steps of a two-player game).
-_COMPILER_OPTIONS = {"xla_backend_optimization_level": 2, "xla_cpu_use_fusion_emitters": False}
+# XLA options for generate's programs. LLVM's -O2 instead of XLA's default -O3 on CPU: on
+# specgan's adaptation program the samples came out bitwise the same, the run time within
+# noise, and the compilation that a cold ``generate`` waits for 21% shorter
+# (benchmarks/compile_options.py; docs/benchmarks.md). Options that change the samples even by
+# rounding (XLA's classic fusion emitters: 1 s less compile) are not used: ten adversarial
+# steps amplify rounding, and generate must equal the run's evaluation.
+_COMPILER_OPTIONS = {"xla_backend_optimization_level": 2}
 
 # Keys are derived inside the program, so a call is one compiled program and no eager ops.
 _adapt_and_sample = jax.jit(
