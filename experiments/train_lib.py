@@ -224,6 +224,9 @@ def _cond_pretrain_step(train_step, state, batch: mg.Tasks | LabelledTasks, key)
 # field reaches the step unless it is listed here (a missing entry costs a recompile, a
 # missing field in an allow-list silently trained the wrong step).
 _NOT_IN_STEP = ("eval", "features", "meta_seeds", "methods", "name", "data_dir")
+# pre-training's length: the step has no schedule, so a long run and its shorter stages
+# (experiments/compute_curve.py) share one compiled step
+_PRETRAIN_NOT_IN_STEP = ("steps",)
 _TRAIN_NOT_IN_STEP = (
   "steps",
   "ckpt_every",
@@ -245,6 +248,8 @@ def _step_key(config) -> str:
   for k in _NOT_IN_STEP:
     keep.pop(k, None)
   keep["train"] = {k: v for k, v in keep.get("train", {}).items() if k not in _TRAIN_NOT_IN_STEP}
+  if "pretrain" in keep:
+    keep["pretrain"] = {k: v for k, v in keep["pretrain"].items() if k not in _PRETRAIN_NOT_IN_STEP}
   return json.dumps(keep, sort_keys=True)
 
 
@@ -426,13 +431,19 @@ def save_checkpoint(mngr, step: int, state, meta: dict) -> None:
   mngr.wait_until_finished()
 
 
-def restore_checkpoint(ckpt_dir: str, keep: int, like) -> tuple[Any, dict, int] | None:
+def restore_checkpoint(
+  ckpt_dir: str, keep: int, like, step: int | None = None
+) -> tuple[Any, dict, int] | None:
   """Newest readable checkpoint as ``(state, meta, step)``, or None if there is none.
 
   An unreadable checkpoint (corrupted, truncated) is skipped with a warning and
   removed, and the previous one is tried. Arrays come back with the shardings
   of ``like``'s leaves (global arrays with several processes); every process
   must call it.
+
+  Args:
+    step: restore this step only (None if the folder has no such step); an
+      unreadable one raises instead of falling back, and is kept.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
@@ -446,10 +457,11 @@ def restore_checkpoint(ckpt_dir: str, keep: int, like) -> tuple[Any, dict, int] 
     else np.asarray(x)
     for k, x in mg.checkpoint.leaf_dict(like).items()
   }
-  for step in sorted(mngr.all_steps(), reverse=True):
+  steps = sorted(mngr.all_steps(), reverse=True)
+  for s in steps if step is None else [x for x in steps if x == step]:
     try:
       out = mngr.restore(
-        step,
+        s,
         args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
         ),
@@ -466,18 +478,20 @@ def restore_checkpoint(ckpt_dir: str, keep: int, like) -> tuple[Any, dict, int] 
         else jax.device_put(np.asarray(a, np.asarray(b).dtype), getattr(b, "sharding", None))
         for a, b in zip(leaves, leaves_like)
       ]
-      return jax.tree.unflatten(treedef, leaves), dict(out["meta"]), step
+      return jax.tree.unflatten(treedef, leaves), dict(out["meta"]), s
     except Exception as e:  # pylint: disable=broad-except
+      if step is not None:
+        raise
       warnings.warn(
-        f"checkpoint step {step} in {ckpt_dir} is unreadable "
+        f"checkpoint step {s} in {ckpt_dir} is unreadable "
         f"({type(e).__name__}: {str(e)[:200]}); removing it and falling back to "
         f"the previous checkpoint.",
         RuntimeWarning,
         stacklevel=2,
       )
       if is_main_process():
-        shutil.rmtree(os.path.join(ckpt_dir, str(step)), ignore_errors=True)
-      _sync(f"ckpt_fallback_{step}")
+        shutil.rmtree(os.path.join(ckpt_dir, str(s)), ignore_errors=True)
+      _sync(f"ckpt_fallback_{s}")
       mngr = _manager(ckpt_dir, keep)
   return None
 

@@ -41,7 +41,6 @@ def test_cache_folder_precedence_and_off_switch(monkeypatch, tmp_path):
     jax.config.update("jax_enable_compilation_cache", was_on)
 
 
-
 def test_cached_arrays_reads_once_and_again_when_the_files_change(monkeypatch, tmp_path):
   folder = tmp_path / "ckpt"
   folder.mkdir()

@@ -179,6 +179,7 @@ def test_training_step_is_built_from_every_rule_field_of_the_config(method):
   other.inner_steps, other.n_fake, other.second_order_steps = 3, 2 * other.train.k, "1"
   other.d_trainable, other.augment = "conv3,fc", "translation"
   other.meta_seeds, other.train.steps, other.eval.n_gen = "5,6", 7, 3
+  other.pretrain.steps = 9  # a long pre-training and its stages share one step
   assert train_lib._step_key(other) == train_lib._step_key(config)  # pylint: disable=protected-access
 
 

@@ -13,8 +13,10 @@ keys ``config``, ``summary``, ``info``) is rendered by
 ``experiments.lopt_omniglot.markdown_table``: the same functions that print ``eval/results.md``
 at the end of a run, so a page shows exactly what the run printed. A DAGAN-protocol run
 (``experiments/dagan.py``, with an ``anchor`` key) is rendered by ``experiments.dagan.markdown``
-(one block, ``table``), and a voices run (``experiments/voices.py``, ``kind: voices``) by
-``experiments.protocol.voices_report.markdown_table`` (one block, ``table``). The Markdown they return is
+(one block, ``table``), a voices run (``experiments/voices.py``, ``kind: voices``) by
+``experiments.protocol.voices_report.markdown_table`` (one block, ``table``), and a compute curve
+(``experiments/compute_curve.py``, ``kind: compute_curve``) by ``experiments.compute_curve.markdown``
+(one block, ``table``). The Markdown they return is
 parsed as MyST into real table nodes, and the JSON file (and the two modules) are registered as
 dependencies of the page, so it is rebuilt when one of them changes.
 
@@ -30,6 +32,10 @@ dependencies of the page, so it is rebuilt when one of them changes.
 ``:methods:`` (main protocol only) keeps the tables' rows of the methods named (``reptile,
 maml, maml@time, transfer``; ``real`` and ``copy`` name the baselines), and the header rows and
 the "K real images only" row; the paragraphs are not filtered.
+
+``:optional:`` is for a run not made yet: without the file the directive says so in a paragraph
+(never a number) instead of failing the build. ``:figure: NAME`` shows
+``experiments/figures/NAME`` after the tables when both it and the results file exist.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from sphinx.util.docutils import SphinxDirective
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESULTS = os.path.join(ROOT, "experiments", "results")
+FIGURES = os.path.join(ROOT, "experiments", "figures")
 
 # Block name -> the start of its first line in the printed text.
 PROTOCOL_BLOCKS = (
@@ -82,6 +89,10 @@ def render(name: str) -> tuple[str, bool]:
     from experiments import dagan  # pylint: disable=g-import-not-at-top
 
     return dagan.markdown(res), False
+  if res.get("kind") == "compute_curve":  # experiments/compute_curve.py: one block, "table"
+    from experiments import compute_curve  # pylint: disable=g-import-not-at-top
+
+    return compute_curve.markdown(res), False
   if res.get("kind") == "voices":  # experiments/voices.py: one block, "table"
     from experiments.protocol import voices_report  # pylint: disable=g-import-not-at-top
 
@@ -100,7 +111,7 @@ def render(name: str) -> tuple[str, bool]:
 
 def blocks(md: str, lopt: bool) -> list[tuple[str, str]]:
   """Splits the printed text into named blocks (a caption and its table form one block)."""
-  if md.startswith(("DAGAN protocol", "**A new voice")):
+  if md.startswith(("DAGAN protocol", "**A new voice", "**The compute curve")):
     return [("table", md.strip())]
   starts = LOPT_BLOCKS if lopt else PROTOCOL_BLOCKS
   out: list[tuple[str, list[str]]] = []
@@ -149,19 +160,34 @@ class ResultsTable(SphinxDirective):
     "show": directives.unchanged,
     "methods": directives.unchanged,
     "class": directives.class_option,
+    "optional": directives.flag,
+    "figure": directives.unchanged,
   }
 
   def run(self) -> list[nodes.Node]:
     name = self.arguments[0]
     path = os.path.join(RESULTS, name)
-    if ".." in name.split("/") or os.path.isabs(name) or not os.path.isfile(path):
-      raise self.error(f"results-table: no file {name!r} in {RESULTS}")
+    if ".." in name.split("/") or os.path.isabs(name):
+      raise self.error(f"results-table: {name!r} is not a file name in {RESULTS}")
+    # a dependency even while missing: Sphinx rebuilds the page until the file exists
     self.env.note_dependency(path)
+    if not os.path.isfile(path):
+      if "optional" not in self.options:
+        raise self.error(f"results-table: no file {name!r} in {RESULTS}")
+      para = nodes.paragraph()
+      para += nodes.strong(text="Not run yet. ")
+      para += nodes.Text("The run has not been made: ")
+      para += nodes.literal(text=f"experiments/results/{name}")
+      para += nodes.Text(" does not exist, so there are no numbers to show here.")
+      container = nodes.container(classes=["results-table", "not-run"])
+      container += para
+      return [container]
     for module in (
       "experiments/protocol/report.py",
       "experiments/lopt_omniglot.py",
       "experiments/dagan.py",
       "experiments/protocol/voices_report.py",
+      "experiments/compute_curve.py",
     ):
       self.env.note_dependency(os.path.join(ROOT, module))
     md, lopt = render(name)
@@ -186,6 +212,15 @@ class ResultsTable(SphinxDirective):
     container = nodes.container(classes=["results-table", *self.options.get("class", [])])
     self.set_source_info(container)
     self.state.nested_parse(StringList(text.splitlines(), source=path), 0, container)
+    figure = self.options.get("figure", "").strip()
+    if figure:
+      fig_path = os.path.join(FIGURES, figure)
+      if ".." in figure.split("/") or os.path.isabs(figure):
+        raise self.error(f"results-table: :figure: {figure!r} is not a file name in {FIGURES}")
+      if os.path.isfile(fig_path):  # the image path is relative to the page's folder
+        here = os.path.dirname(self.env.doc2path(self.env.docname))
+        uri = os.path.relpath(fig_path, here).replace(os.sep, "/")
+        container += nodes.image(uri=uri, alt=f"{name}: the figure of its run")
     return [container]
 
 
