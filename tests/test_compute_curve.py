@@ -15,7 +15,7 @@ import pytest
 import metagan_jax as mg
 from experiments import compute_curve, train_lib
 from experiments.configs import compute_curve as curve_cfg
-from tests.helpers import HANG_TIMEOUT_S, xla_flags
+from tests.helpers import HANG_TIMEOUT_S, SLOW, xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -120,7 +120,12 @@ def test_each_point_meta_trains_from_its_own_pretraining_checkpoint(curve, split
   assert [stages[f"pretrain_s0_x{k}"]["steps"] for k in (1, 3)] == [2, 6]
 
 
-@pytest.mark.parametrize("kill_in", ["pretrain", "meta"])
+@pytest.mark.parametrize(
+  "kill_in",
+  # a kill in meta-training is omniglot.py's own resume (test_experiments_train); here in the
+  # slow suite only, to keep make test's time
+  ["pretrain", pytest.param("meta", marks=SLOW)],
+)
 def test_killed_and_resumed_curve_equals_uninterrupted(tmp_path, curve, split, kill_in):
   # Killed in the long pre-training past the 1x point's checkpoint, or in the 3x point's
   # meta-training; `--resume` must end with the uninterrupted curve's every state.
