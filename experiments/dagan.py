@@ -252,14 +252,43 @@ def markdown(out: dict) -> str:
   conv = out.get("converged", {})
   if conv:
     worst = max(conv.values(), key=lambda c: abs(c["change"]))
+    late = [a for a, c in conv.items() if not c["converged"]]
     lines += [
       "",
       f"Doubling the steps from {out['steps'] // 2} to {out['steps']} changes the arms by at "
       f"most {100 * abs(worst['change']):.1f} points "
-      f"({'converged' if all(c['converged'] for c in conv.values()) else 'not converged'} "
-      "by the 0.5-point rule).",
+      + (
+        "(converged by the 0.5-point rule)."
+        if not late
+        else f"(not converged by the 0.5-point rule: {', '.join(late)})."
+      ),
     ]
+  lines += curve_table(out)
   return "\n".join(lines) + "\n"
+
+
+def curve_table(out: dict) -> list[str]:
+  """Every arm's mean test accuracy at each curve point: the arms without samples, then each
+  row's arms with generated images (as markdown lines; none without a curve)."""
+  steps = out.get("curve_steps") or []
+  curves = {a: c for a, c in out.get("base", {}).get("curve", {}).items()}
+  for r in out.get("rows", []):
+    for a, c in r.get("curve", {}).items():
+      if a not in curves:
+        curves[f"{r['name']} T={r['T']}: {a}"] = c
+  if len(steps) < 2 or not curves:
+    return []
+  lines = [
+    "",
+    "Accuracy (%, mean of the classifiers) against the classifier's steps:",
+    "",
+    "| arm | " + " | ".join(f"{s:,}" for s in steps) + " |",
+    "|---|" + "---|" * len(steps),
+  ]
+  for a, c in curves.items():
+    mean = 100 * np.asarray(c, np.float64).reshape(-1, len(steps)).mean(0)
+    lines.append(f"| {a} | " + " | ".join(f"{v:.1f}" for v in mean) + " |")
+  return lines
 
 
 def markdown_first_protocol(out: dict) -> str:

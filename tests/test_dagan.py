@@ -264,6 +264,11 @@ def test_a_call_without_runs_trains_the_arms_that_use_no_samples(tmp_path):
   assert out["curve_steps"] == [10, 20, 30, 40]
   md = dagan_cmd.markdown(out)
   assert "Without samples: real" in md and "rotations of up to 10 degrees" in md
+  # every arm's curve on the page: one row per arm, one column per curve point, the means
+  assert "| arm | 10 | 20 | 30 | 40 |" in md
+  aug_row = [line for line in md.splitlines() if line.startswith("| aug |")]
+  want = 100 * np.asarray(out["base"]["curve"]["aug"]).mean(0)
+  assert aug_row == ["| aug | " + " | ".join(f"{v:.1f}" for v in want) + " |"]
   calls = []
   train = dagan.train_arms
 
