@@ -1,6 +1,8 @@
 """Shared fixtures for the core tests: a tiny float64 MLP GAN problem."""
 
 import os
+import signal
+import time
 
 import jax
 import jax.numpy as jnp
@@ -87,3 +89,15 @@ SLOW = pytest.mark.skipif(
   not os.environ.get("METAGAN_SLOW_TESTS"),
   reason="a whole experiment (over a minute on 2 cores); make test-all (METAGAN_SLOW_TESTS=1) runs it",
 )
+
+
+def kill_when_written(proc, path: str) -> None:
+  """SIGKILLs the running ``proc`` once ``path`` exists (fails if it exits or hangs first)."""
+  deadline = time.time() + HANG_TIMEOUT_S
+  while not os.path.exists(path):
+    assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+    assert time.time() < deadline, f"{path} never appeared"
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL

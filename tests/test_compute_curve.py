@@ -3,10 +3,8 @@ checkpoints, kill and resume, where each point starts, and the record it writes.
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 import metagan_jax as mg
 from experiments import compute_curve, train_lib
 from experiments.configs import compute_curve as curve_cfg
-from tests.helpers import HANG_TIMEOUT_S, SLOW, xla_flags
+from tests.helpers import SLOW, kill_when_written, xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -152,14 +150,7 @@ def test_killed_and_resumed_curve_equals_uninterrupted(tmp_path, curve, split, k
     stdout=subprocess.DEVNULL,
     stderr=subprocess.PIPE,
   )
-  deadline = time.time() + HANG_TIMEOUT_S
-  while not os.path.exists(os.path.join(ckpt, "3", "commit_success.txt")):
-    assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-    assert time.time() < deadline, "no checkpoint appeared"
-    time.sleep(0.1)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert proc.returncode == -signal.SIGKILL
+  kill_when_written(proc, os.path.join(ckpt, "3", "commit_success.txt"))
   assert not os.path.exists(os.path.join(ckpt, str(last)))  # really killed mid-stage
 
   out = subprocess.run(cmd + ["--resume"], env=env, cwd=ROOT, capture_output=True, text=True)

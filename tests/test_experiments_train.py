@@ -3,10 +3,8 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import ml_collections
@@ -16,7 +14,7 @@ import pytest
 import metagan_jax as mg
 from experiments import omniglot, train_lib
 from experiments.configs import tiny
-from tests.helpers import HANG_TIMEOUT_S
+from tests.helpers import kill_when_written
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,14 +71,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, split):
     stdout=subprocess.DEVNULL,
     stderr=subprocess.PIPE,
   )
-  deadline = time.time() + HANG_TIMEOUT_S
-  while not os.path.exists(os.path.join(ckpt, str(every), "commit_success.txt")):
-    assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-    assert time.time() < deadline, "no checkpoint appeared"
-    time.sleep(0.1)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert proc.returncode == -signal.SIGKILL
+  kill_when_written(proc, os.path.join(ckpt, str(every), "commit_success.txt"))
   assert not os.path.exists(os.path.join(ckpt, str(steps)))  # really killed mid-run
 
   out = subprocess.run(cmd + ["--resume"], env=env, cwd=ROOT, capture_output=True, text=True)
